@@ -1,0 +1,1 @@
+"""wsc: a compiler from PyTorch to wafer-scale dataflow machines."""
