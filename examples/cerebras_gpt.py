@@ -60,13 +60,14 @@ class Block(nn.Module):
 
 
 class CerebrasGPT(nn.Module):
-    def __init__(self, layers: int, d_model: int, heads: int, d_ffn: int):
+    def __init__(self, layers: int, d_model: int, heads: int, d_ffn: int, vocab: int = VOCAB,
+                 max_positions: int = MAX_POSITIONS):
         super().__init__()
-        self.wte = nn.Embedding(VOCAB, d_model)
-        self.wpe = nn.Embedding(MAX_POSITIONS, d_model)
+        self.wte = nn.Embedding(vocab, d_model)
+        self.wpe = nn.Embedding(max_positions, d_model)
         self.blocks = nn.ModuleList(Block(d_model, heads, d_ffn) for _ in range(layers))
         self.ln_f = nn.LayerNorm(d_model)
-        self.lm_head = nn.Linear(d_model, VOCAB, bias=False)
+        self.lm_head = nn.Linear(d_model, vocab, bias=False)
         self.lm_head.weight = self.wte.weight  # tied, as in the model card
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,82 @@
+"""group-layers: cut the graph into streaming layers, the unit whose weights share the wafer.
+
+A GPT's layers are its embedding, each transformer block and the final norm with the LM head. Blocks are found
+from the module path each op was captured under: the first numbered component (`blocks.3`, `transformer.h.3`)
+names the block. Ops outside any block belong to the embedding layer when they come before the first block,
+to the head layer after the last one, and to the block before them otherwise. A model with no numbered
+blocks is one layer. This is the `split_module` cut of torch.fx, done on the wsc graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from wsc.ir import Graph
+from wsc.passes.place import Flow
+from wsc.program import DTYPE_SIZE, Layer, Program
+
+
+def block_of(module_path: str) -> str | None:
+    parts = module_path.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return None
+
+
+@dataclass(frozen=True)
+class GroupLayers:
+    name: ClassVar[str] = "group-layers"
+
+    def __call__(self, program: Program) -> Program:
+        graph = program.graph
+        body = [n for n in graph if n.op not in ("input", "param")]
+        blocks = [block_of(n.module) for n in body]
+        numbered = [i for i, b in enumerate(blocks) if b is not None]
+        names: list[str] = []
+        for i, block in enumerate(blocks):
+            if block is None:
+                if not numbered:
+                    block = "model"
+                elif i < numbered[0]:
+                    block = "embed"
+                elif i > numbered[-1]:
+                    block = "head"
+                else:
+                    block = names[-1]
+            names.append(block)
+        order = list(dict.fromkeys(names))
+        layers = [Layer(index, name, [], []) for index, name in enumerate(order)]
+        by_name = {layer.name: layer for layer in layers}
+        for node, name in zip(body, names, strict=True):
+            layer = by_name[name]
+            node.layer = layer.index
+            layer.nodes.append(node.name)
+            for src in node.inputs:
+                if graph[src].op == "param" and src not in layer.weights:
+                    layer.weights.append(src)
+        element_bytes = DTYPE_SIZE[program.dtype]
+        for layer in layers:
+            layer.flows = kernel_flows(graph, layer, element_bytes)
+        program.layers = layers
+        return program
+
+
+def kernel_flows(graph: Graph, layer: Layer, element_bytes: int) -> list[Flow]:
+    """The on-wafer traffic of a layer: for each kernel input, the kernel of this layer that produced it
+    (looking through layout ops, which are routing), carrying the value in the target's precision."""
+    members = set(layer.nodes)
+    flows: dict[tuple[str, str], int] = {}
+    for name in layer.nodes:
+        node = graph[name]
+        if not node.is_kernel:
+            continue
+        for src in node.inputs:
+            producer = graph[src]
+            while producer.op in ("reshape", "permute", "slice") and producer.name in members:
+                producer = graph[producer.inputs[0]]
+            if producer.is_kernel and producer.name in members:
+                key = (producer.name, name)
+                flows[key] = flows.get(key, 0) + graph[src].numel * element_bytes
+    return [Flow(src, dst, nbytes) for (src, dst), nbytes in flows.items()]

@@ -1,0 +1,310 @@
+"""legalize: rewrite ATen nodes into the wsc op set (wsc.ir.WSC_OPS), recording FLOPs and bytes.
+
+Each ATen op has one rule, registered with `@legalizes(...)`; a rule emits wsc nodes and returns the node
+that now holds the ATen node's value. Ops with no rule are the unsupported ones: the error names the op, the
+user's line that produced it, and `wsc ops` (which prints this registry). Shapes are copied from the captured
+nodes: a rule computes the shapes of only the intermediate nodes it invents.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from wsc.errors import WscError
+from wsc.ir import Graph, Node, Ref
+from wsc.program import Program
+
+_RULES: dict[str, Callable[[Rewriter, Node], str]] = {}
+
+# FLOPs per output element of the elementwise-like kernels; matmul is counted exactly (2 per multiply-add).
+FLOPS_PER_ELEMENT = {"layernorm": 8, "softmax": 5, "gelu": 8, "add": 1, "mul": 1, "embedding": 0}
+
+
+def legalizes(*aten_ops: str):
+    def register(rule):
+        for op in aten_ops:
+            _RULES[op] = rule
+        return rule
+
+    return register
+
+
+def supported_aten_ops() -> list[str]:
+    return sorted(_RULES)
+
+
+def node_flops(op: str, shape: tuple[int, ...], in_shapes: list[tuple[int, ...]], attrs: dict) -> int:
+    numel = int(np.prod(shape, dtype=np.int64))
+    if op == "matmul":
+        k = in_shapes[0][-1]
+        return 2 * numel * k + (numel if attrs.get("bias") else 0)
+    return FLOPS_PER_ELEMENT.get(op, 0) * numel
+
+
+class Rewriter:
+    """Builds the legal graph; `emit` names, costs and attributes each new node to its ATen origin."""
+
+    def __init__(self, source: Graph):
+        self.source = source
+        self.out = Graph()
+        self.value: dict[str, str] = {}  # ATen node name -> wsc node holding its value
+        self.origin: Node | None = None
+        self.count = 0
+
+    def emit(self, op: str, inputs: list[str], shape, dtype: str | None = None, final=False, **attrs) -> str:
+        origin = self.origin
+        assert origin is not None
+        name = origin.name if final else f"{origin.name}_{op}{self.count}"
+        self.count += 1
+        in_nodes = [self.out[i] for i in inputs]
+        shape = tuple(int(d) for d in shape)
+        node = Node(name, op, tuple(inputs), shape, dtype or origin.dtype, attrs, module=origin.module,
+                    source=origin.source)
+        if node.is_kernel:
+            node.flops = node_flops(op, shape, [n.shape for n in in_nodes], attrs)
+            node.bytes = sum(n.nbytes for n in in_nodes) + node.nbytes
+        elif op in ("reshape", "permute", "slice"):
+            node.bytes = node.nbytes
+        self.out.add(node)
+        return name
+
+    def const(self, value: np.ndarray) -> str:
+        value = np.ascontiguousarray(value)
+        dtype = "int64" if value.dtype.kind in "iu" else "float32"
+        return self.emit("const", [], value.shape, dtype, value=value.astype(dtype))
+
+    def arg(self, node: Node, index: int, name: str, default: Any = None) -> Any:
+        args, kwargs = node.attrs.get("args", ()), node.attrs.get("kwargs", {})
+        value = args[index] if index < len(args) else kwargs.get(name, default)
+        return self.value[value.name] if isinstance(value, Ref) else value
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.out[name].shape
+
+    def unsupported(self, node: Node, why: str) -> WscError:
+        where = f" at {node.source}" if node.source else ""
+        return WscError(f"unsupported use of {node.op}{where}: {why}; `wsc ops` lists what is supported")
+
+
+@dataclass(frozen=True)
+class Legalize:
+    name: ClassVar[str] = "legalize"
+
+    def __call__(self, program: Program) -> Program:
+        program.graph = self.run(program.graph)
+        return program
+
+    def run(self, graph: Graph) -> Graph:
+        rw = Rewriter(graph)
+        for node in graph:
+            rw.origin, rw.count = node, 0
+            if node.op in ("input", "param"):
+                rw.out.add(Node(node.name, node.op, (), node.shape, node.dtype, dict(node.attrs),
+                                module=node.module, source=node.source))
+                rw.value[node.name] = node.name
+                continue
+            if node.attrs.get("multi_output") and "index" not in node.attrs:
+                continue  # legalised element by element, through the nodes that read it
+            rule = _RULES.get(node.op)
+            if rule is None:
+                where = f" at {node.source}" if node.source else ""
+                raise WscError(f"unsupported op {node.op}{where}; `wsc ops` lists the supported ops")
+            rw.value[node.name] = rule(rw, node)
+        rw.out.outputs = [rw.value[o] for o in graph.outputs]
+        return _drop_dead(rw.out)
+
+
+def _drop_dead(graph: Graph) -> Graph:
+    live = set(graph.outputs)
+    for node in reversed(list(graph)):
+        if node.name in live:
+            live.update(node.inputs)
+    dead = [n.name for n in graph if n.name not in live]
+    graph.g.remove_nodes_from(dead)
+    return graph
+
+
+# ----------------------------------------------------------------------------------------------- kernels
+
+
+@legalizes("aten.linear.default")
+def _linear(rw: Rewriter, node: Node) -> str:
+    x, w, b = rw.arg(node, 0, "input"), rw.arg(node, 1, "weight"), rw.arg(node, 2, "bias")
+    if len(rw.shape(w)) != 2:
+        raise rw.unsupported(node, f"weight of rank {len(rw.shape(w))}")
+    inputs = [x, w] + ([b] if b is not None else [])
+    return rw.emit("matmul", inputs, node.shape, final=True, bias=b is not None)
+
+
+@legalizes("aten.matmul.default", "aten.bmm.default", "aten.mm.default")
+def _matmul(rw: Rewriter, node: Node) -> str:
+    a, b = rw.arg(node, 0, "self"), rw.arg(node, 1, "other")
+    a_shape, b_shape = rw.shape(a), rw.shape(b)
+    if len(a_shape) < 2 or len(b_shape) < 2:
+        raise rw.unsupported(node, "matrix-vector products (an operand of rank 1)")
+    if len(b_shape) > 2 and (len(b_shape) != len(a_shape) or b_shape[:-2] != a_shape[:-2]):
+        raise rw.unsupported(node, f"batch broadcasting between {a_shape} and {b_shape}")
+    # The kernel reads its second operand transposed ([N, K]): K is contiguous for both operands.
+    dims = list(range(len(b_shape)))
+    dims[-1], dims[-2] = dims[-2], dims[-1]
+    bt = rw.emit("permute", [b], [b_shape[d] for d in dims], dims=dims)
+    return rw.emit("matmul", [a, bt], node.shape, final=True, bias=False)
+
+
+@legalizes("aten.layer_norm.default")
+def _layer_norm(rw: Rewriter, node: Node) -> str:
+    x, normalized = rw.arg(node, 0, "input"), rw.arg(node, 1, "normalized_shape")
+    w, b, eps = rw.arg(node, 2, "weight"), rw.arg(node, 3, "bias"), rw.arg(node, 4, "eps", 1e-5)
+    if len(normalized) != 1:
+        raise rw.unsupported(node, "normalisation over more than the last dimension")
+    d = normalized[0]
+    w = w if w is not None else rw.const(np.ones(d, np.float32))
+    b = b if b is not None else rw.const(np.zeros(d, np.float32))
+    return rw.emit("layernorm", [x, w, b], node.shape, final=True, eps=float(eps))
+
+
+@legalizes("aten.gelu.default")
+def _gelu(rw: Rewriter, node: Node) -> str:
+    x, approximate = rw.arg(node, 0, "self"), rw.arg(node, 1, "approximate", "none")
+    return rw.emit("gelu", [x], node.shape, final=True, approximate=approximate)
+
+
+@legalizes("aten.softmax.int", "aten._softmax.default")
+def _softmax(rw: Rewriter, node: Node) -> str:
+    x, dim = rw.arg(node, 0, "self"), rw.arg(node, 1, "dim")
+    rank = len(rw.shape(x))
+    if dim % rank != rank - 1:
+        raise rw.unsupported(node, f"softmax over dimension {dim} (only the last dimension is supported)")
+    rows = int(np.prod(rw.shape(x)[:-1]))
+    return rw.emit("softmax", [x], node.shape, final=True, scale=1.0, causal=False, group_rows=rows)
+
+
+@legalizes("aten.scaled_dot_product_attention.default")
+def _attention(rw: Rewriter, node: Node) -> str:
+    """softmax(q k^T * scale, causal) v, as the three kernels a wafer runs: scores, softmax, weighted sum."""
+    q, k, v = (rw.arg(node, i, n) for i, n in enumerate(("query", "key", "value")))
+    if rw.arg(node, 3, "attn_mask") is not None:
+        raise rw.unsupported(node, "an explicit attn_mask (use is_causal=True)")
+    if rw.arg(node, 4, "dropout_p", 0.0):
+        raise rw.unsupported(node, "attention dropout (compile the model in eval mode)")
+    causal, scale = bool(rw.arg(node, 5, "is_causal", False)), rw.arg(node, 6, "scale")
+    *batch, s_q, d = rw.shape(q)
+    s_k = rw.shape(k)[-2]
+    if rw.shape(k)[:-2] != tuple(batch) or rw.shape(v)[:-2] != tuple(batch):
+        raise rw.unsupported(node, "grouped or broadcast key/value heads")
+    scale = float(scale) if scale is not None else 1.0 / math.sqrt(d)
+    scores = rw.emit("matmul", [q, k], [*batch, s_q, s_k], bias=False)
+    probs = rw.emit("softmax", [scores], [*batch, s_q, s_k], scale=scale, causal=causal, group_rows=s_q)
+    dims = list(range(len(batch) + 2))
+    dims[-1], dims[-2] = dims[-2], dims[-1]
+    v_t = rw.emit("permute", [v], [*batch, rw.shape(v)[-1], s_k], dims=dims)
+    return rw.emit("matmul", [probs, v_t], node.shape, final=True, bias=False)
+
+
+def _binary(op: str):
+    def rule(rw: Rewriter, node: Node) -> str:
+        a, b = rw.arg(node, 0, "self"), rw.arg(node, 1, "other")
+        if rw.arg(node, 2, "alpha", 1) != 1:
+            raise rw.unsupported(node, "add with alpha != 1")
+        a = a if isinstance(a, str) else rw.const(np.array([a], np.float32))
+        b = b if isinstance(b, str) else rw.const(np.array([b], np.float32))
+        if rw.shape(a) != node.shape:
+            a, b = b, a  # both ops commute: put the full-size operand first
+        if rw.shape(a) != node.shape or not _suffix_broadcast(rw.shape(b), node.shape):
+            raise rw.unsupported(node, f"broadcasting {rw.shape(a)} with {rw.shape(b)}")
+        return rw.emit(op, [a, b], node.shape, final=True)
+
+    return rule
+
+
+def _suffix_broadcast(small: tuple[int, ...], full: tuple[int, ...]) -> bool:
+    """True when `small` repeats over `full`'s leading rows: what the add/mul kernels index as (r % Rb, c % Cb)."""
+    if len(small) > len(full):
+        return False
+    padded = (1,) * (len(full) - len(small)) + tuple(small)
+    if padded[-1] not in (1, full[-1]):
+        return False
+    rows, full_rows = padded[:-1], full[:-1]
+    first = next((i for i, d in enumerate(rows) if d != 1), len(rows))
+    return rows[first:] == full_rows[first:]
+
+
+legalizes("aten.add.Tensor")(_binary("add"))
+legalizes("aten.mul.Tensor")(_binary("mul"))
+
+
+@legalizes("aten.embedding.default")
+def _embedding(rw: Rewriter, node: Node) -> str:
+    weight, ids = rw.arg(node, 0, "weight"), rw.arg(node, 1, "indices")
+    return rw.emit("embedding", [weight, ids], node.shape, final=True)
+
+
+# ------------------------------------------------------------------------------------- layout and values
+
+
+@legalizes("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default",
+           "aten.unsqueeze.default", "aten.squeeze.dim", "aten.flatten.using_ints")
+def _reshape(rw: Rewriter, node: Node) -> str:
+    return rw.emit("reshape", [rw.arg(node, 0, "self")], node.shape, final=True)
+
+
+@legalizes("aten.transpose.int", "aten.permute.default", "aten.t.default")
+def _permute(rw: Rewriter, node: Node) -> str:
+    x = rw.arg(node, 0, "self")
+    rank = len(rw.shape(x))
+    if node.op == "aten.permute.default":
+        dims = [d % rank for d in rw.arg(node, 1, "dims")]
+    else:
+        d0, d1 = (rw.arg(node, 1, "dim0", 0), rw.arg(node, 2, "dim1", 1)) if rank > 1 else (0, 0)
+        dims = list(range(rank))
+        dims[d0 % rank], dims[d1 % rank] = dims[d1 % rank], dims[d0 % rank]
+    return rw.emit("permute", [x], node.shape, final=True, dims=dims)
+
+
+@legalizes("aten.split.Tensor", "aten.split_with_sizes.default", "aten.chunk.default")
+def _split(rw: Rewriter, node: Node) -> str:
+    x, size = rw.arg(node, 0, "self"), rw.arg(node, 1, "split_size")
+    dim = rw.arg(node, 2, "dim", 0) % len(rw.shape(x))
+    extent, index = rw.shape(x)[dim], node.attrs["index"]
+    if node.op == "aten.chunk.default":
+        size = math.ceil(extent / size)
+    sizes = list(size) if isinstance(size, (list, tuple)) else [size] * math.ceil(extent / size)
+    start = sum(sizes[:index])
+    return rw.emit("slice", [x], node.shape, final=True, dim=dim, start=start, end=start + node.shape[dim])
+
+
+@legalizes("aten.slice.Tensor")
+def _slice(rw: Rewriter, node: Node) -> str:
+    x = rw.arg(node, 0, "self")
+    dim = rw.arg(node, 1, "dim", 0) % len(rw.shape(x))
+    if rw.arg(node, 4, "step", 1) != 1:
+        raise rw.unsupported(node, "strided slices")
+    start = rw.arg(node, 2, "start", 0) or 0
+    start = start + rw.shape(x)[dim] if start < 0 else min(start, rw.shape(x)[dim])
+    return rw.emit("slice", [x], node.shape, final=True, dim=dim, start=start, end=start + node.shape[dim])
+
+
+@legalizes("aten.alias.default", "aten.clone.default", "aten.contiguous.default", "aten.detach.default",
+           "aten.lift_fresh_copy.default", "aten._assert_tensor_metadata.default")
+def _identity(rw: Rewriter, node: Node) -> str:
+    return rw.arg(node, 0, "self")
+
+
+@legalizes("aten.dropout.default")
+def _dropout(rw: Rewriter, node: Node) -> str:
+    if rw.arg(node, 2, "train", False) and rw.arg(node, 1, "p", 0.0) > 0:
+        raise rw.unsupported(node, "dropout in training mode (call model.eval() first)")
+    return rw.arg(node, 0, "input")
+
+
+@legalizes("aten.arange.default", "aten.arange.start", "aten.arange.start_step")
+def _arange(rw: Rewriter, node: Node) -> str:
+    args = [rw.arg(node, i, n) for i, n in enumerate(("start", "end", "step"))]
+    numbers = [a for a in args if isinstance(a, (int, float))]
+    value = np.arange(*numbers).astype("int64" if node.dtype == "int64" else "float32")
+    return rw.emit("const", [], node.shape, node.dtype, final=True, value=value)

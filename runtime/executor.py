@@ -1,0 +1,139 @@
+"""The executor: runs a compiled Program layer by layer, streaming each layer's weights from the store.
+
+Activations stay resident between layers (as they stay on the wafer); a layer's weights are streamed in just
+before it runs and released right after. Every kernel runs through its JIT-compiled LLVM function over exactly
+the tiles the partitioner chose; outputs start as NaN, so an element no tile computed cannot pass for a value.
+Layout ops (reshape, permute, slice) only move data, as the fabric does.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from wsc.errors import WscError
+from wsc.ir import Graph, Node
+from wsc.program import KernelPlan, Program
+from wsc.runtime.lowering import compile_kernel
+from wsc.runtime.weight_store import WeightStore
+
+
+def kernel_shapes(graph: Graph, node: Node) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
+    """The shapes each kernel's ABI takes (see wsc.runtime.lowering): the node's tensors folded to 2-D/3-D."""
+    ins = [graph[i].shape for i in node.inputs]
+    out = node.shape
+    rows = int(np.prod(out[:-1], dtype=np.int64))
+    if node.op == "matmul":
+        a, b = ins[0], ins[1]
+        if len(b) == 2:
+            g, m = 1, rows
+            shapes = [(1, m, a[-1]), (1, *b)]
+        else:
+            g, m = int(np.prod(a[:-2], dtype=np.int64)), a[-2]
+            shapes = [(g, m, a[-1]), (int(np.prod(b[:-2], dtype=np.int64)), b[-2], b[-1])]
+        return (g, m, out[-1]), shapes + [tuple(s) for s in ins[2:]]
+    if node.op == "embedding":
+        return (rows, out[-1]), [ins[0], (int(np.prod(ins[1], dtype=np.int64)),)]
+    if node.op in ("add", "mul"):
+        b = (1,) * (len(out) - len(ins[1])) + tuple(ins[1])
+        return (rows, out[-1]), [(rows, out[-1]), (int(np.prod(b[:-1], dtype=np.int64)), b[-1])]
+    if node.op == "layernorm":
+        return (rows, out[-1]), [(rows, out[-1]), ins[1], ins[2]]
+    return (rows, out[-1]), [(rows, out[-1])]
+
+
+def kernel_attrs(node: Node) -> dict:
+    return {k: v for k, v in node.attrs.items() if k != "value"}
+
+
+@dataclass
+class RunStats:
+    seconds: float = 0.0
+    kernel_seconds: float = 0.0
+    layers: list[dict] = field(default_factory=list)
+
+
+class Executor:
+    def __init__(self, program: Program, store: WeightStore, threads: int | None = None):
+        self.program = program
+        self.graph = program.graph
+        self.store = store
+        self.threads = threads or os.cpu_count() or 1
+        self.kernels = {}
+        self.tiles: dict[int, np.ndarray] = {}
+        for layer in program.layers:
+            for name in layer.nodes:
+                node = self.graph[name]
+                if node.is_kernel:
+                    out, ins = kernel_shapes(self.graph, node)
+                    self.kernels[name] = compile_kernel(node.op, out, ins, kernel_attrs(node))
+        self.last_use = self._last_use()
+        self.stats = RunStats()
+
+    def _last_use(self) -> dict[str, int]:
+        """The last layer that reads each value: after it, the activation is freed."""
+        last: dict[str, int] = {}
+        for layer in self.program.layers:
+            for name in layer.nodes:
+                for src in self.graph[name].inputs:
+                    last[src] = layer.index
+        for out in self.graph.outputs:
+            last[out] = len(self.program.layers)
+        return last
+
+    def _ordered_tiles(self, plan: KernelPlan) -> np.ndarray:
+        # Column blocks outermost: all row tiles of a column block reuse the same streamed operand rows
+        # while they are in cache. Order changes speed only; each tile writes its own outputs.
+        key = id(plan.tiles)
+        if key not in self.tiles:
+            t = plan.tiles
+            self.tiles[key] = np.ascontiguousarray(t[np.lexsort((t[:, 0], t[:, 2]))])
+        return self.tiles[key]
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        graph, env = self.graph, {}
+        if len(inputs) != len(graph.inputs):
+            raise WscError(f"the program takes {len(graph.inputs)} inputs, got {len(inputs)}")
+        for node, value in zip(graph.inputs, inputs, strict=True):
+            env[node.name] = np.ascontiguousarray(value)
+        start = time.perf_counter()
+        for layer in self.program.layers:
+            layer_start = time.perf_counter()
+            keys = [graph[w].attrs["key"] for w in layer.weights]
+            weights = self.store.stream_in(layer.name, keys)
+            for w, key in zip(layer.weights, keys, strict=True):
+                env[w] = weights[key].reshape(graph[w].shape)
+            del weights
+            for name in layer.nodes:
+                env[name] = self._execute(graph[name], layer.kernels.get(name), env)
+            self.store.release(layer.name)
+            for w in layer.weights:
+                env.pop(w, None)
+            for value in [v for v in env if self.last_use.get(v, -1) <= layer.index]:
+                del env[value]
+            self.stats.layers.append({"layer": layer.name, "seconds": time.perf_counter() - layer_start})
+        self.stats.seconds = time.perf_counter() - start
+        return [env[o] for o in graph.outputs]
+
+    def _execute(self, node: Node, plan: KernelPlan | None, env: dict[str, np.ndarray]) -> np.ndarray:
+        if node.op == "const":
+            return node.attrs["value"]
+        if node.op == "reshape":
+            return env[node.inputs[0]].reshape(node.shape)
+        if node.op == "permute":
+            return np.ascontiguousarray(env[node.inputs[0]].transpose(node.attrs["dims"]))
+        if node.op == "slice":
+            index = [slice(None)] * len(node.shape)
+            index[node.attrs["dim"]] = slice(node.attrs["start"], node.attrs["end"])
+            return np.ascontiguousarray(env[node.inputs[0]][tuple(index)])
+        assert plan is not None, f"kernel {node.name} has no tile plan"
+        out_shape, in_shapes = kernel_shapes(self.graph, node)
+        out = np.full(out_shape, np.nan, dtype=np.float32)
+        args = [np.ascontiguousarray(env[i]).reshape(s) for i, s in zip(node.inputs, in_shapes, strict=True)]
+        t = time.perf_counter()
+        self.kernels[node.name](out, args, self._ordered_tiles(plan), threads=self.threads)
+        self.stats.kernel_seconds += time.perf_counter() - t
+        return out.reshape(node.shape)

@@ -1,0 +1,64 @@
+"""Layer norm over the last dim: out = (x - mean) / sqrt(var + eps) * weight + bias.
+
+Row statistics always cover the whole row, even when a tile writes only some of its columns, so
+any split of the output into tiles produces the same values. Two passes (mean, then the biased
+variance of x - mean) rather than sum / sum-of-squares, which cancels badly when |mean| >> std.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from wsc.runtime.lowering import (
+    CONTRACT,
+    FAST,
+    KernelBuilder,
+    KernelIR,
+    KernelSpec,
+    f32,
+    for_range,
+    i64,
+    load_at,
+    loop,
+    register_lowering,
+    store_at,
+)
+
+
+@register_lowering("layernorm")
+def lower_layernorm(spec: KernelSpec) -> KernelIR:
+    if len(spec.out_shape) != 2 or len(spec.in_shapes) != 3:
+        raise ValueError(f"layernorm: expected out [R, D] and inputs x, weight, bias; got {spec}")
+    rows, d = spec.out_shape
+    if spec.in_shapes != ((rows, d), (d,), (d,)):
+        raise ValueError(f"layernorm: inputs {spec.in_shapes}, expected [{rows}, {d}], [{d}], [{d}]")
+    eps = float(spec.attrs.get("eps", 1e-5))
+    kb = KernelBuilder(spec, ["f32", "f32", "f32"])
+    b = kb.b
+    x_ptr, w_ptr, bias_ptr = kb.inputs
+    sqrt = kb.intrinsic("llvm.sqrt")
+    inv_d = f32(1.0 / d if d else 0.0)
+
+    with kb.for_tiles() as (r0, r1, c0, c1):
+        with for_range(b, r0, r1, "r") as r:
+            x_row = b.gep(x_ptr, [b.mul(r, i64(d))], inbounds=True)
+            o_row = b.gep(kb.out, [b.mul(r, i64(d))], inbounds=True)
+
+            def add_x(k: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+                return [b.fadd(acc[0], load_at(b, x_row, k), flags=FAST)]
+
+            (total,) = loop(b, i64(0), i64(d), [f32(0.0)], add_x, name="sum")
+            mean = b.fmul(total, inv_d)
+
+            def add_sq(k: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+                dev = b.fsub(load_at(b, x_row, k), mean)
+                return [b.fadd(acc[0], b.fmul(dev, dev, flags=FAST), flags=FAST)]
+
+            (sq,) = loop(b, i64(0), i64(d), [f32(0.0)], add_sq, name="var")
+            var = b.fmul(sq, inv_d)
+            rstd = b.fdiv(f32(1.0), b.call(sqrt, [b.fadd(var, f32(eps))]))
+            with for_range(b, c0, c1, "c") as c:
+                y = b.fmul(b.fsub(load_at(b, x_row, c), mean), rstd)
+                y = b.fmul(y, load_at(b, w_ptr, c), flags=CONTRACT)
+                store_at(b, b.fadd(y, load_at(b, bias_ptr, c), flags=CONTRACT), o_row, c)
+    return kb.finish()

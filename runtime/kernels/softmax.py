@@ -1,0 +1,74 @@
+"""Row softmax of scale * x, optionally causal: y[r, j] = softmax_j(scale * x[r, j]).
+
+With causal=True and rows grouped M at a time (R = groups * M), row r may attend to columns
+j <= (r % M) + (N - M): the last M columns form the square causal block, earlier columns (a
+prefix such as cached keys) are always visible. Masked columns are exactly 0 and are left out of
+the max and the sum rather than set to -inf, so no inf arithmetic happens at all.
+Row statistics cover the whole row whatever columns a tile writes.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from wsc.runtime.lowering import (
+    FAST,
+    KernelBuilder,
+    KernelIR,
+    KernelSpec,
+    f32,
+    for_range,
+    i64,
+    load_at,
+    loop,
+    register_lowering,
+    smax,
+    smin,
+    store_at,
+)
+
+
+@register_lowering("softmax")
+def lower_softmax(spec: KernelSpec) -> KernelIR:
+    if len(spec.out_shape) != 2 or spec.in_shapes != (spec.out_shape,):
+        raise ValueError(f"softmax: expected out [R, N] and one input of the same shape; got {spec}")
+    rows, n = spec.out_shape
+    scale = float(spec.attrs.get("scale", 1.0))
+    causal = bool(spec.attrs.get("causal", False))
+    m = int(spec.attrs.get("group_rows", rows if rows else 1))
+    if m <= 0 or rows % m:
+        raise ValueError(f"softmax: group_rows {m} does not divide the {rows} rows")
+    if causal and n < m:
+        # Row 0 of each group would have no visible column and its softmax would be undefined.
+        raise ValueError(f"softmax: causal needs N >= group_rows, got N={n}, group_rows={m}")
+    kb = KernelBuilder(spec, ["f32"])
+    b = kb.b
+    (x_ptr,) = kb.inputs
+    exp = kb.intrinsic("llvm.exp")
+    maxnum = kb.intrinsic("llvm.maxnum", 2)
+
+    with kb.for_tiles() as (r0, r1, c0, c1):
+        with for_range(b, r0, r1, "r") as r:
+            x_row = b.gep(x_ptr, [b.mul(r, i64(n))], inbounds=True)
+            o_row = b.gep(kb.out, [b.mul(r, i64(n))], inbounds=True)
+            visible = b.add(b.urem(r, i64(m)), i64(n - m + 1)) if causal else i64(n)
+
+            def scaled(j: ir.Value) -> ir.Value:
+                return b.fmul(load_at(b, x_row, j), f32(scale))
+
+            def row_max(j: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+                return [b.call(maxnum, [acc[0], scaled(j)], fastmath=FAST)]
+
+            (mx,) = loop(b, i64(0), visible, [f32(float("-inf"))], row_max, name="max")
+
+            def row_sum(j: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+                return [b.fadd(acc[0], b.call(exp, [b.fsub(scaled(j), mx)]), flags=FAST)]
+
+            (total,) = loop(b, i64(0), visible, [f32(0.0)], row_sum, name="sum")
+            inv = b.fdiv(f32(1.0), total)
+            split = smax(b, c0, smin(b, c1, visible))
+            with for_range(b, c0, split, "c") as j:
+                store_at(b, b.fmul(b.call(exp, [b.fsub(scaled(j), mx)]), inv), o_row, j)
+            with for_range(b, split, c1, "cm") as j:
+                store_at(b, f32(0.0), o_row, j)
+    return kb.finish()

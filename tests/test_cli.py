@@ -1,0 +1,115 @@
+"""The command line: a compile writes both artifacts; bad input gets one line, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wsc.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = Path(__file__).resolve().parent / "models"
+
+
+def wsc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wsc.cli", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def compiled_out(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    out = tmp_path_factory.mktemp("out")
+    proc = wsc("compile", str(MODELS / "tiny_gpt.py"), "--target", "mesh-16x16", "--model-arg", "layers=2",
+               "--out", str(out), "--time-limit", "1")
+    return proc, out
+
+
+def test_compile_writes_report_and_placement(compiled_out):
+    proc, out = compiled_out
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    for section, key in [("model", "params"), ("model", "layers"), ("placement", "strategy"),
+                         ("placement", "pes_used"), ("placement", "utilization"), ("placement", "wirelength"),
+                         ("placement", "max_link_load"), ("simulation", "step_seconds"),
+                         ("simulation", "bound_seconds"), ("simulation", "bottleneck"),
+                         ("verification", "status"), ("verification", "max_abs_err"),
+                         ("verification", "tolerance"), ("memory", "peak_rss_bytes"),
+                         ("memory", "max_layer_weights_bytes")]:
+        assert key in report[section], (section, key)
+    assert report["model"]["layers"] == 4
+    assert report["model"]["args"] == {"layers": 2}
+    assert report["verification"]["status"] == "pass"
+    assert report["simulation"]["step_seconds"] >= report["simulation"]["bound_seconds"]
+    placement = json.loads((out / "placement.json").read_text())
+    assert placement["mesh"] == {"rows": 16, "cols": 16, "dead_pes": []}
+    assert [layer["name"] for layer in placement["layers"]] == ["embed", "blocks.0", "blocks.1", "head"]
+    assert "verification  pass" in proc.stdout
+
+
+def test_placement_json_is_legal(compiled_out):
+    _, out = compiled_out
+    placement = json.loads((out / "placement.json").read_text())
+    rows, cols = placement["mesh"]["rows"], placement["mesh"]["cols"]
+    for layer in placement["layers"]:
+        used = set()
+        for k in layer["kernels"]:
+            assert 0 <= k["x"] and k["x"] + k["w"] <= cols and 0 <= k["y"] and k["y"] + k["h"] <= rows
+            cells = {(r, c) for r in range(k["y"], k["y"] + k["h"]) for c in range(k["x"], k["x"] + k["w"])}
+            assert not cells & used, f"{k['name']} overlaps another kernel"
+            used |= cells
+        names = {k["name"] for k in layer["kernels"]}
+        for edge in layer["edges"]:
+            assert edge["src"] in names and edge["dst"] in names and edge["bytes"] > 0
+
+
+def one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in proc.stderr
+    assert pattern in lines[0], lines[0]
+
+
+def wsc_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The same entry point without a new interpreter (importing torch costs seconds per process)."""
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
+def test_unsupported_op_is_one_line_exit_2(tmp_path):
+    proc = wsc("compile", str(MODELS / "cumsum_model.py"), "--target", "mesh-16x16", "--out", str(tmp_path / "o"))
+    one_line_error(proc, "unsupported op aten.cumsum.default at cumsum_model.py:12: return self.proj(x).cumsum")
+    assert "wsc ops" in proc.stderr
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_model_file_errors(tmp_path, capsys):
+    run = lambda *a: wsc_in_process(capsys, "compile", *a)  # noqa: E731
+    one_line_error(run(str(MODELS / "no_functions.py"), "--target", "mesh-16x16"), "does not define build_model")
+    one_line_error(run(str(MODELS / "syntax_error.py"), "--target", "mesh-16x16"), "has a syntax error at line 1")
+    one_line_error(run(str(tmp_path / "missing.py"), "--target", "mesh-16x16"), "does not exist")
+    one_line_error(run(str(MODELS / "tiny_gpt.py"), "--target", "mesh-16x16", "--model-arg", "x"),
+                   "is not KEY=VALUE")
+    one_line_error(run(str(MODELS / "tiny_gpt.py"), "--target", "mesh-16x16", "--model-arg", "depth=3"),
+                   "unexpected keyword argument 'depth'")
+
+
+def test_bad_target_errors(tmp_path, capsys):
+    one_line_error(wsc_in_process(capsys, "compile", str(MODELS / "tiny_gpt.py"), "--target", "nope"), "cs2-sim")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nmesh: {rows: -3, cols: 4}\n")
+    one_line_error(wsc_in_process(capsys, "compile", str(MODELS / "tiny_gpt.py"), "--target", str(bad)),
+                   "bad.yaml")
+
+
+def test_ops_lists_supported_ops():
+    proc = wsc("ops")
+    assert proc.returncode == 0
+    assert "aten.scaled_dot_product_attention.default" in proc.stdout
+    assert "  matmul" in proc.stdout

@@ -1,0 +1,152 @@
+"""Target files: the shipped ones load with the public numbers; malformed ones name the bad field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import wsc.targets
+from wsc.errors import WscError
+from wsc.targets import Target, available_targets, load_target
+
+SHIPPED = Path(wsc.targets.__file__).parent
+
+
+def test_cs2_sim_has_the_public_numbers() -> None:
+    t = load_target("cs2-sim")
+    assert isinstance(t, Target)
+    assert (t.rows, t.cols) == (750, 994)
+    assert t.clock_hz == 850e6
+    assert t.sram_bytes_per_pe == 49152
+    assert t.flops_per_cycle_per_pe == {"fp16": 8.0, "fp32": 2.0}
+    assert (t.link_bytes_per_cycle, t.hop_latency_cycles, t.colors) == (4.0, 1.0, 24)
+    assert t.io_bytes_per_second == 150e9
+    assert t.dead_pes == frozenset()
+    assert t.usable_pes == 750 * 994
+    assert t.peak_flops("fp16") == pytest.approx(750 * 994 * 8 * 850e6)
+
+
+def test_cs2_sim_says_where_the_clock_comes_from() -> None:
+    text = (SHIPPED / "cs2-sim.yaml").read_text()
+    assert "benchmark scripts" in text and "1.1 GHz" in text
+
+
+def test_every_shipped_target_loads_by_name_and_by_path() -> None:
+    assert {"cs2-sim", "mesh-16x16"} <= set(available_targets())
+    for name in available_targets():
+        assert load_target(name) == load_target(str(SHIPPED / f"{name}.yaml"))
+    small = load_target("mesh-16x16")
+    assert (small.rows, small.cols) == (16, 16)
+
+
+def test_unknown_name_lists_the_available_targets() -> None:
+    with pytest.raises(WscError, match=r"unknown target 'cs9'; available targets: cs2-sim, mesh-16x16"):
+        load_target("cs9")
+
+
+def test_missing_file_raises(tmp_path: Path) -> None:
+    with pytest.raises(WscError, match="does not exist"):
+        load_target(str(tmp_path / "nope.yaml"))
+
+
+def test_unknown_dtype_in_peak_flops_raises() -> None:
+    with pytest.raises(WscError, match="no peak rate for dtype 'int4'"):
+        load_target("mesh-16x16").peak_flops("int4")
+
+
+def base() -> dict[str, Any]:
+    return yaml.safe_load((SHIPPED / "mesh-16x16.yaml").read_text())
+
+
+def write(tmp_path: Path, doc: Any) -> str:
+    path = tmp_path / "t.yaml"
+    path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+    return str(path)
+
+
+def test_defects_load_as_row_col_pairs(tmp_path: Path) -> None:
+    doc = base()
+    doc["defects"] = {"dead_pes": [[0, 15], [3, 4]]}
+    t = load_target(write(tmp_path, doc))
+    assert t.dead_pes == frozenset({(0, 15), (3, 4)})
+    assert t.usable_pes == 254
+
+
+def test_numbers_yaml_reads_as_strings_are_accepted(tmp_path: Path) -> None:
+    # YAML 1.1 reads 850e6 as a string; the loader accepts it as the number it obviously is.
+    text = (SHIPPED / "mesh-16x16.yaml").read_text().replace("clock_hz: 1.0e+9", "clock_hz: 850e6")
+    assert load_target(write(tmp_path, text)).clock_hz == 850e6
+
+
+def edit(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(base())
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    if value is DELETE:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return doc
+
+
+DELETE = object()
+
+MALFORMED = {
+    "missing section": (("fabric",), DELETE, r"field 'fabric' is missing"),
+    "missing field": (("fabric", "colors"), DELETE, r"field 'fabric.colors' is missing"),
+    "missing dtype": (
+        ("pe", "flops_per_cycle", "fp32"),
+        DELETE,
+        r"field 'pe.flops_per_cycle.fp32' is missing",
+    ),
+    "negative rows": (("mesh", "rows"), -3, r"field 'mesh.rows' must be positive, got -3"),
+    "zero clock": (("clock_hz",), 0, r"field 'clock_hz' must be a positive finite number"),
+    "negative io": (
+        ("io", "stream_bytes_per_second"),
+        -1.5e9,
+        r"field 'io.stream_bytes_per_second' must be a positive",
+    ),
+    "float rows": (("mesh", "cols"), 16.5, r"field 'mesh.cols' must be a positive integer, got 16.5"),
+    "text number": (("clock_hz",), "fast", r"field 'clock_hz' must be a positive number, got 'fast'"),
+    "bool colors": (("fabric", "colors"), True, r"field 'fabric.colors' must be a positive integer"),
+    "unknown key": (("mesh", "depth"), 3, r"field 'mesh.depth' is not a known key; allowed here: cols, rows"),
+    "unknown top key": (("frequency",), 1, r"field 'frequency' is not a known key"),
+    "dead pe outside": (
+        ("defects",),
+        {"dead_pes": [[1, 1], [16, 0]]},
+        r"'defects.dead_pes\[1\]' = \[16, 0\] is out",
+    ),
+    "dead pe not a pair": (
+        ("defects",),
+        {"dead_pes": [[1, 2, 3]]},
+        r"'defects.dead_pes\[0\]' must be a \[row, col\]",
+    ),
+    "section not a mapping": (("pe",), [1, 2], r"field 'pe' must be a mapping"),
+    "empty name": (("name",), "", r"field 'name' must be a non-empty string"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_target_names_the_field(tmp_path: Path, case: str) -> None:
+    path, value, message = MALFORMED[case]
+    source = write(tmp_path, edit(path, value))
+    with pytest.raises(WscError, match=message) as err:
+        load_target(source)
+    assert source in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_yaml_names_the_file_and_line(tmp_path: Path) -> None:
+    source = write(tmp_path, "name: x\nmesh: {rows: 4, cols: [\n")
+    with pytest.raises(WscError, match=r"t\.yaml: invalid YAML at line \d+"):
+        load_target(source)
+
+
+def test_top_level_not_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(WscError, match="must be a mapping"):
+        load_target(write(tmp_path, "- 1\n- 2\n"))

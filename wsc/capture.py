@@ -1,0 +1,355 @@
+"""Capture: a PyTorch module and its example inputs become a wsc Graph of ATen-level nodes.
+
+`torch.export` is the main road: it gives an ATen graph with the parameters lifted out as graph inputs, which
+is what weight streaming needs (each weight is a named input the store can hold). Modules export cannot take
+fall back to `torch.fx.symbolic_trace`, whose torch-level calls are renamed to the ATen ops they stand for, so
+legalisation sees one vocabulary. Shapes come from the tracer's metadata here, once.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from wsc.errors import WscError
+from wsc.ir import Graph, Node, Ref
+
+TORCH_DTYPES = {
+    torch.float32: "float32",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+    torch.int64: "int64",
+    torch.int32: "int32",
+    torch.bool: "bool",
+}
+
+
+@dataclass
+class Captured:
+    graph: Graph
+    weights: dict[str, torch.Tensor]  # store key -> tensor (may live on the meta device)
+    how: str  # "torch.export" or "symbolic_trace"
+
+
+def capture(model: nn.Module, example_inputs: tuple) -> Captured:
+    """Trace `model` on `example_inputs`; export first, symbolic_trace when export refuses."""
+    try:
+        exported = torch.export.export(model, tuple(example_inputs), strict=False)
+    except Exception as export_error:  # export raises many types; each means "try the fallback"
+        try:
+            return _from_symbolic_trace(model, example_inputs)
+        except WscError:
+            raise
+        except Exception as trace_error:
+            raise WscError(
+                f"cannot capture the model: torch.export failed ({_first_line(export_error)}) and "
+                f"symbolic_trace failed ({_first_line(trace_error)}); data-dependent control flow "
+                "(an `if` on a tensor's value) is the usual cause: make the branch static"
+            ) from None
+    return _from_exported(exported)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _from_exported(ep: torch.export.ExportedProgram) -> Captured:
+    from torch.export.graph_signature import InputKind
+
+    state = dict(ep.state_dict)
+    state.update(getattr(ep, "constants", {}) or {})
+    graph = Graph()
+    weights: dict[str, torch.Tensor] = {}
+    specs = {spec.arg.name: spec for spec in ep.graph_signature.input_specs}
+    for fx_node in ep.graph.nodes:
+        if fx_node.op == "placeholder":
+            spec = specs[fx_node.name]
+            if spec.kind == InputKind.USER_INPUT:
+                graph.add(_node(fx_node, "input", (), {}))
+            else:
+                weights[spec.target] = state[spec.target]
+                graph.add(_node(fx_node, "param", (), {"key": spec.target}))
+        elif fx_node.op == "call_function":
+            _add_call(graph, fx_node, _aten_name(fx_node.target), fx_node.args, fx_node.kwargs)
+        elif fx_node.op == "output":
+            graph.outputs = [a.name for a in _flat_outputs(fx_node.args[0])]
+    return Captured(graph, weights, "torch.export")
+
+
+def _aten_name(target: Any) -> str:
+    if target is operator.getitem:
+        return "getitem"
+    return str(target)
+
+
+def _flat_outputs(value: Any) -> list[torch.fx.Node]:
+    if isinstance(value, torch.fx.Node):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [n for v in value for n in _flat_outputs(v)]
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _flat_outputs(v)]
+    raise WscError(f"model output of type {type(value).__name__} is not supported; return tensors")
+
+
+def _add_call(graph: Graph, fx_node: torch.fx.Node, op: str, args: Any, kwargs: dict) -> None:
+    if op == "getitem":
+        # A multi-output op (split, chunk) read through getitem: one node per element, named by the
+        # producing op, so legalisation sees `aten.split.Tensor(x, 768, 2)[index]` in one node.
+        producer, index = args
+        parent = graph[producer.name]
+        node = _node(fx_node, parent.op, parent.inputs, {**parent.attrs, "index": index})
+        graph.add(node)
+        return
+    refs = _refs(args)
+    kw = _refs(kwargs)
+    inputs = tuple(dict.fromkeys(r.name for r in _walk_refs((refs, kw))))
+    attrs = {"args": refs, "kwargs": kw}
+    if _is_multi(fx_node.meta.get("val", fx_node.meta.get("tensor_meta"))):
+        attrs["multi_output"] = True  # its value is only read through the getitem nodes made from it
+    graph.add(_node(fx_node, op, inputs, attrs))
+
+
+def _refs(value: Any) -> Any:
+    if isinstance(value, torch.fx.Node):
+        return Ref(value.name)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_refs(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _refs(v) for k, v in value.items()}
+    return value
+
+
+def _walk_refs(value: Any):
+    if isinstance(value, Ref):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _walk_refs(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _walk_refs(v)
+
+
+def _is_multi(val: Any) -> bool:
+    """A list of tensors (split's value), as opposed to one tensor's metadata (itself a NamedTuple)."""
+    return isinstance(val, (list, tuple)) and not hasattr(val, "shape")
+
+
+def _node(fx_node: torch.fx.Node, op: str, inputs: tuple[str, ...], attrs: dict) -> Node:
+    val = fx_node.meta.get("val", fx_node.meta.get("tensor_meta"))
+    shape: tuple[int, ...] = ()
+    dtype = "float32"
+    if _is_multi(val) and "index" in attrs:
+        val = val[attrs["index"]]
+    if val is not None and hasattr(val, "shape"):
+        try:
+            shape = tuple(int(d) for d in val.shape)
+        except TypeError as error:  # a SymInt that is not a plain number
+            raise WscError(
+                f"op {fx_node.name} has a dynamic shape {tuple(val.shape)}; compile with static input shapes"
+            ) from error
+        dtype = TORCH_DTYPES.get(val.dtype, str(val.dtype).removeprefix("torch."))
+    return Node(
+        name=fx_node.name,
+        op=op,
+        inputs=inputs,
+        shape=shape,
+        dtype=dtype,
+        attrs=attrs,
+        module=_module_path(fx_node),
+        source=_user_source(fx_node),
+    )
+
+
+def _module_path(fx_node: torch.fx.Node) -> str:
+    stack = fx_node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    return "" if path in ("", "L['self']") else str(path)
+
+
+def _user_source(fx_node: torch.fx.Node) -> str:
+    """The innermost frame of the user's own code that produced this node: where an error should point."""
+    trace = fx_node.meta.get("stack_trace") or ""
+    lines = trace.strip().splitlines()
+    best = ""
+    torch_dir = os.path.dirname(torch.__file__)
+    for i, line in enumerate(lines):
+        line = line.strip()
+        if not line.startswith("File "):
+            continue
+        try:
+            file_part, line_part = line.split(", line ")[:2]
+        except ValueError:
+            continue
+        path = file_part[len("File ") :].strip('"')
+        if path.startswith(torch_dir) or "site-packages" in path:
+            continue
+        number = line_part.split(",")[0]
+        code = lines[i + 1].strip() if i + 1 < len(lines) else ""
+        best = f"{os.path.basename(path)}:{number}: {code}"
+    return best
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fallback: torch.fx.symbolic_trace, with torch-level calls renamed to the ATen ops they stand for.
+
+_MODULE_OPS: dict[type, str] = {
+    nn.Linear: "aten.linear.default",
+    nn.LayerNorm: "aten.layer_norm.default",
+    nn.Embedding: "aten.embedding.default",
+    nn.GELU: "aten.gelu.default",
+    nn.Dropout: "aten.dropout.default",
+    nn.Identity: "aten.alias.default",
+    nn.Softmax: "aten.softmax.int",
+}
+
+_FUNCTION_OPS: dict[Any, str] = {
+    operator.add: "aten.add.Tensor",
+    operator.mul: "aten.mul.Tensor",
+    operator.matmul: "aten.matmul.default",
+    operator.getitem: "getitem",
+    torch.add: "aten.add.Tensor",
+    torch.mul: "aten.mul.Tensor",
+    torch.matmul: "aten.matmul.default",
+    torch.bmm: "aten.bmm.default",
+    torch.transpose: "aten.transpose.int",
+    torch.reshape: "aten.reshape.default",
+    torch.permute: "aten.permute.default",
+    torch.nn.functional.linear: "aten.linear.default",
+    torch.nn.functional.layer_norm: "aten.layer_norm.default",
+    torch.nn.functional.gelu: "aten.gelu.default",
+    torch.nn.functional.softmax: "aten.softmax.int",
+    torch.nn.functional.embedding: "aten.embedding.default",
+    torch.nn.functional.dropout: "aten.dropout.default",
+    torch.nn.functional.scaled_dot_product_attention: "aten.scaled_dot_product_attention.default",
+    torch.arange: "aten.arange.default",
+}
+
+_METHOD_OPS = {
+    "view": "aten.view.default",
+    "reshape": "aten.reshape.default",
+    "transpose": "aten.transpose.int",
+    "permute": "aten.permute.default",
+    "contiguous": "aten.alias.default",
+    "split": "aten.split.Tensor",
+    "softmax": "aten.softmax.int",
+    "add": "aten.add.Tensor",
+    "mul": "aten.mul.Tensor",
+    "matmul": "aten.matmul.default",
+}
+
+
+def _from_symbolic_trace(model: nn.Module, example_inputs: tuple) -> Captured:
+    traced = torch.fx.symbolic_trace(model)
+    ShapeProp(traced).propagate(*example_inputs)
+    modules = dict(traced.named_modules())
+    graph = Graph()
+    weights: dict[str, torch.Tensor] = {}
+
+    def param(key: str, tensor: torch.Tensor) -> Ref:
+        name = "p_" + key.replace(".", "_")
+        if name not in graph:
+            weights[key] = tensor.detach()
+            graph.add(
+                Node(name, "param", (), tuple(tensor.shape), TORCH_DTYPES[tensor.dtype], {"key": key})
+            )
+        return Ref(name)
+
+    # Python values the trace computes from shapes (x.shape, d // heads, ...) are static here: compute them
+    # now, from the shapes ShapeProp recorded, and pass them as plain numbers.
+    static: dict[str, Any] = {}
+
+    def subst(value: Any) -> Any:
+        if isinstance(value, torch.fx.Node) and value.name in static:
+            return static[value.name]
+        if isinstance(value, (list, tuple)):
+            return type(value)(subst(v) for v in value)
+        if isinstance(value, dict):
+            return {k: subst(v) for k, v in value.items()}
+        return value
+
+    def is_static(value: Any) -> bool:
+        nodes = [v for v in _flat_nodes(value)]
+        return all(n.name in static for n in nodes)
+
+    for fx_node in traced.graph.nodes:
+        args, kwargs = subst(fx_node.args), subst(dict(fx_node.kwargs))
+        if fx_node.op == "placeholder":
+            graph.add(_node(fx_node, "input", (), {}))
+        elif fx_node.op == "get_attr":
+            # A tensor attribute read directly (a parameter or a buffer) becomes a streamed weight.
+            tensor = operator.attrgetter(fx_node.target)(traced)
+            ref = param(fx_node.target, tensor)
+            graph.add(_node(fx_node, "aten.alias.default", (ref.name,), {"args": (ref,), "kwargs": {}}))
+        elif fx_node.op == "call_function" and fx_node.target is getattr:
+            meta = args[0].meta.get("tensor_meta")
+            static[fx_node.name] = {"shape": tuple(int(d) for d in meta.shape), "dtype": meta.dtype,
+                                    "device": torch.device("cpu")}.get(args[1])
+        elif fx_node.op == "call_method" and fx_node.target == "size":
+            shape = tuple(int(d) for d in args[0].meta["tensor_meta"].shape)
+            static[fx_node.name] = shape[args[1]] if len(args) > 1 else shape
+        elif fx_node.op == "call_function" and is_static((args, kwargs)) and \
+                getattr(fx_node.target, "__module__", "") in ("_operator", "operator", "builtins"):
+            static[fx_node.name] = fx_node.target(*args, **kwargs)
+        elif fx_node.op == "call_module":
+            module = modules[fx_node.target]
+            op = _MODULE_OPS.get(type(module))
+            if op is None:
+                raise WscError(f"module {type(module).__name__} at {fx_node.target} has no lowering")
+            _add_call(graph, fx_node, op, _module_args(fx_node, module, param), {})
+        elif fx_node.op == "call_function":
+            name = _FUNCTION_OPS.get(fx_node.target, getattr(fx_node.target, "__name__", str(fx_node.target)))
+            _add_call(graph, fx_node, name, args, kwargs)
+        elif fx_node.op == "call_method":
+            op = _METHOD_OPS.get(fx_node.target, f"Tensor.{fx_node.target}")
+            if fx_node.target in ("view", "reshape", "permute") and not isinstance(args[1], (list, tuple)):
+                args = (args[0], list(args[1:]))
+            _add_call(graph, fx_node, op, args, kwargs)
+        elif fx_node.op == "output":
+            graph.outputs = [a.name for a in _flat_outputs(fx_node.args[0])]
+    return Captured(graph, weights, "symbolic_trace")
+
+
+def _flat_nodes(value: Any) -> list[torch.fx.Node]:
+    if isinstance(value, torch.fx.Node):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [n for v in value for n in _flat_nodes(v)]
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _flat_nodes(v)]
+    return []
+
+
+def _module_args(fx_node: torch.fx.Node, module: nn.Module, param) -> tuple:
+    x = fx_node.args[0]
+    path = fx_node.target
+    if isinstance(module, nn.Linear):
+        bias = param(f"{path}.bias", module.bias) if module.bias is not None else None
+        return (x, param(f"{path}.weight", module.weight), bias)
+    if isinstance(module, nn.LayerNorm):
+        w = param(f"{path}.weight", module.weight) if module.weight is not None else None
+        b = param(f"{path}.bias", module.bias) if module.bias is not None else None
+        return (x, list(module.normalized_shape), w, b, module.eps)
+    if isinstance(module, nn.Embedding):
+        return (param(f"{path}.weight", module.weight), x)
+    if isinstance(module, nn.GELU):
+        return (x,) if module.approximate == "none" else (x, module.approximate)
+    if isinstance(module, nn.Softmax):
+        return (x, module.dim)
+    return (x,)
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().cpu().contiguous().numpy()

@@ -1,0 +1,152 @@
+"""The `wsc` command line: `wsc compile MODEL.py --target NAME|PATH.yaml` and `wsc ops`.
+
+Bad input ends with one line `error: ...` and exit code 2; a verification mismatch exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from wsc.errors import WscError
+
+EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_INTERNAL = 1, 2, 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except WscError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as error:  # a compiler bug: one line, the traceback only on request
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"error: internal error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+              " (rerun with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wsc", description="Compile PyTorch models for wafer-scale meshes.")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    c = sub.add_parser("compile", help="compile, place, run and verify a model file")
+    c.add_argument("model", help="a .py file defining build_model(**kw) and example_inputs(**kw)")
+    c.add_argument("--target", required=True, help="a packaged target name (cs2-sim) or a .yaml path")
+    c.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed to build_model and example_inputs (repeatable)")
+    c.add_argument("--out", help="output folder (default wsc_out/<model>)")
+    c.add_argument("--strategy", default="cpsat", help="placement strategy (default cpsat)")
+    c.add_argument("--no-verify", action="store_true", help="skip running the program and eager PyTorch")
+    c.add_argument("--tolerance", type=float, default=None, help="max abs error allowed (default 2e-3)")
+    c.add_argument("--seed", type=int, default=0, help="placement seed")
+    c.add_argument("--time-limit", type=float, default=2.0,
+                   help="CP-SAT deterministic seconds per distinct layer (default 2; reproducible)")
+    c.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    c.set_defaults(run=_compile)
+    o = sub.add_parser("ops", help="list the supported ATen ops and wsc kernels")
+    o.set_defaults(run=_ops)
+    return parser
+
+
+def _ops(args: argparse.Namespace) -> int:
+    from wsc.passes.legalize import supported_aten_ops
+    from wsc.runtime.lowering import supported_ops
+
+    print("ATen ops wsc legalises:")
+    for op in supported_aten_ops():
+        print(f"  {op}")
+    print("wsc kernels (each JIT-compiled to LLVM):")
+    for op in supported_ops():
+        print(f"  {op}")
+    return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from wsc import pipeline
+    from wsc.modelfile import build, parse_model_args
+    from wsc.report import placement_json, placement_summary, write_json_atomic
+    from wsc.targets import load_target
+
+    start = time.perf_counter()
+    target = load_target(args.target)
+    model_args = parse_model_args(args.model_arg)
+    model_name = Path(args.model).stem
+    out = Path(args.out) if args.out else Path("wsc_out") / model_name
+    if out.exists() and not out.is_dir():
+        raise WscError(f"--out {out} is a file; give a folder")
+    model, inputs = build(args.model, model_args)
+    compiled = pipeline.compile_model(model, inputs, target, strategy=args.strategy, model_name=model_name,
+                                      seed=args.seed, time_limit=args.time_limit)
+    program = compiled.program
+    tolerance = args.tolerance if args.tolerance is not None else pipeline.DEFAULT_TOLERANCE
+    verification = {"status": "skipped", "max_abs_err": None, "tolerance": tolerance}
+    memory = {"peak_rss_bytes": None}
+    run_seconds = 0.0
+    if not args.no_verify:
+        result = pipeline.run_compiled(compiled, inputs)
+        run_seconds = result.executor.stats.seconds
+        memory = {"peak_rss_bytes": result.peak_rss_bytes,
+                  "peak_resident_layers": result.executor.store.peak_resident_layers,
+                  "peak_resident_weight_bytes": result.executor.store.peak_resident_bytes}
+        verification = pipeline.verify(model, inputs, result.outputs, tolerance)
+    layer_weights = [sum(program.graph[w].nbytes for w in layer.weights) for layer in program.layers]
+    memory["max_layer_weights_bytes"] = max(layer_weights, default=0)
+    graph = program.graph
+    report = {
+        "schema": 1,
+        "model": {
+            "name": model_name,
+            "file": str(args.model),
+            "args": model_args,
+            "capture": compiled.capture_how,
+            "params": sum(p.numel for p in graph.params),
+            "layers": len(program.layers),
+            "flops_per_step": sum(n.flops for n in graph if n.is_kernel),
+            "tokens_per_step": program.stats.get("tokens", 0),
+        },
+        "target": {"name": target.name, "rows": target.rows, "cols": target.cols,
+                   "usable_pes": target.usable_pes, "clock_hz": target.clock_hz},
+        "placement": placement_summary(program),
+        "simulation": program.estimate,
+        "verification": verification,
+        "memory": memory,
+        "timings": {**{f"pass.{k}": v for k, v in compiled.pass_seconds.items()},
+                    "run": run_seconds, "total": time.perf_counter() - start},
+    }
+    write_json_atomic(out / "placement.json", placement_json(program))
+    write_json_atomic(out / "report.json", report)
+    _print_summary(report, out)
+    return EXIT_MISMATCH if verification["status"] == "fail" else 0
+
+
+def _print_summary(report: dict, out: Path) -> None:
+    m, p, s, v = report["model"], report["placement"], report["simulation"], report["verification"]
+    args = " ".join(f"{k}={val}" for k, val in m["args"].items())
+    print(f"wsc: {m['name']} {args} on {report['target']['name']}")
+    print(f"  model         {m['params'] / 1e6:.1f}M params, {m['layers']} streaming layers, "
+          f"{m['flops_per_step'] / 1e9:.1f} GFLOP per step ({m['capture']})")
+    print(f"  placement     {p['strategy']}: {p['pes_used']:,} PEs ({p['utilization']:.1%} of the mesh), "
+          f"wirelength {p['wirelength']:.3g} byte-hops, max link load {p['max_link_load']:,} B")
+    print(f"  simulation    {s['step_seconds'] * 1e3:.3f} ms per step (bound {s['bound_seconds'] * 1e3:.3f} ms), "
+          f"{s['bottleneck']}-bound, {s['tokens_per_second']:,.0f} tokens/s")
+    if v["status"] == "skipped":
+        print("  verification  skipped (--no-verify)")
+    else:
+        err = "nan" if v["max_abs_err"] is None else f"{v['max_abs_err']:.2e}"
+        print(f"  verification  {v['status']}: max abs error {err} vs eager PyTorch "
+              f"(tolerance {v['tolerance']:.0e})")
+    print(f"  wrote         {out / 'report.json'}, {out / 'placement.json'} "
+          f"({report['timings']['total']:.1f} s)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

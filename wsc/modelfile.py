@@ -1,0 +1,71 @@
+"""Model files: a Python file defining `build_model(**kwargs)` and `example_inputs(**kwargs)`.
+
+`wsc compile` passes every `--model-arg KEY=VALUE` to both functions; values that read as ints or floats are
+passed as numbers, the rest as strings.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from wsc.errors import WscError
+
+
+def parse_model_args(pairs: list[str]) -> dict[str, object]:
+    args: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise WscError(f"--model-arg {pair!r} is not KEY=VALUE; write e.g. --model-arg seq=128")
+        value: object = raw
+        for parse in (int, float):
+            try:
+                value = parse(raw)
+                break
+            except ValueError:
+                continue
+        args[key] = value
+    return args
+
+
+def load_model_file(path: str) -> ModuleType:
+    file = Path(path)
+    if not file.is_file():
+        raise WscError(f"model file {path} does not exist; give the path of a .py file")
+    name = f"wsc_model_{file.stem}"
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise WscError(f"cannot import {path}; give a Python file ending in .py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as error:
+        raise WscError(f"model file {path} has a syntax error at line {error.lineno}: {error.msg}") from None
+    except Exception as error:
+        raise WscError(f"model file {path} failed to import: {type(error).__name__}: {error}") from None
+    for fn in ("build_model", "example_inputs"):
+        if not callable(getattr(module, fn, None)):
+            raise WscError(f"model file {path} does not define {fn}(**kwargs); see the README's model files")
+    return module
+
+
+def build(path: str, model_args: dict[str, object]) -> tuple[torch.nn.Module, tuple]:
+    module = load_model_file(path)
+    try:
+        model = module.build_model(**model_args)
+        inputs = module.example_inputs(**model_args)
+    except TypeError as error:
+        raise WscError(f"{path}: {error}; check the --model-arg names") from None
+    except (ValueError, KeyError) as error:
+        raise WscError(f"{path}: {error}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise WscError(f"{path}: build_model returned {type(model).__name__}, not a torch.nn.Module")
+    if not isinstance(inputs, (tuple, list)) or not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise WscError(f"{path}: example_inputs must return a tuple of tensors")
+    return model.eval(), tuple(inputs)

@@ -1,0 +1,112 @@
+"""The compiler's pipeline, as one short list of steps.
+
+    capture      torch.export (or symbolic_trace) -> wsc graph of ATen ops, shapes recorded once
+    legalize     ATen ops -> wsc ops (matmul, layernorm, softmax, gelu, add, mul, embedding, layout ops)
+    group-layers cut into streaming layers: embedding, each block, final norm + LM head
+    partition    each kernel -> a grid of PE tiles that fit SRAM, areas balanced by work
+    place        each layer's kernels -> rectangles on the mesh (CP-SAT by default)
+    route        each flow between kernels -> dimension-ordered routes, link loads
+    estimate     time per step on the target, its roofline bound and the bottleneck
+    run          JIT-compiled kernels execute the layers, weights streamed from the store
+    verify       compare with eager PyTorch
+"""
+
+from __future__ import annotations
+
+import resource
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wsc.capture import capture, to_numpy
+from wsc.passes.estimate import Estimate
+from wsc.passes.group_layers import GroupLayers
+from wsc.passes.legalize import Legalize
+from wsc.passes.partition import Partition
+from wsc.passes.place import Place
+from wsc.passes.route import Route
+from wsc.passmanager import PassManager
+from wsc.program import Program
+from wsc.runtime.executor import Executor
+from wsc.runtime.weight_store import WeightStore, write_store
+from wsc.targets import Target
+
+DEFAULT_TOLERANCE = 2e-3  # max abs error on fp32 outputs (logits): kernels sum in a different order
+
+
+@dataclass
+class Compiled:
+    program: Program
+    weights: dict[str, torch.Tensor]
+    capture_how: str
+    pass_seconds: dict[str, float]
+
+
+def default_passes(strategy: str = "cpsat", seed: int = 0, time_limit: float = 2.0) -> list:
+    return [Legalize(), GroupLayers(), Partition(), Place(strategy=strategy, seed=seed, time_limit=time_limit),
+            Route(), Estimate()]
+
+
+def compile_model(model: torch.nn.Module, example_inputs: tuple, target: Target, *, strategy: str = "cpsat",
+                  model_name: str = "model", verify_ir: bool = False, seed: int = 0, time_limit: float = 2.0,
+                  on_pass: Callable[[str, float], None] | None = None) -> Compiled:
+    captured = capture(model, example_inputs)
+    program = Program(captured.graph, target, model_name=model_name, strategy=strategy)
+    program.stats["tokens"] = count_tokens(example_inputs)
+    manager = PassManager(default_passes(strategy, seed, time_limit), verify=verify_ir, on_pass=on_pass)
+    manager.run(program)
+    return Compiled(program, captured.weights, captured.how, manager.seconds)
+
+
+def count_tokens(example_inputs: tuple) -> int:
+    """Tokens per step: the ids of a language model ([batch, seq]), else the rows of the first input."""
+    first = example_inputs[0]
+    if not first.dtype.is_floating_point:
+        return int(first.numel())
+    return int(np.prod(first.shape[:-1])) if first.dim() > 1 else 1
+
+
+@dataclass
+class RunResult:
+    outputs: list[np.ndarray]
+    executor: Executor
+    peak_rss_bytes: int
+
+
+def run_compiled(compiled: Compiled, example_inputs: tuple, store_path: Path | None = None) -> RunResult:
+    """Write the weights into a store (unless given one), then execute the program layer by layer."""
+    with tempfile.TemporaryDirectory(prefix="wsc-store-") as tmp:
+        if store_path is None:
+            store_path = Path(tmp) / "weights.safetensors"
+            write_store(store_path, {k: to_numpy(v) for k, v in compiled.weights.items()})
+        store = WeightStore(store_path)
+        executor = Executor(compiled.program, store)
+        outputs = executor.run([to_numpy(t) for t in example_inputs])
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return RunResult(outputs, executor, peak)
+
+
+def verify(model: torch.nn.Module, example_inputs: tuple, outputs: list[np.ndarray],
+           tolerance: float = DEFAULT_TOLERANCE) -> dict:
+    """Eager PyTorch on the same inputs; pass when every output is within `tolerance` (max abs error)."""
+    with torch.no_grad():
+        expected = model(*example_inputs)
+    expected_list = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+    if len(outputs) != len(expected_list):
+        return {"status": "fail", "max_abs_err": None, "tolerance": tolerance}
+    worst = 0.0
+    for got, want in zip(outputs, expected_list, strict=True):
+        want_np = to_numpy(want).astype(np.float32)
+        if got.shape != want_np.shape:
+            worst = float("inf")
+            break
+        err = float(np.max(np.abs(got - want_np))) if got.size else 0.0
+        worst = err if np.isnan(err) else max(worst, err)
+        if np.isnan(worst):
+            break
+    status = "pass" if worst <= tolerance else "fail"  # NaN compares false: an uncomputed tile fails
+    return {"status": status, "max_abs_err": None if np.isnan(worst) else worst, "tolerance": tolerance}

@@ -1,0 +1,79 @@
+"""The two artifacts of a compile: report.json (what happened) and placement.json (where things went).
+
+Both schemas are documented in the README; keys are only ever added, never renamed. Files are written to a
+temporary name and renamed, so a failed compile never leaves half-written output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from wsc.program import Program
+
+SCHEMA_VERSION = 1
+
+
+def placement_json(program: Program) -> dict[str, Any]:
+    target = program.target
+    layers = []
+    for layer in program.layers:
+        rects = layer.placement.rects if layer.placement is not None else {}
+        kernels = []
+        for name, plan in layer.kernels.items():
+            rect = rects[name]
+            kernels.append({"name": name, "op": program.graph[name].op, "x": rect.x, "y": rect.y,
+                            "w": rect.w, "h": rect.h, "sram_bytes_per_pe": plan.sram_bytes_per_pe})
+        layers.append({
+            "index": layer.index,
+            "name": layer.name,
+            "kernels": kernels,
+            "edges": [{"src": f.src, "dst": f.dst, "bytes": f.bytes} for f in layer.flows],
+        })
+    return {
+        "schema": SCHEMA_VERSION,
+        "target": target.name,
+        "mesh": {"rows": target.rows, "cols": target.cols, "dead_pes": sorted([r, c] for r, c in target.dead_pes)},
+        "layers": layers,
+    }
+
+
+def placement_summary(program: Program) -> dict[str, Any]:
+    placements = [layer.placement for layer in program.layers if layer.placement is not None]
+    pes_used = max((sum(p.pes for p in layer.kernels.values()) for layer in program.layers), default=0)
+    worst = max(placements, key=lambda p: p.gap, default=None)
+    return {
+        "strategy": program.strategy,
+        "mode": "weight-streaming",
+        "pes_used": pes_used,
+        "utilization": pes_used / program.target.usable_pes,
+        "wirelength": sum(p.wirelength for p in placements),
+        "max_link_load": max((layer.routes.max_link_load for layer in program.layers if layer.routes), default=0),
+        "solver": None if worst is None else {
+            "status": worst.status, "objective": worst.objective, "best_bound": worst.best_bound,
+            "gap": worst.gap, "seconds": sum(p.seconds for p in placements),
+        },
+    }
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=_plain)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and other simple objects as JSON numbers and strings."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
