@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # the reader (e.g. `| head`) went away: nothing left to say
+        return 0
     except Exception as error:  # a compiler bug: one line, the traceback only on request
         if getattr(args, "debug", False):
             traceback.print_exc()
@@ -46,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="output folder (default wsc_out/<model>)")
     c.add_argument("--strategy", default="cpsat", help="placement strategy (default cpsat)")
     c.add_argument("--no-verify", action="store_true", help="skip running the program and eager PyTorch")
-    c.add_argument("--tolerance", type=float, default=None, help="max abs error allowed (default 2e-3)")
+    c.add_argument("--tolerance", type=float, default=None, help="max abs error allowed on outputs (default 1e-3)")
     c.add_argument("--seed", type=int, default=0, help="placement seed")
     c.add_argument("--time-limit", type=float, default=2.0,
                    help="CP-SAT deterministic seconds per distinct layer (default 2; reproducible)")
@@ -83,7 +85,7 @@ def _compile(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("wsc_out") / model_name
     if out.exists() and not out.is_dir():
         raise WscError(f"--out {out} is a file; give a folder")
-    model, inputs = build(args.model, model_args)
+    model, inputs, model_args = build(args.model, model_args)
     compiled = pipeline.compile_model(model, inputs, target, strategy=args.strategy, model_name=model_name,
                                       seed=args.seed, time_limit=args.time_limit)
     program = compiled.program

@@ -7,6 +7,7 @@ passed as numbers, the rest as strings.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -55,7 +56,17 @@ def load_model_file(path: str) -> ModuleType:
     return module
 
 
-def build(path: str, model_args: dict[str, object]) -> tuple[torch.nn.Module, tuple]:
+def effective_args(module: ModuleType, model_args: dict[str, object]) -> dict[str, object]:
+    """The arguments build_model ran with: its defaults, overridden by the user's --model-arg values."""
+    defaults = {
+        name: p.default for name, p in inspect.signature(module.build_model).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    return {**defaults, **model_args}
+
+
+def build(path: str, model_args: dict[str, object]) -> tuple[torch.nn.Module, tuple, dict[str, object]]:
+    """Build the model and its example inputs; also return the arguments in effect, for the report."""
     module = load_model_file(path)
     try:
         model = module.build_model(**model_args)
@@ -68,4 +79,4 @@ def build(path: str, model_args: dict[str, object]) -> tuple[torch.nn.Module, tu
         raise WscError(f"{path}: build_model returned {type(model).__name__}, not a torch.nn.Module")
     if not isinstance(inputs, (tuple, list)) or not all(isinstance(t, torch.Tensor) for t in inputs):
         raise WscError(f"{path}: example_inputs must return a tuple of tensors")
-    return model.eval(), tuple(inputs)
+    return model.eval(), tuple(inputs), effective_args(module, model_args)
