@@ -64,7 +64,7 @@ class Estimate:
         }
         time_by_term = {term: sum(e["seconds"] for e in layers if e["bound"] == term)
                         for term in ("compute", "fabric", "stream")}
-        tokens = program.stats.get("tokens", 0)
+        tokens = program.tokens
         program.estimate = {
             "dtype": program.dtype,
             "step_seconds": step,

@@ -50,8 +50,8 @@ def tile_table(rows: int, cols: int, h: int, w: int) -> np.ndarray:
     """(r0, r1, c0, c1) of PE (i, j) at index i * w + j; splits differ by at most one row or column."""
     r = np.arange(h + 1, dtype=np.int64) * rows // h
     c = np.arange(w + 1, dtype=np.int64) * cols // w
-    i, j = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    i, j = i.ravel(), j.ravel()
+    i = np.repeat(np.arange(h), w)
+    j = np.tile(np.arange(w), h)
     return np.stack([r[i], r[i + 1], c[j], c[j + 1]], axis=1)
 
 

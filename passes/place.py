@@ -466,9 +466,9 @@ def _cpsat(
 
     # A complete hint lets the solver start from a known solution at once.
     if hint is not None:
-        for name, r in hint.items():
-            model.add_hint(xs[name], r.x)
-            model.add_hint(ys[name], r.y)
+        for name, rect in hint.items():
+            model.add_hint(xs[name], rect.x)
+            model.add_hint(ys[name], rect.y)
 
     # Solve. The limit is in deterministic time (the solver's own work count, about a second each), not
     # wall-clock seconds, so with a fixed seed and one worker the same input gives the same placement on

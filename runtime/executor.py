@@ -112,8 +112,8 @@ class Executor:
             self.store.release(layer.name)
             for w in layer.weights:
                 env.pop(w, None)
-            for value in [v for v in env if self.last_use.get(v, -1) <= layer.index]:
-                del env[value]
+            for dead in [v for v in env if self.last_use.get(v, -1) <= layer.index]:
+                del env[dead]
             self.stats.layers.append({"layer": layer.name, "seconds": time.perf_counter() - layer_start})
         self.stats.seconds = time.perf_counter() - start
         return [env[o] for o in graph.outputs]

@@ -113,3 +113,15 @@ def test_ops_lists_supported_ops():
     assert proc.returncode == 0
     assert "aten.scaled_dot_product_attention.default" in proc.stdout
     assert "  matmul" in proc.stdout
+
+
+def test_mismatch_exits_1_and_still_reports(tmp_path, capsys):
+    """A tolerance no fp32 run can meet: verification fails, the exit code says so, the report shows why."""
+    proc = wsc_in_process(capsys, "compile", str(MODELS / "tiny_gpt.py"), "--target", "mesh-16x16",
+                          "--model-arg", "layers=1", "--tolerance", "0", "--time-limit", "0.2",
+                          "--out", str(tmp_path))
+    assert proc.returncode == 1
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["verification"]["status"] == "fail"
+    assert 0 < report["verification"]["max_abs_err"] < 1e-4
+    assert "verification  fail" in proc.stdout

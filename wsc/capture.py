@@ -149,7 +149,7 @@ def _node(fx_node: torch.fx.Node, op: str, inputs: tuple[str, ...], attrs: dict)
     val = fx_node.meta.get("val", fx_node.meta.get("tensor_meta"))
     shape: tuple[int, ...] = ()
     dtype = "float32"
-    if _is_multi(val) and "index" in attrs:
+    if val is not None and _is_multi(val) and "index" in attrs:
         val = val[attrs["index"]]
     if val is not None and hasattr(val, "shape"):
         try:

@@ -91,7 +91,7 @@ def _compile(args: argparse.Namespace) -> int:
     program = compiled.program
     tolerance = args.tolerance if args.tolerance is not None else pipeline.DEFAULT_TOLERANCE
     verification = {"status": "skipped", "max_abs_err": None, "tolerance": tolerance}
-    memory = {"peak_rss_bytes": None}
+    memory: dict[str, int | None] = {"peak_rss_bytes": None}
     run_seconds = 0.0
     if not args.no_verify:
         result = pipeline.run_compiled(compiled, inputs)
@@ -109,11 +109,11 @@ def _compile(args: argparse.Namespace) -> int:
             "name": model_name,
             "file": str(args.model),
             "args": model_args,
-            "capture": compiled.capture_how,
+            "capture": compiled.captured.how,
             "params": sum(p.numel for p in graph.params),
             "layers": len(program.layers),
             "flops_per_step": sum(n.flops for n in graph if n.is_kernel),
-            "tokens_per_step": program.stats.get("tokens", 0),
+            "tokens_per_step": program.tokens,
         },
         "target": {"name": target.name, "rows": target.rows, "cols": target.cols,
                    "usable_pes": target.usable_pes, "clock_hz": target.clock_hz},

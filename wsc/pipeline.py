@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wsc.capture import capture, to_numpy
+from wsc.capture import Captured, capture, to_numpy
 from wsc.passes.estimate import Estimate
 from wsc.passes.group_layers import GroupLayers
 from wsc.passes.legalize import Legalize
@@ -44,9 +44,12 @@ DEFAULT_TOLERANCE = 1e-3
 @dataclass
 class Compiled:
     program: Program
-    weights: dict[str, torch.Tensor]
-    capture_how: str
+    captured: Captured
     pass_seconds: dict[str, float]
+
+    @property
+    def weights(self) -> dict[str, torch.Tensor]:
+        return self.captured.weights
 
 
 def default_passes(strategy: str = "cpsat", seed: int = 0, time_limit: float = 2.0) -> list:
@@ -58,28 +61,20 @@ def compile_model(model: torch.nn.Module, example_inputs: tuple, target: Target,
                   model_name: str = "model", verify_ir: bool = False, seed: int = 0, time_limit: float = 2.0,
                   on_pass: Callable[[str, float], None] | None = None) -> Compiled:
     captured = capture(model, example_inputs)
-    program = Program(captured.graph, target, model_name=model_name, strategy=strategy)
-    program.stats["tokens"] = count_tokens(example_inputs)
-    program.stats["captured_graph"] = captured.graph
+    return compile_captured(captured, count_tokens(example_inputs), target, strategy=strategy,
+                            model_name=model_name, verify_ir=verify_ir, seed=seed, time_limit=time_limit,
+                            on_pass=on_pass)
+
+
+def compile_captured(captured: Captured, tokens: int, target: Target, *, strategy: str = "cpsat",
+                     model_name: str = "model", verify_ir: bool = False, seed: int = 0, time_limit: float = 2.0,
+                     on_pass: Callable[[str, float], None] | None = None) -> Compiled:
+    """Run the passes on a captured model. Legalisation builds a new graph, so one capture can be mapped
+    any number of times (other strategies, other targets) without tracing the model again."""
+    program = Program(captured.graph, target, model_name=model_name, strategy=strategy, tokens=tokens)
     manager = PassManager(default_passes(strategy, seed, time_limit), verify=verify_ir, on_pass=on_pass)
     manager.run(program)
-    return Compiled(program, captured.weights, captured.how, manager.seconds)
-
-
-def recompile(compiled: Compiled, target: Target | None = None, **options) -> Compiled:
-    """Map an already captured model again (another strategy or target) without capturing it again.
-
-    Legalisation builds a new graph from the captured one, so the capture is reused untouched. Options are
-    those of default_passes (strategy, seed, time_limit).
-    """
-    captured_graph = compiled.program.stats["captured_graph"]
-    program = Program(captured_graph, target or compiled.program.target, model_name=compiled.program.model_name,
-                      strategy=options.get("strategy", "cpsat"))
-    program.stats["tokens"] = compiled.program.stats["tokens"]
-    program.stats["captured_graph"] = captured_graph
-    manager = PassManager(default_passes(**options))
-    manager.run(program)
-    return Compiled(program, compiled.weights, compiled.capture_how, manager.seconds)
+    return Compiled(program, captured, manager.seconds)
 
 
 def count_tokens(example_inputs: tuple) -> int:

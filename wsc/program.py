@@ -54,7 +54,8 @@ class Layer:
 
     def signature(self, graph: Graph) -> str:
         """Equal for layers that map identically (every block of a GPT): their mapping is computed once."""
-        parts, position = [], {}
+        parts: list[str] = []
+        position: dict[str, int] = {}
         for name in self.nodes:
             node = graph[name]
             if node.is_kernel:
@@ -73,8 +74,8 @@ class Program:
     layers: list[Layer] = field(default_factory=list)
     strategy: str = "cpsat"
     dtype: str = "fp16"  # the precision the target computes and streams in (Cerebras trains in fp16)
+    tokens: int = 0  # tokens per step: what the estimate divides by for tokens per second
     estimate: dict[str, Any] = field(default_factory=dict)
-    stats: dict[str, Any] = field(default_factory=dict)
 
     def verify(self) -> None:
         """The invariants after any pass: a valid graph, and every layer naming real nodes of it."""
