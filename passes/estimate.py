@@ -1,8 +1,10 @@
 """estimate: an analytical time per step on the target, layer by layer, and the roofline bound under it.
 
 Per layer (weight-streaming mode):
-- compute: each kernel's FLOPs over its PEs at the target's FLOP rate for the dtype; the slowest kernel sets
-  the layer's pace, since a layer's kernels run as a dataflow pipeline over the tokens;
+- compute: each kernel's FLOPs over its computing PEs at the target's FLOP rate for the dtype, plus, for a
+  matmul whose K is split, the reduction of its partial sums (a binary tree over the K slices: each level
+  moves one fp32 block over a link and adds it); the slowest kernel sets the layer's pace, since a layer's
+  kernels run as a dataflow pipeline over the tokens;
 - fabric: the most loaded link's bytes over the link bandwidth, plus the hop latency of the longest route;
 - stream: the layer's weight bytes over the target's I/O rate. Streaming is double-buffered, so layer i's
   compute overlaps layer i+1's stream; the first layer's stream is exposed.
@@ -13,10 +15,22 @@ Each term of the step is at least its share of the matching bound, so step >= bo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from wsc.program import DTYPE_SIZE, Program
+from wsc.program import DTYPE_SIZE, KernelPlan, Program
+from wsc.targets import Target
+
+
+def kernel_seconds(flops: int, plan: KernelPlan, rate: float, target: Target) -> float:
+    seconds = flops / (plan.active_pes * rate)
+    if plan.k_splits > 1:
+        block = math.ceil(plan.rows / plan.row_blocks) * math.ceil(plan.cols / plan.col_blocks)
+        levels = math.ceil(math.log2(plan.k_splits))
+        cycles = block * 4 / target.link_bytes_per_cycle + target.hop_latency_cycles  # send one fp32 block
+        seconds += levels * (cycles / target.clock_hz + block / rate)  # ... then add it
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -30,7 +44,8 @@ class Estimate:
         layers = []
         for layer in program.layers:
             compute = max(
-                (graph[n].flops / (plan.pes * rate) for n, plan in layer.kernels.items()), default=0.0
+                (kernel_seconds(graph[n].flops, plan, rate, target) for n, plan in layer.kernels.items()),
+                default=0.0,
             )
             fabric = 0.0
             if layer.routes is not None:

@@ -9,7 +9,7 @@ nodes: a rule computes the shapes of only the intermediate nodes it invents.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -49,8 +49,9 @@ def node_flops(op: str, shape: tuple[int, ...], in_shapes: list[tuple[int, ...]]
 class Rewriter:
     """Builds the legal graph; `emit` names, costs and attributes each new node to its ATen origin."""
 
-    def __init__(self, source: Graph):
+    def __init__(self, source: Graph, weights: Mapping[str, Any] | None = None):
         self.source = source
+        self.weights = weights  # store key -> tensor, for values a rule must know (a mask buffer)
         self.out = Graph()
         self.value: dict[str, str] = {}  # ATen node name -> wsc node holding its value
         self.origin: Node | None = None
@@ -96,14 +97,14 @@ class Legalize:
     name: ClassVar[str] = "legalize"
 
     def __call__(self, program: Program) -> Program:
-        program.graph = self.run(program.graph)
+        program.graph = self.run(program.graph, program.weights)
         return program
 
-    def run(self, graph: Graph) -> Graph:
-        rw = Rewriter(graph)
+    def run(self, graph: Graph, weights: Mapping[str, Any] | None = None) -> Graph:
+        rw = Rewriter(graph, weights)
         for node in graph:
             rw.origin, rw.count = node, 0
-            if node.op in ("input", "param"):
+            if node.op in ("input", "param", "const"):
                 rw.out.add(Node(node.name, node.op, (), node.shape, node.dtype, dict(node.attrs),
                                 module=node.module, source=node.source))
                 rw.value[node.name] = node.name
@@ -139,6 +140,17 @@ def _linear(rw: Rewriter, node: Node) -> str:
         raise rw.unsupported(node, f"weight of rank {len(rw.shape(w))}")
     inputs = [x, w] + ([b] if b is not None else [])
     return rw.emit("matmul", inputs, node.shape, final=True, bias=b is not None)
+
+
+@legalizes("aten.addmm.default")
+def _addmm(rw: Rewriter, node: Node) -> str:
+    """bias + x @ w, as Hugging Face's GPT-2 Conv1D computes it (w stored [K, N])."""
+    bias, x, w = rw.arg(node, 0, "self"), rw.arg(node, 1, "mat1"), rw.arg(node, 2, "mat2")
+    if rw.arg(node, 3, "beta", 1) != 1 or rw.arg(node, 4, "alpha", 1) != 1 or rw.shape(bias) != node.shape[-1:]:
+        raise rw.unsupported(node, "addmm with scaling factors or a bias that is not one row")
+    k, n = rw.shape(w)
+    w_t = rw.emit("permute", [w], [n, k], dims=[1, 0])
+    return rw.emit("matmul", [x, w_t, bias], node.shape, final=True, bias=True)
 
 
 @legalizes("aten.matmul.default", "aten.bmm.default", "aten.mm.default")
@@ -188,13 +200,14 @@ def _softmax(rw: Rewriter, node: Node) -> str:
 def _attention(rw: Rewriter, node: Node) -> str:
     """softmax(q k^T * scale, causal) v, as the three kernels a wafer runs: scores, softmax, weighted sum."""
     q, k, v = (rw.arg(node, i, n) for i, n in enumerate(("query", "key", "value")))
-    if rw.arg(node, 3, "attn_mask") is not None:
-        raise rw.unsupported(node, "an explicit attn_mask (use is_causal=True)")
     if rw.arg(node, 4, "dropout_p", 0.0):
         raise rw.unsupported(node, "attention dropout (compile the model in eval mode)")
     causal, scale = bool(rw.arg(node, 5, "is_causal", False)), rw.arg(node, 6, "scale")
     *batch, s_q, d = rw.shape(q)
     s_k = rw.shape(k)[-2]
+    mask = rw.arg(node, 3, "attn_mask")
+    if mask is not None:
+        causal = causal or _mask_is_causal(rw, node, mask, s_q, s_k)
     if rw.shape(k)[:-2] != tuple(batch) or rw.shape(v)[:-2] != tuple(batch):
         raise rw.unsupported(node, "grouped or broadcast key/value heads")
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(d)
@@ -204,6 +217,28 @@ def _attention(rw: Rewriter, node: Node) -> str:
     dims[-1], dims[-2] = dims[-2], dims[-1]
     v_t = rw.emit("permute", [v], [*batch, rw.shape(v)[-1], s_k], dims=dims)
     return rw.emit("matmul", [probs, v_t], node.shape, final=True, bias=False)
+
+
+def _mask_is_causal(rw: Rewriter, node: Node, mask: str, s_q: int, s_k: int) -> bool:
+    """An attention mask known at compile time (a buffer or a folded mask computation) that is the causal
+    pattern, or no restriction at all: the softmax kernel's causal flag covers both. Any other mask is not
+    supported yet."""
+    source = rw.out[mask]
+    known = rw.weights.get(source.attrs.get("key", "")) if rw.weights is not None else None
+    if source.op == "param" and known is not None and not known.is_meta:
+        value = known.detach().cpu().numpy()
+    elif source.op == "const":
+        value = np.asarray(source.attrs["value"])
+    else:
+        raise rw.unsupported(node, "an attn_mask computed from the inputs (use is_causal=True)")
+    allowed = value if value.dtype == np.bool_ else value == 0
+    causal = np.tril(np.ones((s_q, s_k), dtype=bool), k=s_k - s_q)
+    allowed = np.broadcast_to(allowed, np.broadcast_shapes(allowed.shape, causal.shape))
+    if (allowed == causal).all():
+        return True
+    if allowed.all():
+        return False
+    raise rw.unsupported(node, "an attn_mask other than the causal one (padding masks are not supported yet)")
 
 
 def _binary(op: str):
@@ -293,6 +328,22 @@ def _slice(rw: Rewriter, node: Node) -> str:
            "aten.lift_fresh_copy.default", "aten._assert_tensor_metadata.default")
 def _identity(rw: Rewriter, node: Node) -> str:
     return rw.arg(node, 0, "self")
+
+
+@legalizes("aten.to.dtype_layout", "aten.to.dtype", "aten._to_copy.default", "aten.type_as.default")
+def _cast(rw: Rewriter, node: Node) -> str:
+    x = rw.arg(node, 0, "self")
+    if rw.out[x].dtype != node.dtype:
+        raise rw.unsupported(node, f"a cast from {rw.out[x].dtype} to {node.dtype} (compile in one dtype)")
+    return x
+
+
+@legalizes("aten.expand.default")
+def _expand(rw: Rewriter, node: Node) -> str:
+    x = rw.arg(node, 0, "self")
+    if rw.shape(x) != node.shape:
+        raise rw.unsupported(node, f"expanding {rw.shape(x)} to {node.shape} outside an elementwise op")
+    return x
 
 
 @legalizes("aten.dropout.default")

@@ -1,25 +1,41 @@
-"""Routing: turn placed flows into per-link byte loads on the mesh.
+"""Routing: turn placed flows into per-link byte loads on the mesh, and give each flow a color.
 
-The fabric routes statically in dimension order, so each flow is modelled as `lanes` parallel XY paths
-(first along a row, then along a column), bytes split evenly over the lanes:
+Each flow is modelled as `lanes` parallel paths (a bundle), bytes split evenly over the lanes:
 
 - Rectangles side by side (no shared column): lanes = min(src.h, dst.h). Lane i leaves the source from its
   side facing the destination (right column if the destination lies east, else left column), on a row
-  spread evenly over the source's rows, runs along that row to the destination's near column, then along
-  that column to a row spread evenly over the destination's rows.
+  spread evenly over the source's rows, and arrives on the destination's near column, on a row spread evenly
+  over the destination's rows.
 - Rectangles sharing columns (one above the other): a row-based lane would climb through its own
   rectangle, so the flow leaves through the facing bottom/top side instead, with lanes = min(src.w, dst.w)
   spread over the columns the same way.
 
-A lane whose XY path crosses a dead PE is re-routed around it: each blocked stretch is replaced by a
-shortest path between the last good PE before it and the first good PE after it, searched in a window
-that grows until a path is found (so a single dead PE costs a small detour, not a whole-mesh search).
-Loads are accumulated in difference arrays and summed once, so a straight 1700-hop lane costs O(1) numpy work.
+A lane end that falls on a dead PE inside a kernel moves to the nearest working PE of that kernel.
+
+Two routers:
+- `route_xy`, the baseline: every lane in dimension order, along its row, then along the destination
+  column. All lanes of a bundle then share that one column: a hot spot.
+- `route_congestion_aware`: each bundle picks one of four shapes, XY, YX, and the two staggered Z shapes
+  (row, column, row with each lane turning at its own column; or column, row, column with its own row), so
+  the turns of a bundle spread out. Choices are negotiated as in PathFinder: every flow in turn, heaviest
+  first, takes the shape whose most loaded link (counting every other flow's bytes) is lightest, then each
+  flow is ripped up and re-chosen against all the others until nothing changes (at most ROUNDS rounds).
+  Should the result still have a higher worst link than XY's, XY's answer is returned: never worse.
+
+A lane whose path crosses a dead PE is re-routed around it: each blocked stretch is replaced by a shortest
+path between the last good PE before it and the first good PE after it, searched in a window that grows
+until a path is found (so a single dead PE costs a small detour, not a whole-mesh search).
+
+Colors: the fabric routes by color (virtual channel) and a router forwards a color one way, so two flows
+that share a directed link need different colors; all lanes of one flow share its color. Colors are given by
+greedy coloring of that conflict graph (most conflicts first) within the target's routable colors, and a
+flow that finds none free is an error naming it. Loads are accumulated in difference arrays and summed once,
+so a straight 1700-hop lane costs O(1) numpy work.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import networkx as nx
@@ -28,15 +44,21 @@ import numpy as np
 from wsc.errors import WscError
 from wsc.passes.place import Flow, Mesh, Placement, Rect
 
+ROUTERS: tuple[str, ...] = ("congestion", "xy")
+SHAPES: tuple[str, ...] = ("xy", "yx", "zx", "zy")
+ROUNDS = 3
+
 
 @dataclass
 class Routes:
-    """Link loads in bytes per direction and per-flow route summaries.
+    """Link loads in bytes per direction, per-flow route summaries, lane paths and colors.
 
     `link_load["east"][r, c]` is the bytes sent from (r, c) to (r, c+1); "west" the reverse; both have shape
     [rows, cols-1]. `link_load["south"][r, c]` is from (r, c) to (r+1, c) (rows grow southward); "north"
-    the reverse; both [rows-1, cols]. Each edge dict has src, dst, bytes, hops (longest lane), lanes and
-    rerouted (lanes detoured around dead PEs).
+    the reverse; both [rows-1, cols]. Each edge dict has src, dst, bytes, hops (longest lane), lanes,
+    rerouted (lanes detoured around dead PEs), shape and color. `paths[(src, dst)]` holds each lane's
+    corners as an [n, 2] array of (row, col), from its first PE to its last. `colors[(src, dst)]` is the
+    flow's color (flows that stay inside one kernel use no fabric and get none).
     """
 
     max_link_load: int
@@ -44,10 +66,101 @@ class Routes:
     longest_route_hops: int
     link_load: dict[str, np.ndarray]
     edges: list[dict]
+    colors: dict[tuple[str, str], int] = field(default_factory=dict)
+    router: str = "xy"
+    paths: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)
 
 
-def route_xy(placement: Placement, flows: list[Flow], mesh: Mesh) -> Routes:
-    """Route every flow between placed rectangles with XY lanes, detouring around dead PEs."""
+def route_xy(placement: Placement, flows: list[Flow], mesh: Mesh, colors: int | None = None) -> Routes:
+    """Route every flow with XY lanes, detouring around dead PEs; color within `colors` (None: no limit)."""
+    dead = _dead_grid(mesh)
+    bundles = [_bundle(f, placement, mesh, dead, "xy") for f in flows]
+    return _finish(bundles, mesh, colors, "xy")
+
+
+def route_congestion_aware(
+    placement: Placement, flows: list[Flow], mesh: Mesh, colors: int | None = None
+) -> Routes:
+    """Route every flow choosing each bundle's shape by negotiated congestion (see the module docstring)."""
+    dead = _dead_grid(mesh)
+    options = [[_bundle(f, placement, mesh, dead, shape) for shape in SHAPES] for f in flows]
+    # Identical shapes (e.g. XY and YX of a straight bundle) are one option.
+    options = [_distinct(opts) for opts in options]
+    total = np.zeros((4, mesh.rows, mesh.cols), dtype=np.int64)
+    chosen: list[int | None] = [None] * len(flows)
+
+    def add(i: int, sign: int) -> None:
+        b = options[i][chosen[i]]  # type: ignore[index]
+        r0, c0 = b.origin
+        total[:, r0 : r0 + b.load.shape[1], c0 : c0 + b.load.shape[2]] += sign * b.load
+
+    def pick(i: int) -> int:
+        best, best_key = 0, None
+        for j, b in enumerate(options[i]):
+            r0, c0 = b.origin
+            window = total[:, r0 : r0 + b.load.shape[1], c0 : c0 + b.load.shape[2]]
+            used = b.load > 0
+            peak = int((window + b.load)[used].max()) if used.any() else 0
+            key = (peak, b.byte_hops, j)
+            if best_key is None or key < best_key:
+                best, best_key = j, key
+        return best
+
+    order = sorted(range(len(flows)), key=lambda i: (-flows[i].bytes, i))
+    for i in order:
+        chosen[i] = pick(i)
+        add(i, +1)
+    for _ in range(ROUNDS):
+        changed = False
+        for i in order:
+            add(i, -1)
+            j = pick(i)
+            changed |= j != chosen[i]
+            chosen[i] = j
+            add(i, +1)
+        if not changed:
+            break
+    routes = _finish([options[i][c] for i, c in enumerate(chosen) if c is not None], mesh, colors, "congestion")
+    baseline = _finish([opts[0] for opts in options], mesh, colors, "congestion")
+    return baseline if baseline.max_link_load < routes.max_link_load else routes
+
+
+def route(placement: Placement, flows: list[Flow], mesh: Mesh, router: str = "congestion",
+          colors: int | None = None) -> Routes:
+    """Route with the named router ("congestion" or "xy")."""
+    if router == "xy":
+        return route_xy(placement, flows, mesh, colors)
+    if router == "congestion":
+        return route_congestion_aware(placement, flows, mesh, colors)
+    raise WscError(f"unknown router {router!r}; use one of {', '.join(ROUTERS)}")
+
+
+# ----------------------------------------------------------------------------------------------- bundles
+
+
+@dataclass
+class _Bundle:
+    """One flow routed in one shape: its lanes' corners, and its loads in a window of the mesh.
+
+    `load` is [4, h, w] (east, west, south, north, indexed by the link's first PE as in Routes.link_load)
+    over the window whose top-left PE is `origin`.
+    """
+
+    flow: Flow
+    shape: str
+    paths: list[np.ndarray]
+    hops: np.ndarray
+    val: np.ndarray
+    rerouted: int
+    origin: tuple[int, int] = (0, 0)
+    load: np.ndarray = field(default_factory=lambda: np.zeros((4, 0, 0), dtype=np.int64))
+
+    @property
+    def byte_hops(self) -> int:
+        return int((self.hops * self.val).sum())
+
+
+def _dead_grid(mesh: Mesh) -> np.ndarray:
     dead = np.zeros((mesh.rows, mesh.cols), dtype=bool)
     for r, c in mesh.dead:
         if not (0 <= r < mesh.rows and 0 <= c < mesh.cols):
@@ -55,21 +168,239 @@ def route_xy(placement: Placement, flows: list[Flow], mesh: Mesh) -> Routes:
                 f"dead PE ({r}, {c}) is outside the {mesh.rows} x {mesh.cols} mesh; fix the defect map"
             )
         dead[r, c] = True
-    loads = _Loads(mesh.rows, mesh.cols)
-    edges: list[dict] = []
-    for f in flows:
-        for end in (f.src, f.dst):
-            if end not in placement.rects:
-                raise WscError(f"flow {f.src} -> {f.dst} names {end!r}, which is not placed; place it first")
-        edges.append(_route_flow(f, placement.rects[f.src], placement.rects[f.dst], mesh, dead, loads))
-    link_load = loads.finish()
+    return dead
+
+
+def _distinct(options: list[_Bundle]) -> list[_Bundle]:
+    out: list[_Bundle] = []
+    for b in options:
+        same = any(
+            o.origin == b.origin and o.load.shape == b.load.shape and np.array_equal(o.load, b.load) for o in out
+        )
+        if not same:
+            out.append(b)
+    return out
+
+
+def _bundle(f: Flow, placement: Placement, mesh: Mesh, dead: np.ndarray, shape: str) -> _Bundle:
+    for end in (f.src, f.dst):
+        if end not in placement.rects:
+            raise WscError(f"flow {f.src} -> {f.dst} names {end!r}, which is not placed; place it first")
+    if f.src == f.dst:
+        return _Bundle(f, shape, [], np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
+    src, dst = placement.rects[f.src], placement.rects[f.dst]
+    r0, c0, r1, c1 = lane_endpoints(src, dst)
+    if dead.any():
+        r0, c0 = _snap(r0, c0, src, dead, f)
+        r1, c1 = _snap(r1, c1, dst, dead, f)
+    lanes = r0.size
+    # Integer split: the first bytes % lanes lanes carry one byte more, so loads add up exactly.
+    val = np.full(lanes, f.bytes // lanes, dtype=np.int64)
+    val[: f.bytes % lanes] += 1
+    corners = _corners(shape, r0, c0, r1, c1)  # [lanes, k, 2]
+    blocked = _hits_dead(corners, dead)
+    paths: list[np.ndarray] = []
+    hops = np.abs(np.diff(corners, axis=1)).sum(axis=(1, 2))
+    for i in range(lanes):
+        if blocked[i]:
+            nodes = _detour(_polyline_nodes(corners[i]), dead, f)
+            hops[i] = len(nodes) - 1
+            paths.append(_corners_of(nodes))
+        else:
+            paths.append(_drop_repeats(corners[i]))
+    b = _Bundle(f, shape, paths, hops, val, int(blocked.sum()))
+    _window_load(b, mesh)
+    return b
+
+
+def _corners(shape: str, r0: np.ndarray, c0: np.ndarray, r1: np.ndarray, c1: np.ndarray) -> np.ndarray:
+    """[lanes, 4, 2] corner points of every lane for one shape (a repeated point is a zero-length leg)."""
+    lanes = r0.size
+    i = np.arange(lanes, dtype=np.int64)
+    if shape == "xy":
+        pts = [(r0, c0), (r0, c1), (r1, c1), (r1, c1)]
+    elif shape == "yx":
+        pts = [(r0, c0), (r1, c0), (r1, c1), (r1, c1)]
+    elif shape == "zx":  # turn down at a column of its own, spread between the two ends
+        m = c0 + (c1 - c0) * (i + 1) // (lanes + 1)
+        pts = [(r0, c0), (r0, m), (r1, m), (r1, c1)]
+    else:  # "zy": turn across at a row of its own
+        m = r0 + (r1 - r0) * (i + 1) // (lanes + 1)
+        pts = [(r0, c0), (m, c0), (m, c1), (r1, c1)]
+    return np.stack([np.stack([r, c], axis=1) for r, c in pts], axis=1).astype(np.int64)
+
+
+def _drop_repeats(points: np.ndarray) -> np.ndarray:
+    keep = np.concatenate([[True], np.any(np.diff(points, axis=0) != 0, axis=1)])
+    return points[keep]
+
+
+def _corners_of(nodes: np.ndarray) -> np.ndarray:
+    """The corners of a PE path: its ends and every PE where the direction changes."""
+    if len(nodes) < 3:
+        return nodes
+    steps = np.diff(nodes, axis=0)
+    turns = np.flatnonzero(np.any(steps[1:] != steps[:-1], axis=1)) + 1
+    return nodes[np.concatenate([[0], turns, [len(nodes) - 1]])]
+
+
+def _polyline_nodes(points: np.ndarray) -> np.ndarray:
+    """Every PE along straight legs between consecutive points."""
+    pieces = [points[:1]]
+    for a, b in zip(points[:-1], points[1:], strict=True):
+        n = int(np.abs(b - a).sum())
+        if n:
+            step = np.sign(b - a)
+            pieces.append(a + step * np.arange(1, n + 1)[:, None])
+    return np.concatenate(pieces).astype(np.int64)
+
+
+def _hits_dead(corners: np.ndarray, dead: np.ndarray) -> np.ndarray:
+    """Per lane: does any leg of its polyline touch a dead PE? O(1) per leg with prefix counts."""
+    if not dead.any():
+        return np.zeros(corners.shape[0], dtype=bool)
+    along_row = np.concatenate([np.zeros((dead.shape[0], 1), np.int64), dead.cumsum(axis=1)], axis=1)
+    along_col = np.concatenate([np.zeros((1, dead.shape[1]), np.int64), dead.cumsum(axis=0)], axis=0)
+    hit = np.zeros(corners.shape[0], dtype=bool)
+    for k in range(corners.shape[1] - 1):
+        (ra, ca), (rb, cb) = corners[:, k].T, corners[:, k + 1].T
+        row_leg = ra == rb
+        lo_c, hi_c = np.minimum(ca, cb), np.maximum(ca, cb)
+        lo_r, hi_r = np.minimum(ra, rb), np.maximum(ra, rb)
+        in_row = along_row[ra, hi_c + 1] - along_row[ra, lo_c]
+        in_col = along_col[hi_r + 1, ca] - along_col[lo_r, ca]
+        hit |= np.where(row_leg, in_row, in_col) > 0
+    return hit
+
+
+def _snap(r: np.ndarray, c: np.ndarray, rect: Rect, dead: np.ndarray, f: Flow) -> tuple[np.ndarray, np.ndarray]:
+    """Move lane ends that sit on dead PEs to the nearest working PE of the same rectangle."""
+    bad = np.flatnonzero(dead[r, c])
+    if not bad.size:
+        return r, c
+    r, c = r.copy(), c.copy()
+    live = np.argwhere(~dead[rect.y : rect.y + rect.h, rect.x : rect.x + rect.w]) + [rect.y, rect.x]
+    if not live.size:
+        raise WscError(f"flow {f.src} -> {f.dst}: kernel {rect.name} has no working PE to send or receive on")
+    for i in bad.tolist():
+        j = int(np.argmin(np.abs(live[:, 0] - r[i]) + np.abs(live[:, 1] - c[i])))
+        r[i], c[i] = live[j]
+    return r, c
+
+
+def _window_load(b: _Bundle, mesh: Mesh) -> None:
+    """The bundle's loads over the smallest window holding all its paths."""
+    if not b.paths:
+        return
+    pts = np.concatenate(b.paths)
+    (r_lo, c_lo), (r_hi, c_hi) = pts.min(axis=0), pts.max(axis=0)
+    loads = _Loads(int(r_hi - r_lo + 1), int(c_hi - c_lo + 1))
+    for path, v in zip(b.paths, b.val.tolist(), strict=True):
+        loads.corners(path - [r_lo, c_lo], v)
+    b.origin = (int(r_lo), int(c_lo))
+    b.load = loads.full()
+
+
+def _finish(bundles: list[_Bundle], mesh: Mesh, colors: int | None, router: str) -> Routes:
+    total = np.zeros((4, mesh.rows, mesh.cols), dtype=np.int64)
+    for b in bundles:
+        r0, c0 = b.origin
+        total[:, r0 : r0 + b.load.shape[1], c0 : c0 + b.load.shape[2]] += b.load
+    link_load = {
+        "east": total[0, :, : mesh.cols - 1],
+        "west": total[1, :, : mesh.cols - 1],
+        "south": total[2, : mesh.rows - 1, :],
+        "north": total[3, : mesh.rows - 1, :],
+    }
+    flow_colors = _color(bundles, colors)
+    edges = [
+        {
+            "src": b.flow.src, "dst": b.flow.dst, "bytes": b.flow.bytes,
+            "hops": int(b.hops.max()) if b.hops.size else 0, "lanes": len(b.paths), "rerouted": b.rerouted,
+            "shape": b.shape, "color": flow_colors.get((b.flow.src, b.flow.dst)),
+        }
+        for b in bundles
+    ]
     return Routes(
         max_link_load=int(max((int(a.max()) for a in link_load.values() if a.size), default=0)),
-        total_byte_hops=sum(e["byte_hops"] for e in edges),
+        total_byte_hops=sum(b.byte_hops for b in bundles),
         longest_route_hops=max((e["hops"] for e in edges), default=0),
         link_load=link_load,
-        edges=[{k: v for k, v in e.items() if k != "byte_hops"} for e in edges],
+        edges=edges,
+        colors=flow_colors,
+        router=router,
+        paths={(b.flow.src, b.flow.dst): b.paths for b in bundles},
     )
+
+
+def _color(bundles: list[_Bundle], limit: int | None) -> dict[tuple[str, str], int]:
+    """Greedy coloring of the flows' conflict graph (two flows conflict when they share a directed link)."""
+    routed = [b for b in bundles if b.paths]
+    conflicts: dict[int, set[int]] = {i: set() for i in range(len(routed))}
+    for i, a in enumerate(routed):
+        for j in range(i + 1, len(routed)):
+            if _share_link(a, routed[j]):
+                conflicts[i].add(j)
+                conflicts[j].add(i)
+    order = sorted(conflicts, key=lambda i: (-len(conflicts[i]), -routed[i].flow.bytes, i))
+    given: dict[int, int] = {}
+    for i in order:
+        taken = {given[j] for j in conflicts[i] if j in given}
+        color = next(c for c in range(len(routed) + 1) if c not in taken)
+        if limit is not None and color >= limit:
+            f = routed[i].flow
+            raise WscError(
+                f"flow {f.src} -> {f.dst} cannot be given a color: it shares links with {len(conflicts[i])} "
+                f"other flows and those already use all {limit} routable colors; use the congestion router, "
+                "a target with more colors, or spread the kernels out"
+            )
+        given[i] = color
+    return {(routed[i].flow.src, routed[i].flow.dst): c for i, c in given.items()}
+
+
+def _share_link(a: _Bundle, b: _Bundle) -> bool:
+    (ar, ac), (br, bc) = a.origin, b.origin
+    r_lo, c_lo = max(ar, br), max(ac, bc)
+    r_hi = min(ar + a.load.shape[1], br + b.load.shape[1])
+    c_hi = min(ac + a.load.shape[2], bc + b.load.shape[2])
+    if r_lo >= r_hi or c_lo >= c_hi:
+        return False
+    wa = a.load[:, r_lo - ar : r_hi - ar, c_lo - ac : c_hi - ac]
+    wb = b.load[:, r_lo - br : r_hi - br, c_lo - bc : c_hi - bc]
+    return bool(np.any((wa > 0) & (wb > 0)))
+
+
+class _Loads:
+    """Four direction difference arrays over an h x w window: a straight run adds +v at its first link and
+    -v after its last."""
+
+    def __init__(self, rows: int, cols: int) -> None:
+        self.rows, self.cols = rows, cols
+        # Row runs: diff along axis 1; column runs: diff along axis 0. One spare slot for the -v end.
+        self.diff = np.zeros((4, rows + 1, cols + 1), dtype=np.int64)
+
+    def corners(self, points: np.ndarray, val: int) -> None:
+        """Add `val` along the straight legs between consecutive (row, col) points."""
+        for (ra, ca), (rb, cb) in zip(points[:-1].tolist(), points[1:].tolist(), strict=True):
+            if ra == rb and cb > ca:
+                self.diff[0, ra, ca] += val
+                self.diff[0, ra, cb] -= val
+            elif ra == rb and cb < ca:
+                self.diff[1, ra, cb] += val
+                self.diff[1, ra, ca] -= val
+            elif ca == cb and rb > ra:
+                self.diff[2, ra, ca] += val
+                self.diff[2, rb, ca] -= val
+            elif ca == cb and rb < ra:
+                self.diff[3, rb, ca] += val
+                self.diff[3, ra, ca] -= val
+
+    def full(self) -> np.ndarray:
+        """[4, rows, cols]: east and west loads summed along rows, south and north along columns."""
+        out = np.empty((4, self.rows, self.cols), dtype=np.int64)
+        out[:2] = self.diff[:2, : self.rows, : self.cols].cumsum(axis=2)
+        out[2:] = self.diff[2:, : self.rows, : self.cols].cumsum(axis=1)
+        return out
 
 
 def lane_endpoints(src: Rect, dst: Rect) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -92,117 +423,6 @@ def lane_endpoints(src: Rect, dst: Rect) -> tuple[np.ndarray, np.ndarray, np.nda
         r0 = np.full(lanes, src.y + src.h - 1 if south else src.y, dtype=np.int64)
         r1 = np.full(lanes, dst.y if south else dst.y + dst.h - 1, dtype=np.int64)
     return r0, c0, r1, c1
-
-
-class _Loads:
-    """Four direction difference arrays: a straight run adds +v at its first link and -v after its last."""
-
-    def __init__(self, rows: int, cols: int) -> None:
-        self.rows, self.cols = rows, cols
-        # Row runs: diff along axis 1; column runs: diff along axis 0. One spare slot for the -v end.
-        self.diff = {
-            "east": np.zeros((rows, cols), dtype=np.int64),
-            "west": np.zeros((rows, cols), dtype=np.int64),
-            "south": np.zeros((rows, cols), dtype=np.int64),
-            "north": np.zeros((rows, cols), dtype=np.int64),
-        }
-
-    def row_runs(self, row: np.ndarray, c_from: np.ndarray, c_to: np.ndarray, val: np.ndarray) -> None:
-        """Add `val` to every link of each run along `row` from column c_from to c_to (either direction)."""
-        east = c_to > c_from
-        west = c_to < c_from
-        # Eastward links c_from..c_to-1; westward links (stored at the lower column) c_to..c_from-1.
-        np.add.at(self.diff["east"], (row[east], c_from[east]), val[east])
-        np.add.at(self.diff["east"], (row[east], c_to[east]), -val[east])
-        np.add.at(self.diff["west"], (row[west], c_to[west]), val[west])
-        np.add.at(self.diff["west"], (row[west], c_from[west]), -val[west])
-
-    def col_runs(self, col: np.ndarray, r_from: np.ndarray, r_to: np.ndarray, val: np.ndarray) -> None:
-        """Add `val` to every link of each run along `col` from row r_from to r_to (either direction)."""
-        south = r_to > r_from
-        north = r_to < r_from
-        np.add.at(self.diff["south"], (r_from[south], col[south]), val[south])
-        np.add.at(self.diff["south"], (r_to[south], col[south]), -val[south])
-        np.add.at(self.diff["north"], (r_to[north], col[north]), val[north])
-        np.add.at(self.diff["north"], (r_from[north], col[north]), -val[north])
-
-    def path(self, nodes: np.ndarray, val: int) -> None:
-        """Add `val` along an arbitrary PE path ([n, 2] array of (row, col)), split into straight runs."""
-        steps = np.diff(nodes, axis=0)
-        if not len(steps):
-            return
-        # A run ends where the step direction changes.
-        ends = np.flatnonzero(np.any(steps[1:] != steps[:-1], axis=1)) + 1
-        starts = np.concatenate([[0], ends])
-        stops = np.concatenate([ends, [len(steps)]])
-        a, b = nodes[starts], nodes[stops]
-        v = np.full(len(starts), val, dtype=np.int64)
-        horizontal = a[:, 0] == b[:, 0]
-        self.row_runs(a[horizontal, 0], a[horizontal, 1], b[horizontal, 1], v[horizontal])
-        self.col_runs(a[~horizontal, 1], a[~horizontal, 0], b[~horizontal, 0], v[~horizontal])
-
-    def finish(self) -> dict[str, np.ndarray]:
-        return {
-            "east": self.diff["east"].cumsum(axis=1)[:, : self.cols - 1],
-            "west": self.diff["west"].cumsum(axis=1)[:, : self.cols - 1],
-            "south": self.diff["south"].cumsum(axis=0)[: self.rows - 1, :],
-            "north": self.diff["north"].cumsum(axis=0)[: self.rows - 1, :],
-        }
-
-
-def _route_flow(f: Flow, src: Rect, dst: Rect, mesh: Mesh, dead: np.ndarray, loads: _Loads) -> dict:
-    base = {"src": f.src, "dst": f.dst, "bytes": f.bytes}
-    if f.src == f.dst:
-        return {**base, "hops": 0, "lanes": 0, "rerouted": 0, "byte_hops": 0}
-    r0, c0, r1, c1 = lane_endpoints(src, dst)
-    lanes = r0.size
-    # Integer split: the first bytes % lanes lanes carry one byte more, so loads add up exactly.
-    val = np.full(lanes, f.bytes // lanes, dtype=np.int64)
-    val[: f.bytes % lanes] += 1
-
-    blocked = _xy_hits_dead(r0, c0, r1, c1, dead)
-    ok = ~blocked
-    loads.row_runs(r0[ok], c0[ok], c1[ok], val[ok])
-    loads.col_runs(c1[ok], r0[ok], r1[ok], val[ok])
-    hops = np.abs(c1 - c0) + np.abs(r1 - r0)
-    for i in np.flatnonzero(blocked):
-        nodes = _detour(_xy_nodes(int(r0[i]), int(c0[i]), int(r1[i]), int(c1[i])), dead, f)
-        loads.path(nodes, int(val[i]))
-        hops[i] = len(nodes) - 1
-    return {
-        **base,
-        "hops": int(hops.max()),
-        "lanes": lanes,
-        "rerouted": int(blocked.sum()),
-        "byte_hops": int((hops * val).sum()),
-    }
-
-
-def _xy_hits_dead(
-    r0: np.ndarray, c0: np.ndarray, r1: np.ndarray, c1: np.ndarray, dead: np.ndarray
-) -> np.ndarray:
-    """Per lane: does its XY path (row r0 from c0 to c1, then column c1 from r0 to r1) touch a dead PE?"""
-    if not dead.any():
-        return np.zeros(r0.size, dtype=bool)
-    # Prefix counts of dead PEs along each row and each column make every segment test O(1).
-    along_row = np.concatenate([np.zeros((dead.shape[0], 1), np.int64), dead.cumsum(axis=1)], axis=1)
-    along_col = np.concatenate([np.zeros((1, dead.shape[1]), np.int64), dead.cumsum(axis=0)], axis=0)
-    lo_c, hi_c = np.minimum(c0, c1), np.maximum(c0, c1)
-    lo_r, hi_r = np.minimum(r0, r1), np.maximum(r0, r1)
-    in_row = along_row[r0, hi_c + 1] - along_row[r0, lo_c]
-    in_col = along_col[hi_r + 1, c1] - along_col[lo_r, c1]
-    return (in_row + in_col) > 0
-
-
-def _xy_nodes(r0: int, c0: int, r1: int, c1: int) -> np.ndarray:
-    """Every PE of the XY path as an [n, 2] array of (row, col)."""
-    step_c = 1 if c1 >= c0 else -1
-    step_r = 1 if r1 >= r0 else -1
-    cs = np.arange(c0, c1 + step_c, step_c)
-    rs = np.arange(r0 + step_r, r1 + step_r, step_r)
-    row_part = np.stack([np.full(cs.size, r0), cs], axis=1)
-    col_part = np.stack([rs, np.full(rs.size, c1)], axis=1)
-    return np.concatenate([row_part, col_part]).astype(np.int64)
 
 
 def _detour(nodes: np.ndarray, dead: np.ndarray, f: Flow) -> np.ndarray:
@@ -265,18 +485,23 @@ def _shortest_live_path(
 
 @dataclass(frozen=True)
 class Route:
-    """route: every flow of every layer over dimension-ordered lanes; identical layers share their routes."""
+    """route: every flow of every layer with the named router (`congestion` or `xy`), colored within the
+    target's routable colors; identical layers share their routes."""
 
     name: ClassVar[str] = "route"
+    router: str = "congestion"
 
     def __call__(self, program):
         from wsc.passes.place import mesh_of
 
+        if self.router not in ROUTERS:
+            raise WscError(f"unknown router {self.router!r}; use one of {', '.join(ROUTERS)}")
         mesh = mesh_of(program.target)
+        limit = getattr(program.target, "routable_colors", program.target.colors)
         routed: dict[str, Routes] = {}
         for layer in program.layers:
             key = layer.signature(program.graph)
             if key not in routed:
-                routed[key] = route_xy(layer.placement, layer.flows, mesh)
+                routed[key] = route(layer.placement, layer.flows, mesh, self.router, limit)
             layer.routes = routed[key]
         return program

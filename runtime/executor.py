@@ -34,7 +34,10 @@ def kernel_shapes(graph: Graph, node: Node) -> tuple[tuple[int, ...], list[tuple
         else:
             g, m = int(np.prod(a[:-2], dtype=np.int64)), a[-2]
             shapes = [(g, m, a[-1]), (int(np.prod(b[:-2], dtype=np.int64)), b[-2], b[-1])]
-        return (g, m, out[-1]), shapes + [tuple(s) for s in ins[2:]]
+        extra = [tuple(s) for s in ins[2:]]
+        if node.attrs.get("residual", False):  # a fused residual is added element-wise to the output
+            extra[-1] = (g, m, out[-1])
+        return (g, m, out[-1]), shapes + extra
     if node.op == "embedding":
         return (rows, out[-1]), [ins[0], (int(np.prod(ins[1], dtype=np.int64)),)]
     if node.op in ("add", "mul"):
@@ -57,10 +60,18 @@ class RunStats:
 
 
 class Executor:
-    def __init__(self, program: Program, store: WeightStore, threads: int | None = None):
+    """Runs a Program; with `prefetch`, the next layer's weights are copied in while the current layer runs.
+
+    Prefetch is off by default: it doubles the resident weights (two layers instead of one) in exchange for
+    hiding the copy, which is the trade a caller should choose (the store never holds more than two layers
+    either way: the next layer's copy starts only after the previous layer was released).
+    """
+
+    def __init__(self, program: Program, store: WeightStore, threads: int | None = None, prefetch: bool = False):
         self.program = program
         self.graph = program.graph
         self.store = store
+        self.prefetch = prefetch
         self.threads = threads or os.cpu_count() or 1
         self.kernels = {}
         self.tiles: dict[int, np.ndarray] = {}
@@ -100,10 +111,27 @@ class Executor:
         for node, value in zip(graph.inputs, inputs, strict=True):
             env[node.name] = np.ascontiguousarray(value)
         start = time.perf_counter()
-        for layer in self.program.layers:
+        layers = self.program.layers
+        try:
+            self._run_layers(env)
+        finally:
+            for layer in layers:  # a failed run leaves no prefetch in flight nor layer counted as resident
+                self.store.release(layer.name)
+        self.stats.seconds = time.perf_counter() - start
+        return [env[o] for o in graph.outputs]
+
+    def _keys(self, layer_index: int) -> list[str]:
+        layer = self.program.layers[layer_index]
+        return [self.graph[w].attrs["key"] for w in layer.weights]
+
+    def _run_layers(self, env: dict[str, np.ndarray]) -> None:
+        graph, layers = self.graph, self.program.layers
+        for i, layer in enumerate(layers):
             layer_start = time.perf_counter()
-            keys = [graph[w].attrs["key"] for w in layer.weights]
+            keys = self._keys(i)
             weights = self.store.stream_in(layer.name, keys)
+            if self.prefetch and i + 1 < len(layers):
+                self.store.prefetch(layers[i + 1].name, self._keys(i + 1))
             for w, key in zip(layer.weights, keys, strict=True):
                 env[w] = weights[key].reshape(graph[w].shape)
             del weights
@@ -115,8 +143,6 @@ class Executor:
             for dead in [v for v in env if self.last_use.get(v, -1) <= layer.index]:
                 del env[dead]
             self.stats.layers.append({"layer": layer.name, "seconds": time.perf_counter() - layer_start})
-        self.stats.seconds = time.perf_counter() - start
-        return [env[o] for o in graph.outputs]
 
     def _execute(self, node: Node, plan: KernelPlan | None, env: dict[str, np.ndarray]) -> np.ndarray:
         if node.op == "const":

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass
 from functools import lru_cache
 
 import llvmlite.binding as llvm
 from llvmlite import ir
+
+from wsc.runtime import kernel_cache
 
 _lock = threading.Lock()
 
@@ -39,14 +40,18 @@ def host_has_avx512() -> bool:
     return "+avx512f" in host_cpu()[1].split(",")
 
 
+def vector_width_bits() -> int:
+    """Widest float vector the host executes natively: 512 (AVX-512F), 256 (AVX) or 128 (SSE)."""
+    if host_has_avx512():
+        return 512
+    if "+avx" in host_cpu()[1].split(","):
+        return 256
+    return 128
+
+
 def vector_width_floats() -> int:
-    """Number of float32 lanes in the vectors the optimiser is expected to use on this host."""
-    features = host_cpu()[1].split(",")
-    if "+avx512f" in features:
-        return 16
-    if "+avx" in features:
-        return 8
-    return 4
+    """Number of float32 lanes in the vectors the optimiser is told to use on this host."""
+    return vector_width_bits() // 32
 
 
 def _target_machine() -> llvm.TargetMachine:
@@ -56,30 +61,43 @@ def _target_machine() -> llvm.TargetMachine:
     return target.create_target_machine(cpu=cpu, features=features, opt=3, jit=True)
 
 
-@dataclass
 class JitHandle:
-    """Keeps an execution engine (and so its machine code) alive; also records the optimised IR.
+    """Keeps an execution engine (and so its machine code) alive.
 
     Function addresses obtained from the engine are valid only while this object is referenced.
+    The optimised IR is produced on request only: a kernel loaded from the on-disk cache never ran the
+    optimiser, and rerunning it just to keep a string nobody reads would cost what the cache saves.
     """
 
-    engine: llvm.ExecutionEngine
-    optimized_ir: str
+    def __init__(self, engine: llvm.ExecutionEngine, ir_text: str, from_cache: bool):
+        self.engine = engine
+        self.from_cache = from_cache
+        self._ir_text = ir_text
+        self._optimized: str | None = None
+
+    @property
+    def optimized_ir(self) -> str:
+        if self._optimized is None:
+            with _lock:
+                mod, tm = _parse(self._ir_text)
+                optimize(mod, tm)
+                self._optimized = str(mod)
+        return self._optimized
 
 
 def _add_vector_width_attr(ir_text: str, fn_name: str) -> str:
-    """Mark `fn_name` as preferring 512-bit vectors when the CPU has AVX-512.
+    """State on `fn_name` the vector width the loop and SLP vectorisers should aim for.
 
-    Without the attribute LLVM caps vectors at 256 bits on AVX-512 parts (to dodge frequency
-    throttling), which halves the throughput of the compute-bound kernels here.
+    Left implicit, LLVM caps vectors at 256 bits on AVX-512 parts (to dodge frequency throttling), which
+    halves the throughput of the compute-bound kernels here; elsewhere its choice already matches the host,
+    but saying it keeps the generated code independent of LLVM's per-CPU tuning defaults.
     llvmlite.ir cannot spell string attributes, so they are added to the textual IR.
     """
-    if not host_has_avx512():
-        return ir_text
     # llvmlite.ir puts the opening brace on its own line; hand-written IR keeps it on the define line.
     name = re.escape(fn_name)
     pattern = re.compile(r'^(define\b[^\n]*@"?' + name + r'"?\([^\n]*\)[^\n{]*?)(\s*\{)', re.M)
-    out, n = pattern.subn(r'\1 "prefer-vector-width"="512"\2', ir_text, count=1)
+    attr = f'"prefer-vector-width"="{vector_width_bits()}"'
+    out, n = pattern.subn(r"\1 " + attr + r"\2", ir_text, count=1)
     if n != 1:
         raise ValueError(f"function {fn_name!r} is not defined in the IR")
     return out
@@ -96,24 +114,41 @@ def optimize(mod: llvm.ModuleRef, tm: llvm.TargetMachine) -> None:
     mpm.run(mod, pb)
 
 
-def compile_module(module: str | ir.Module, fn_name: str) -> tuple[int, JitHandle]:
+def _parse(text: str) -> tuple[llvm.ModuleRef, llvm.TargetMachine]:
+    tm = _target_machine()
+    mod = llvm.parse_assembly(text)
+    mod.triple = tm.triple
+    mod.data_layout = str(tm.target_data)
+    mod.verify()
+    return mod, tm
+
+
+def compile_module(module: str | ir.Module, fn_name: str, use_cache: bool = True) -> tuple[int, JitHandle]:
     """Optimise and JIT-compile `module`, returning the address of `fn_name` and its keepalive.
 
-    The caller must hold the returned handle for as long as it calls through the address.
+    The object code comes from the on-disk kernel cache when an entry for this exact IR, host CPU and
+    llvmlite exists; otherwise the module is optimised and compiled to object code, which is stored. Both
+    paths load the object the same way (MCJIT's add_object_file), so what the cache holds is exactly what a
+    fresh compile runs. The caller must hold the returned handle for as long as it calls through the address.
     """
     _init()
     text = _add_vector_width_attr(str(module), fn_name)
+    cpu, features = host_cpu()
+    key = kernel_cache.cache_key(text, cpu, features) if use_cache else None
     with _lock:
-        tm = _target_machine()
-        mod = llvm.parse_assembly(text)
-        mod.triple = tm.triple
-        mod.data_layout = str(tm.target_data)
-        mod.verify()
-        optimize(mod, tm)
-        optimized = str(mod)
-        engine = llvm.create_mcjit_compiler(mod, tm)
+        obj = kernel_cache.load(key) if key is not None else None
+        from_cache = obj is not None
+        if obj is None:
+            mod, tm = _parse(text)
+            optimize(mod, tm)
+            obj = tm.emit_object(mod)
+            if key is not None:
+                kernel_cache.store(key, obj)
+        # MCJIT needs a module to exist; the code itself comes from the object file.
+        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _target_machine())
+        engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         engine.finalize_object()
         address = engine.get_function_address(fn_name)
     if not address:
         raise ValueError(f"function {fn_name!r} was not found after compilation")
-    return address, JitHandle(engine=engine, optimized_ir=optimized)
+    return address, JitHandle(engine, text, from_cache)

@@ -29,7 +29,7 @@ import numpy as np
 from llvmlite import ir
 
 from wsc.errors import WscError
-from wsc.runtime import jit
+from wsc.runtime import jit, kernel_cache
 
 F32 = ir.FloatType()
 I64 = ir.IntType(64)
@@ -212,6 +212,7 @@ Lowering = Callable[[KernelSpec], KernelIR]
 _LOWERINGS: dict[str, Lowering] = {}
 _CACHE: dict[tuple, Kernel] = {}
 _CACHE_LOCK = threading.Lock()
+_REUSED = [0]  # compile_kernel calls answered by a kernel already compiled in this process
 
 
 def register_lowering(op: str) -> Callable[[Lowering], Lowering]:
@@ -253,7 +254,9 @@ def compile_kernel(
     key = (op, spec.out_shape, spec.in_shapes, _freeze(attrs))
     with _CACHE_LOCK:
         kernel = _CACHE.get(key)
-        if kernel is None:
+        if kernel is not None:
+            _REUSED[0] += 1
+        else:
             lowering = _LOWERINGS.get(op)
             if lowering is None:
                 raise WscError(f"no kernel for op {op!r}; supported ops: {', '.join(supported_ops())}")
@@ -262,6 +265,25 @@ def compile_kernel(
             kernel = Kernel(spec, lowering(spec))
             _CACHE[key] = kernel
     return kernel
+
+
+def cache_stats() -> dict[str, int]:
+    """How much compiled code was reused, for the compile report.
+
+    `in_process`: kernel requests answered by a kernel this process had already compiled (e.g. every block
+    of a GPT after the first); `hits` / `misses`: kernels loaded from / not found in the on-disk cache, so a
+    second compile of the same model shows all hits; `stores`, `corrupt` (entries that failed their checksum
+    and were recompiled), `errors` (cache I/O that failed; the compile went on without the cache).
+    """
+    with _CACHE_LOCK:
+        reused = _REUSED[0]
+    return {"in_process": reused, **kernel_cache.stats()}
+
+
+def reset_cache_stats() -> None:
+    with _CACHE_LOCK:
+        _REUSED[0] = 0
+    kernel_cache.reset_stats()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,6 +327,11 @@ class Kernel:
     def optimized_ir(self) -> str:
         """The IR after the O3 pipeline, e.g. to check that loops were vectorised."""
         return self._keepalive.optimized_ir
+
+    @property
+    def from_cache(self) -> bool:
+        """True when the machine code was loaded from the on-disk kernel cache rather than generated."""
+        return self._keepalive.from_cache
 
     def __repr__(self) -> str:
         s = self.spec

@@ -25,15 +25,6 @@ def _op(name: str) -> Callable[[RefOp], RefOp]:
     return deco
 
 
-@_op("matmul")
-def _matmul(inputs: Sequence[np.ndarray], attrs: Mapping[str, Any], out_shape: tuple[int, ...]) -> np.ndarray:
-    a, b = (x.astype(np.float64) for x in inputs[:2])
-    out = np.einsum("gmk,gnk->gmn", a, np.broadcast_to(b, (a.shape[0],) + b.shape[1:]))
-    if attrs.get("bias", False):
-        out = out + inputs[2].astype(np.float64)
-    return out
-
-
 @_op("layernorm")
 def _layernorm(
     inputs: Sequence[np.ndarray], attrs: Mapping[str, Any], out_shape: tuple[int, ...]
@@ -67,6 +58,19 @@ def _gelu(inputs: Sequence[np.ndarray], attrs: Mapping[str, Any], out_shape: tup
         return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
     erf = np.vectorize(math.erf, otypes=[np.float64])
     return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+@_op("matmul")
+def _matmul(inputs: Sequence[np.ndarray], attrs: Mapping[str, Any], out_shape: tuple[int, ...]) -> np.ndarray:
+    a, b = (x.astype(np.float64) for x in inputs[:2])
+    out = np.einsum("gmk,gnk->gmn", a, np.broadcast_to(b, (a.shape[0],) + b.shape[1:]))
+    if attrs.get("bias", False):
+        out = out + inputs[2].astype(np.float64)
+    if attrs.get("epilogue", "none") == "gelu":
+        out = _gelu([out], attrs, out_shape)
+    if attrs.get("residual", False):
+        out = inputs[-1].astype(np.float64) + out
+    return out
 
 
 def _broadcast_b(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,85 +1,322 @@
-"""The weight store: weights held off the wafer in one safetensors file, as MemoryX holds them.
+"""The weight store: weights held off the wafer in safetensors files, as MemoryX holds them.
 
-The file is memory-mapped, never read whole. `stream_in` copies one layer's weights out (the transfer onto the
-wafer) and `release` drops them after the layer ran; the store counts what is resident, so tests and the
-report can show that only a layer's worth of weights is in memory at a time.
+A store is one safetensors file, or a sharded Hugging Face checkpoint: a directory of shards, or the
+`model.safetensors.index.json` whose `weight_map` names the shard of every tensor. Every shard is
+memory-mapped, never read whole. `stream_in` copies one layer's weights out as float32 (the transfer onto
+the wafer; the runtime computes in fp32 whatever the stored precision) and `release` drops them after the
+layer ran. `prefetch` starts the next layer's copy on a background thread, so it overlaps the current
+layer's compute as MemoryX streams the next layer while the wafer computes; the copy runs in numpy, which
+releases the GIL, as do the ctypes kernel calls.
+
+The store counts what is resident: a layer counts from the moment its copy starts (a prefetch included)
+until it is released, so `peak_resident_layers` and `peak_resident_bytes` are honest upper bounds of the
+weight memory the run held, and a prefetch that would make more than `max_resident_layers` resident is not
+started (the layer is then copied when it is asked for).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from wsc.errors import WscError
 
-SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32, "BOOL": np.bool_}
+SAFETENSORS_DTYPES: dict[str, Any] = {
+    "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+_NUMPY_TO_SAFETENSORS = {np.dtype(v): k for k, v in SAFETENSORS_DTYPES.items() if k != "BF16"}
+INDEX_NAME = "model.safetensors.index.json"
+STORE_DTYPES = ("fp32", "fp16")
 
 
-def write_store(path: Path, tensors: dict[str, np.ndarray]) -> None:
-    """Write atomically: a reader never sees a half-written store."""
-    from safetensors.numpy import save_file
+# ---------------------------------------------------------------------------------------------------------------
+# Writing
 
+
+def _stored_dtype(source: np.dtype, dtype: str) -> np.dtype:
+    if np.issubdtype(source, np.floating):
+        return np.dtype(np.float16 if dtype == "fp16" else np.float32)
+    if source not in _NUMPY_TO_SAFETENSORS:
+        raise WscError(f"cannot store a tensor of dtype {source} in safetensors")
+    return source
+
+
+def _write_safetensors(path: Path, tensors: Mapping[str, Any], dtype: str) -> int:
+    """Write one safetensors file tensor by tensor, atomically; returns the bytes of tensor data written.
+
+    Written here rather than with safetensors' save_file, which builds the whole file in memory first: a
+    store of a 1.3B model would then need its size again in RAM, which is what streaming is meant to avoid.
+    Only one tensor at a time is converted to the stored precision.
+    """
+    header: dict[str, Any] = {}
+    offset = 0
+    for key, value in tensors.items():
+        src = np.asarray(value)  # no copy for numpy arrays and CPU torch tensors
+        dt = _stored_dtype(src.dtype, dtype)
+        nbytes = src.size * dt.itemsize
+        header[key] = {"dtype": _NUMPY_TO_SAFETENSORS[dt], "shape": list(src.shape),
+                       "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header["__metadata__"] = {"format": "pt", "wsc_dtype": dtype}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors' own writer does
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            for key, value in tensors.items():
+                src = np.asarray(value)
+                arr = np.ascontiguousarray(src, dtype=_stored_dtype(src.dtype, dtype))
+                if list(arr.shape) != header[key]["shape"]:
+                    raise WscError(f"tensor {key} changed shape while the store was written")
+                f.write(arr.reshape(-1).view(np.uint8).data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return offset
+
+
+def write_store(
+    path: Path | str, tensors: Mapping[str, Any], dtype: str = "fp32", shard_bytes: int | None = None
+) -> Path:
+    """Write `tensors` as a store, atomically (a reader never sees a half-written file); returns the path to open.
+
+    dtype "fp16" stores floating tensors in half precision (half the bytes to hold and stream); the runtime
+    still computes in fp32, so the run sees the weights rounded to fp16. Integer tensors are kept as they are.
+    With `shard_bytes`, `path` is a directory that receives a sharded Hugging Face checkpoint: shards
+    `model-0000i-of-0000n.safetensors` of about that many bytes each, and the index naming every tensor's shard.
+    """
+    if dtype not in STORE_DTYPES:
+        raise WscError(f"weights dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
+    path = Path(path)
+    if shard_bytes is None:
+        _write_safetensors(path, tensors, dtype)
+        return path
+    itemsize = 2 if dtype == "fp16" else 4
+    groups: list[list[str]] = [[]]
+    size = 0
+    for key in tensors:
+        nbytes = math.prod(np.shape(tensors[key])) * itemsize
+        if groups[-1] and size + nbytes > shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(key)
+        size += nbytes
+    weight_map: dict[str, str] = {}
+    total = 0
+    for i, keys in enumerate(groups):
+        name = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        total += _write_safetensors(path / name, {k: tensors[k] for k in keys}, dtype)
+        weight_map.update(dict.fromkeys(keys, name))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=INDEX_NAME, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(index, f, indent=2)
+    os.replace(tmp, path / INDEX_NAME)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+class _Shard:
+    """One memory-mapped safetensors file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                (header_len,) = struct.unpack("<Q", f.read(8))
+                if header_len > 100_000_000:
+                    raise ValueError(f"header of {header_len} bytes")
+                header = json.loads(f.read(header_len))
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
+        except FileNotFoundError:
+            raise WscError(f"weight file {path} does not exist") from None
+        except (OSError, ValueError, struct.error, UnicodeDecodeError) as error:
+            raise WscError(f"cannot read weight store {path}: {error}; give a safetensors file") from None
+        header.pop("__metadata__", None)
+        self.entries: dict[str, dict] = header
+        self.data_start = 8 + header_len
+        size = path.stat().st_size
+        for key, entry in header.items():
+            if entry.get("dtype") not in SAFETENSORS_DTYPES:
+                raise WscError(f"weight {key} in {path} has unsupported dtype {entry.get('dtype')}")
+            if self.data_start + entry["data_offsets"][1] > size:
+                raise WscError(f"weight store {path} is truncated: {key} ends past the end of the file")
+        # An empty data section cannot be mapped; nothing would be read from it anyway.
+        self.map = np.memmap(path, dtype=np.uint8, mode="r") if size > self.data_start else np.zeros(0, np.uint8)
+
+    def view(self, key: str) -> np.ndarray:
+        entry = self.entries[key]
+        begin, end = entry["data_offsets"]
+        raw = self.map[self.data_start + begin : self.data_start + end]
+        return raw.view(SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+
+
+def _to_f32(key: str, entry: dict, view: np.ndarray) -> np.ndarray:
+    if entry["dtype"] == "BF16":  # bf16 is the top half of an fp32
+        return (view.astype(np.uint32) << 16).view(np.float32)
+    return np.array(view, dtype=np.float32)
+
+
+def _shard_paths(path: Path) -> tuple[dict[str, Path] | None, list[Path]]:
+    """(weight_map or None, shard files) of a store path: a file, an index, or a directory holding either."""
+    index = None
+    if path.is_dir():
+        if (path / INDEX_NAME).exists():
+            index = path / INDEX_NAME
+        else:
+            files = sorted(path.glob("*.safetensors"))
+            if not files:
+                raise WscError(f"weight directory {path} has no {INDEX_NAME} and no .safetensors files")
+            return None, files
+    elif path.name.endswith(".json"):
+        index = path
+    if index is None:
+        return None, [path]
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError("weight_map is not an object")
+    except FileNotFoundError:
+        raise WscError(f"weight index {index} does not exist") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise WscError(f"cannot read weight index {index}: {error}; give a Hugging Face index") from None
+    mapping = {str(k): index.parent / str(v) for k, v in weight_map.items()}
+    shards = sorted(set(mapping.values()))
+    missing = [p for p in shards if not p.exists()]
+    if missing:
+        raise WscError(f"shard {missing[0]} named in {index} does not exist")
+    return mapping, shards
 
 
 class WeightStore:
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, max_resident_layers: int = 2):
         self.path = Path(path)
-        try:
-            with open(self.path, "rb") as f:
-                (header_len,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(header_len))
-        except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise WscError(f"cannot read weight store {self.path}: {error}; give a safetensors file") from None
-        header.pop("__metadata__", None)
-        self._entries = header
-        self._data_start = 8 + header_len
-        self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
-        self.resident: dict[str, int] = {}  # layer name -> bytes streamed in for it
+        self.max_resident_layers = max_resident_layers
+        weight_map, files = _shard_paths(self.path)
+        self.shards = [_Shard(p) for p in files]
+        self._where: dict[str, _Shard] = {}
+        for shard in self.shards:
+            for key in shard.entries:
+                if weight_map is not None and weight_map.get(key) != shard.path:
+                    continue  # the index is authoritative; a shard may carry stray tensors
+                if key in self._where:
+                    raise WscError(f"weight {key} is in both {self._where[key].path} and {shard.path}")
+                self._where[key] = shard
+        for key, shard_path in (weight_map or {}).items():
+            if key not in self._where:
+                raise WscError(f"weight {key} is not in {shard_path}, the shard the index names for it")
+        self._lock = threading.Lock()
+        self._pending: dict[str, Future[dict[str, np.ndarray]]] = {}
+        self._worker: ThreadPoolExecutor | None = None
+        self.resident: dict[str, int] = {}  # layer name -> fp32 bytes streamed in for it (or being copied)
         self.peak_resident_layers = 0
         self.peak_resident_bytes = 0
-        self.streamed_bytes = 0
+        self.streamed_bytes = 0  # bytes read out of the store, in the stored precision
+        self.prefetched_layers = 0
+
+    @property
+    def _map(self) -> np.ndarray:
+        """The first shard's memory map (a single-file store has only that one)."""
+        return self.shards[0].map
 
     def keys(self) -> list[str]:
-        return list(self._entries)
+        return list(self._where)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._entries
+        return key in self._where
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._entries[key]["shape"])
+        return tuple(self._entry(key)["shape"])
 
-    def _view(self, key: str) -> np.ndarray:
-        entry = self._entries.get(key)
-        if entry is None:
+    def dtype(self, key: str) -> str:
+        """The stored safetensors dtype of a weight, e.g. F32 or F16."""
+        return str(self._entry(key)["dtype"])
+
+    def _entry(self, key: str) -> dict:
+        shard = self._where.get(key)
+        if shard is None:
             raise WscError(f"weight {key} is not in the store {self.path}; give weights for this model")
-        begin, end = entry["data_offsets"]
-        dtype = SAFETENSORS_DTYPES[entry["dtype"]]
-        raw = self._map[self._data_start + begin : self._data_start + end]
-        return raw.view(dtype).reshape(entry["shape"])
+        return shard.entries[key]
 
-    def stream_in(self, layer: str, keys: list[str]) -> dict[str, np.ndarray]:
-        """Copy a layer's weights out of the store as float32 (the compute precision of the runtime)."""
-        tensors = {key: np.array(self._view(key), dtype=np.float32) for key in keys}
-        nbytes = sum(t.nbytes for t in tensors.values())
-        self.resident[layer] = nbytes
-        self.streamed_bytes += nbytes
-        self.peak_resident_layers = max(self.peak_resident_layers, len(self.resident))
-        self.peak_resident_bytes = max(self.peak_resident_bytes, sum(self.resident.values()))
-        return tensors
+    def layer_bytes(self, keys: Sequence[str]) -> int:
+        """fp32 bytes a layer of these weights occupies once streamed in."""
+        return sum(4 * math.prod(self.shape(k)) for k in keys)
+
+    def _admit(self, layer: str, keys: Sequence[str]) -> None:
+        nbytes = self.layer_bytes(keys)  # also raises for a missing key before anything is counted
+        with self._lock:
+            self.resident[layer] = nbytes
+            self.peak_resident_layers = max(self.peak_resident_layers, len(self.resident))
+            self.peak_resident_bytes = max(self.peak_resident_bytes, sum(self.resident.values()))
+
+    def _copy(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        out = {}
+        read = 0
+        for key in keys:
+            shard = self._where[key]
+            view = shard.view(key)
+            out[key] = _to_f32(key, shard.entries[key], view)
+            read += view.nbytes
+        with self._lock:
+            self.streamed_bytes += read
+        return out
+
+    def prefetch(self, layer: str, keys: Sequence[str]) -> bool:
+        """Start copying a layer's weights in the background; False (nothing started) when that would make
+        more than `max_resident_layers` layers resident, or the layer is already resident."""
+        with self._lock:
+            if layer in self.resident or len(self.resident) >= self.max_resident_layers:
+                return False
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsc-prefetch")
+        self._admit(layer, keys)
+        keys = list(keys)
+        self._pending[layer] = self._worker.submit(self._copy, keys)
+        self.prefetched_layers += 1
+        return True
+
+    def stream_in(self, layer: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """A layer's weights as float32: the prefetched copy if one was started (waiting for it), else a copy now."""
+        pending = self._pending.pop(layer, None)
+        if pending is not None:
+            tensors = pending.result()
+            if set(tensors) == set(keys):
+                return tensors
+            del tensors  # prefetched for other keys: fall through and copy what was asked for
+        self._admit(layer, keys)
+        return self._copy(keys)
 
     def release(self, layer: str) -> None:
-        self.resident.pop(layer, None)
+        pending = self._pending.pop(layer, None)
+        if pending is not None:
+            if not pending.cancel():
+                pending.result()  # a copy under way must finish before its memory stops being counted
+        with self._lock:
+            self.resident.pop(layer, None)
+
+    def close(self) -> None:
+        """Drop any prefetch in flight and stop the prefetch thread."""
+        for layer in list(self._pending):
+            self.release(layer)
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None

@@ -3,6 +3,11 @@
 A target is data, not code, so that a new wafer (or a defect map of a particular one) needs no Python
 change. The loader is strict: a typo in a target file would otherwise silently change every performance
 number downstream, so every field is checked and unknown keys are rejected.
+
+Defects: `defects: {dead_pes: [[row, col], ...], dead_rows: [row, ...], dead_cols: [col, ...], rate: 0.01,
+seed: 0}`. All fields are optional. `rate` marks that fraction of the mesh's PEs dead at random, drawn with a
+seeded numpy Generator so the same file always gives the same wafer; they are added to the listed ones (a PE
+listed and drawn is counted once). What a dead PE means for placement is decided in `passes/place.py`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from wsc.errors import WscError
@@ -36,6 +42,14 @@ class Target:
     colors: int
     io_bytes_per_second: float
     dead_pes: frozenset[tuple[int, int]]  # (row, col)
+    # Colors the system software keeps for itself (the CS-2 SDK runtime takes about 6 of the 24): the
+    # router may hand out only `colors - reserved_colors` to the program's flows.
+    reserved_colors: int = 0
+
+    @property
+    def routable_colors(self) -> int:
+        """Colors (virtual channels) the router may give to a layer's flows."""
+        return self.colors - self.reserved_colors
 
     @property
     def usable_pes(self) -> int:
@@ -85,7 +99,8 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "io": {"stream_bytes_per_second": "num"},
 }
 _TOP = {"name": "str", "description": "str", "clock_hz": "num", **{k: "section" for k in _SCHEMA}}
-_OPTIONAL_TOP = {"defects": {"dead_pes"}}
+_OPTIONAL_TOP = {"defects": {"dead_pes", "dead_rows", "dead_cols", "rate", "seed"}}
+_OPTIONAL_FABRIC = {"reserved_colors"}
 
 
 class _Checker:
@@ -142,7 +157,10 @@ def _parse(text: str, source: str) -> Target:
         raise WscError(f"target file {source}: invalid YAML{at}; fix the syntax") from None
     c = _Checker(source)
     top = c.mapping(doc, "", set(_TOP) | set(_OPTIONAL_TOP), set(_TOP))
-    sec = {s: c.mapping(top[s], s, set(keys), set(keys)) for s, keys in _SCHEMA.items()}
+    sec = {
+        s: c.mapping(top[s], s, set(keys) | (_OPTIONAL_FABRIC if s == "fabric" else set()), set(keys))
+        for s, keys in _SCHEMA.items()
+    }
 
     flops_raw = c.mapping(sec["pe"]["flops_per_cycle"], "pe.flops_per_cycle", set(DTYPES), set(DTYPES))
     flops = {d: c.positive_num(flops_raw[d], f"pe.flops_per_cycle.{d}") for d in DTYPES}
@@ -150,11 +168,16 @@ def _parse(text: str, source: str) -> Target:
     cols = c.positive_int(sec["mesh"]["cols"], "mesh.cols")
 
     dead: set[tuple[int, int]] = set()
-    if "defects" in top:
-        defects = c.mapping(top["defects"], "defects", _OPTIONAL_TOP["defects"], set())
-        dead = _dead_pes(c, defects.get("dead_pes", []), rows, cols)
+    if "defects" in top and top["defects"] is not None:
+        dead = _defects(c, top["defects"], rows, cols)
     if len(dead) >= rows * cols:
-        raise c.fail("defects.dead_pes", "marks every PE dead; at least one PE must be usable")
+        raise c.fail("defects", "marks every PE dead; at least one PE must be usable")
+    colors = c.positive_int(sec["fabric"]["colors"], "fabric.colors")
+    reserved = sec["fabric"].get("reserved_colors", 0)
+    if isinstance(reserved, bool) or not isinstance(reserved, int) or not 0 <= reserved < colors:
+        raise c.fail(
+            "fabric.reserved_colors", f"must be an integer from 0 to colors - 1 = {colors - 1}, got {reserved!r}"
+        )
 
     return Target(
         name=c.text(top["name"], "name"),
@@ -168,12 +191,54 @@ def _parse(text: str, source: str) -> Target:
             sec["fabric"]["link_bytes_per_cycle"], "fabric.link_bytes_per_cycle"
         ),
         hop_latency_cycles=c.positive_num(sec["fabric"]["hop_latency_cycles"], "fabric.hop_latency_cycles"),
-        colors=c.positive_int(sec["fabric"]["colors"], "fabric.colors"),
+        colors=colors,
         io_bytes_per_second=c.positive_num(
             sec["io"]["stream_bytes_per_second"], "io.stream_bytes_per_second"
         ),
         dead_pes=frozenset(dead),
+        reserved_colors=reserved,
     )
+
+
+def _defects(c: _Checker, value: Any, rows: int, cols: int) -> set[tuple[int, int]]:
+    defects = c.mapping(value, "defects", _OPTIONAL_TOP["defects"], set())
+    dead = _dead_pes(c, defects.get("dead_pes", []), rows, cols)
+    for key, size, other in (("dead_rows", rows, cols), ("dead_cols", cols, rows)):
+        lines = _indices(c, defects.get(key, []), f"defects.{key}", size)
+        for line in lines:
+            dead.update((line, j) if key == "dead_rows" else (j, line) for j in range(other))
+    rate = defects.get("rate", 0.0)
+    if isinstance(rate, str) and _NUMBER_RE.match(rate.strip()):
+        rate = float(rate)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+        raise c.fail("defects.rate", f"must be a fraction of PEs in [0, 1), got {rate!r}")
+    seed = defects.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise c.fail("defects.seed", f"must be a non-negative integer, got {seed!r}")
+    if rate > 0:
+        # Draw exactly round(rate * PEs) distinct PEs: the count is what the file promises, the
+        # positions are what the seed fixes.
+        count = round(rate * rows * cols)
+        flat = np.random.default_rng(seed).choice(rows * cols, size=count, replace=False)
+        dead.update((int(i) // cols, int(i) % cols) for i in flat)
+    return dead
+
+
+def _indices(c: _Checker, value: Any, field: str, size: int) -> list[int]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise c.fail(field, "must be a list of integers")
+    seen: list[int] = []
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise c.fail(f"{field}[{i}]", f"must be an integer, got {v!r}")
+        if not 0 <= v < size:
+            raise c.fail(f"{field}[{i}]", f"= {v} is outside 0..{size - 1}")
+        if v in seen:
+            raise c.fail(f"{field}[{i}]", f"repeats {v}; list each once")
+        seen.append(v)
+    return seen
 
 
 def _dead_pes(c: _Checker, value: Any, rows: int, cols: int) -> set[tuple[int, int]]:

@@ -85,6 +85,51 @@ def test_matmul(g, gb, m, n, k, bias):
     run_all_tilings("matmul", (g, m, n), inputs, {"bias": bias}, expected.numpy(), atol=ATOL * math.sqrt(k))
 
 
+@pytest.mark.parametrize(
+    "g,gb,m,n,k,bias,epilogue,approximate,residual",
+    [
+        (1, 1, 1, 1, 1, True, "gelu", "none", True),
+        (1, 1, 7, 13, 29, True, "gelu", "none", False),
+        (1, 1, 5, 11, 31, True, "gelu", "tanh", False),
+        (1, 1, 3, 37, 97, True, "none", "none", True),
+        (2, 1, 4, 9, 17, False, "none", "none", True),
+        (3, 3, 2, 19, 23, True, "gelu", "tanh", True),
+        (1, 1, 6, 41, 768, False, "gelu", "none", True),
+    ],
+)
+def test_matmul_fused_epilogues(g, gb, m, n, k, bias, epilogue, approximate, residual):
+    """residual + gelu(a @ b^T + bias), against the unfused torch ops, on odd (prime, 1) shapes."""
+    a, b = randn(g, m, k), randn(gb, n, k)
+    inputs = [a, b] + ([randn(n)] if bias else []) + ([randn(g, m, n)] if residual else [])
+    expected = torch.matmul(t(a), t(b).transpose(1, 2))
+    if bias:
+        expected = expected + t(inputs[2])
+    if epilogue == "gelu":
+        expected = F.gelu(expected, approximate=approximate)
+    if residual:
+        expected = t(inputs[-1]) + expected
+    attrs = {"bias": bias, "epilogue": epilogue, "approximate": approximate, "residual": residual}
+    run_all_tilings("matmul", (g, m, n), inputs, attrs, expected.numpy(), atol=ATOL * math.sqrt(k))
+
+
+def test_matmul_epilogue_checks():
+    with pytest.raises(ValueError, match="epilogue"):
+        compile_kernel("matmul", (1, 2, 3), [(1, 2, 4), (1, 3, 4)], {"epilogue": "relu"})
+    with pytest.raises(ValueError, match="approximate"):
+        compile_kernel("matmul", (1, 2, 3), [(1, 2, 4), (1, 3, 4)], {"epilogue": "gelu", "approximate": "x"})
+    with pytest.raises(ValueError, match="residual has shape"):
+        compile_kernel("matmul", (1, 2, 3), [(1, 2, 4), (1, 3, 4), (3,), (1, 3, 2)], {"bias": True, "residual": True})
+    with pytest.raises(ValueError, match="inputs a, b, residual"):
+        compile_kernel("matmul", (1, 2, 3), [(1, 2, 4), (1, 3, 4)], {"residual": True})
+
+
+def test_vector_width_is_explicit():
+    kernel = compile_kernel("add", (2, 3), [(2, 3), (1, 3)], {})
+    bits = jit.vector_width_bits()
+    assert bits in (128, 256, 512) and jit.vector_width_floats() == bits // 32
+    assert f'"prefer-vector-width"="{bits}"' in kernel.optimized_ir
+
+
 def test_matmul_is_vectorised():
     kernel = compile_kernel("matmul", (1, 16, 64), [(1, 16, 768), (1, 64, 768)], {"bias": False})
     width = jit.vector_width_floats()

@@ -36,7 +36,7 @@ def test_cs2_sim_says_where_the_clock_comes_from() -> None:
 
 
 def test_every_shipped_target_loads_by_name_and_by_path() -> None:
-    assert {"cs2-sim", "mesh-16x16"} <= set(available_targets())
+    assert {"cs2-sim", "cs3-sim", "mesh-16x16", "mesh-64x64"} <= set(available_targets())
     for name in available_targets():
         assert load_target(name) == load_target(str(SHIPPED / f"{name}.yaml"))
     small = load_target("mesh-16x16")
@@ -44,7 +44,7 @@ def test_every_shipped_target_loads_by_name_and_by_path() -> None:
 
 
 def test_unknown_name_lists_the_available_targets() -> None:
-    with pytest.raises(WscError, match=r"unknown target 'cs9'; available targets: cs2-sim, mesh-16x16"):
+    with pytest.raises(WscError, match=r"unknown target 'cs9'; available targets: cs2-sim, cs3-sim, mesh-16x16, mesh-64x64"):
         load_target("cs9")
 
 
@@ -128,6 +128,19 @@ MALFORMED = {
     ),
     "section not a mapping": (("pe",), [1, 2], r"field 'pe' must be a mapping"),
     "empty name": (("name",), "", r"field 'name' must be a non-empty string"),
+    "unknown defect key": (("defects",), {"dead": [1]}, r"field 'defects.dead' is not a known key"),
+    "dead row outside": (("defects",), {"dead_rows": [3, 16]}, r"'defects.dead_rows\[1\]' = 16 is outside 0..15"),
+    "dead col not int": (("defects",), {"dead_cols": ["x"]}, r"'defects.dead_cols\[0\]' must be an integer"),
+    "dead rows not list": (("defects",), {"dead_rows": 3}, r"'defects.dead_rows' must be a list"),
+    "rate too big": (("defects",), {"rate": 1.5}, r"'defects.rate' must be a fraction of PEs in \[0, 1\)"),
+    "rate negative": (("defects",), {"rate": -0.1}, r"'defects.rate' must be a fraction"),
+    "rate text": (("defects",), {"rate": "lots"}, r"'defects.rate' must be a fraction"),
+    "seed negative": (("defects",), {"rate": 0.1, "seed": -1}, r"'defects.seed' must be a non-negative integer"),
+    "seed float": (("defects",), {"seed": 1.5}, r"'defects.seed' must be a non-negative integer"),
+    "everything dead": (("defects",), {"rate": 0.999}, r"field 'defects' marks every PE dead"),
+    "reserved colors too many": (
+        ("fabric", "reserved_colors"), 8, r"'fabric.reserved_colors' must be an integer from 0 to colors - 1 = 7"
+    ),
 }
 
 
@@ -150,3 +163,53 @@ def test_bad_yaml_names_the_file_and_line(tmp_path: Path) -> None:
 def test_top_level_not_a_mapping(tmp_path: Path) -> None:
     with pytest.raises(WscError, match="must be a mapping"):
         load_target(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_cs3_sim_has_the_public_numbers_and_says_how_it_read_them() -> None:
+    t = load_target("cs3-sim")
+    # Newer SDK fabric 762 x 1172 less the CS-2's 7-row, 2-col runtime border.
+    assert (t.rows, t.cols) == (755, 1170)
+    assert t.sram_bytes_per_pe == 48 * 1024
+    assert t.flops_per_cycle_per_pe == {"fp16": 16.0, "fp32": 4.0}
+    assert t.io_bytes_per_second == pytest.approx(150e9 * 1.3)
+    assert (t.colors, t.reserved_colors, t.routable_colors) == (24, 6, 18)
+    assert t.dead_pes == frozenset()
+    text = (SHIPPED / "cs3-sim.yaml").read_text()
+    assert "sparse" in text and "762 x 1172" in text and "+30%" in text
+
+
+def test_cs2_sim_keeps_six_colors_for_the_runtime() -> None:
+    assert load_target("cs2-sim").routable_colors == 18
+
+
+def defective(tmp_path: Path, defects: dict[str, Any], name: str = "t.yaml") -> Target:
+    doc = base()
+    doc["defects"] = defects
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc))
+    return load_target(str(path))
+
+
+def test_dead_rows_and_cols_mark_whole_lines(tmp_path: Path) -> None:
+    t = defective(tmp_path, {"dead_rows": [2], "dead_cols": [5], "dead_pes": [[2, 5], [9, 9]]})
+    assert t.dead_pes == {(2, c) for c in range(16)} | {(r, 5) for r in range(16)} | {(9, 9)}
+    assert t.usable_pes == 256 - (16 + 16 - 1 + 1)
+
+
+def test_defect_rate_is_reproducible_with_its_seed(tmp_path: Path) -> None:
+    a = defective(tmp_path, {"rate": 0.05, "seed": 7}, "a.yaml")
+    b = defective(tmp_path, {"rate": 0.05, "seed": 7}, "b.yaml")
+    c = defective(tmp_path, {"rate": 0.05, "seed": 8}, "c.yaml")
+    assert a.dead_pes == b.dead_pes
+    assert len(a.dead_pes) == round(0.05 * 256) == len(c.dead_pes)
+    assert a.dead_pes != c.dead_pes
+    # Listed PEs are added to the drawn ones; a PE both listed and drawn counts once.
+    listed = sorted(a.dead_pes)[0]
+    d = defective(tmp_path, {"rate": 0.05, "seed": 7, "dead_pes": [list(listed), [15, 15]]}, "d.yaml")
+    assert d.dead_pes == a.dead_pes | {(15, 15)}
+
+
+def test_mesh_64x64_is_a_faulty_test_wafer() -> None:
+    t = load_target("mesh-64x64")
+    assert {(40, c) for c in range(64)} <= t.dead_pes and {(r, 20) for r in range(64)} <= t.dead_pes
+    assert len(t.dead_pes) > 64 + 63

@@ -1,1 +1,19 @@
-"""wsc: a compiler from PyTorch to wafer-scale dataflow machines."""
+"""wsc: a compiler from PyTorch to wafer-scale dataflow machines.
+
+    import wsc
+    compiled = wsc.compile(model, example_inputs, target="cs2-sim")   # a wsc.CompiledModel
+    outputs = compiled(*example_inputs)                                # runs on the simulated target
+"""
+
+from typing import Any
+
+__all__ = ["compile", "CompiledModel"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: `import wsc.targets` and the CLI's quick commands need not load torch.
+    if name in __all__:
+        from wsc import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'wsc' has no attribute {name!r}")

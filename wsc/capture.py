@@ -41,6 +41,9 @@ class Captured:
 
 def capture(model: nn.Module, example_inputs: tuple) -> Captured:
     """Trace `model` on `example_inputs`; export first, symbolic_trace when export refuses."""
+    exported = getattr(model, "exported", None)
+    if isinstance(exported, torch.export.ExportedProgram):  # a loaded .pt2: its graph is already captured
+        return _from_exported(exported)
     try:
         exported = torch.export.export(model, tuple(example_inputs), strict=False)
     except Exception as export_error:  # export raises many types; each means "try the fallback"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -73,66 +72,40 @@ def _ops(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from wsc import pipeline
-    from wsc.modelfile import build, parse_model_args
-    from wsc.report import placement_json, placement_summary, write_json_atomic
+    from wsc import api, pipeline
+    from wsc.meta import empty_weights, physical_memory_bytes, weight_bytes
+    from wsc.modelfile import build, load_exported, parse_model_args
     from wsc.targets import load_target
 
-    start = time.perf_counter()
     target = load_target(args.target)
-    model_args = parse_model_args(args.model_arg)
     model_name = Path(args.model).stem
     out = Path(args.out) if args.out else Path("wsc_out") / model_name
     if out.exists() and not out.is_dir():
         raise WscError(f"--out {out} is a file; give a folder")
-    model, inputs, model_args = build(args.model, model_args)
-    compiled = pipeline.compile_model(model, inputs, target, strategy=args.strategy, model_name=model_name,
-                                      seed=args.seed, time_limit=args.time_limit)
-    program = compiled.program
+    info: dict = {"file": str(args.model)}
+    if args.model.endswith(".pt2"):
+        model, inputs = load_exported(args.model)
+    else:
+        model_args = parse_model_args(args.model_arg)
+        # Build without weights first: compiling needs only shapes, and the size decides whether the
+        # weights can be made (and the program verified) at all.
+        with empty_weights():
+            model, inputs, info["args"] = build(args.model, model_args)
+        fits = weight_bytes(model) * 2 <= api.VERIFY_MEMORY_SHARE * physical_memory_bytes()
+        if not args.no_verify and fits:
+            model, inputs, info["args"] = build(args.model, model_args)
     tolerance = args.tolerance if args.tolerance is not None else pipeline.DEFAULT_TOLERANCE
-    verification = {"status": "skipped", "max_abs_err": None, "tolerance": tolerance}
-    memory: dict[str, int | None] = {"peak_rss_bytes": None}
-    run_seconds = 0.0
-    if not args.no_verify:
-        result = pipeline.run_compiled(compiled, inputs)
-        run_seconds = result.executor.stats.seconds
-        memory = {"peak_rss_bytes": result.peak_rss_bytes,
-                  "peak_resident_layers": result.executor.store.peak_resident_layers,
-                  "peak_resident_weight_bytes": result.executor.store.peak_resident_bytes}
-        verification = pipeline.verify(model, inputs, result.outputs, tolerance)
-    layer_weights = [sum(program.graph[w].nbytes for w in layer.weights) for layer in program.layers]
-    memory["max_layer_weights_bytes"] = max(layer_weights, default=0)
-    graph = program.graph
-    report = {
-        "schema": 1,
-        "model": {
-            "name": model_name,
-            "file": str(args.model),
-            "args": model_args,
-            "capture": compiled.captured.how,
-            "params": sum(p.numel for p in graph.params),
-            "layers": len(program.layers),
-            "flops_per_step": sum(n.flops for n in graph if n.is_kernel),
-            "tokens_per_step": program.tokens,
-        },
-        "target": {"name": target.name, "rows": target.rows, "cols": target.cols,
-                   "usable_pes": target.usable_pes, "clock_hz": target.clock_hz},
-        "placement": placement_summary(program),
-        "simulation": program.estimate,
-        "verification": verification,
-        "memory": memory,
-        "timings": {**{f"pass.{k}": v for k, v in compiled.pass_seconds.items()},
-                    "run": run_seconds, "total": time.perf_counter() - start},
-    }
-    write_json_atomic(out / "placement.json", placement_json(program))
-    write_json_atomic(out / "report.json", report)
-    _print_summary(report, out)
-    return EXIT_MISMATCH if verification["status"] == "fail" else 0
+    compiled = api.compile(model, inputs, target, strategy=args.strategy, verify=not args.no_verify,
+                           tolerance=tolerance, seed=args.seed, time_limit=args.time_limit,
+                           model_name=model_name, model_info=info)
+    compiled.save(out)
+    _print_summary(compiled.report, out)
+    return EXIT_MISMATCH if compiled.report["verification"]["status"] == "fail" else 0
 
 
 def _print_summary(report: dict, out: Path) -> None:
     m, p, s, v = report["model"], report["placement"], report["simulation"], report["verification"]
-    args = " ".join(f"{k}={val}" for k, val in m["args"].items())
+    args = " ".join(f"{k}={val}" for k, val in m.get("args", {}).items())
     print(f"wsc: {m['name']} {args} on {report['target']['name']}")
     print(f"  model         {m['params'] / 1e6:.1f}M params, {m['layers']} streaming layers, "
           f"{m['flops_per_step'] / 1e9:.1f} GFLOP per step ({m['capture']})")
@@ -141,7 +114,7 @@ def _print_summary(report: dict, out: Path) -> None:
     print(f"  simulation    {s['step_seconds'] * 1e3:.3f} ms per step (bound {s['bound_seconds'] * 1e3:.3f} ms), "
           f"{s['bottleneck']}-bound, {s['tokens_per_second']:,.0f} tokens/s")
     if v["status"] == "skipped":
-        print("  verification  skipped (--no-verify)")
+        print(f"  verification  skipped ({v.get('note', '--no-verify')})")
     else:
         err = "nan" if v["max_abs_err"] is None else f"{v['max_abs_err']:.2e}"
         print(f"  verification  {v['status']}: max abs error {err} vs eager PyTorch "

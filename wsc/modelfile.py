@@ -80,3 +80,34 @@ def build(path: str, model_args: dict[str, object]) -> tuple[torch.nn.Module, tu
     if not isinstance(inputs, (tuple, list)) or not all(isinstance(t, torch.Tensor) for t in inputs):
         raise WscError(f"{path}: example_inputs must return a tuple of tensors")
     return model.eval(), tuple(inputs), effective_args(module, model_args)
+
+
+def load_exported(path: str) -> tuple[torch.nn.Module, tuple]:
+    """A program saved by `torch.export.save`: its module and the example inputs it was exported with."""
+    file = Path(path)
+    if not file.is_file():
+        raise WscError(f"exported program {path} does not exist; give a file written by torch.export.save")
+    try:
+        exported = torch.export.load(file)
+    except Exception as error:
+        raise WscError(f"cannot load {path} as a torch.export program: {type(error).__name__}: "
+                       f"{str(error).splitlines()[0] if str(error) else ''}") from None
+    example = exported.example_inputs
+    if example is None:
+        raise WscError(f"{path} has no example inputs; export with example inputs (torch.export.export does)")
+    args, kwargs = example
+    if kwargs:
+        raise WscError(f"{path} takes keyword inputs {sorted(kwargs)}; export with positional inputs only")
+    return ExportedModule(exported), tuple(args)
+
+
+class ExportedModule(torch.nn.Module):
+    """An ExportedProgram as a module: capture takes its graph as it is; eager runs its module()."""
+
+    def __init__(self, exported):
+        super().__init__()
+        self.exported = exported
+        self.module_ = exported.module()
+
+    def forward(self, *args):
+        return self.module_(*args)

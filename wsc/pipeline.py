@@ -1,6 +1,7 @@
 """The compiler's pipeline, as one short list of steps.
 
     capture      torch.export (or symbolic_trace) -> wsc graph of ATen ops, shapes recorded once
+    fold-constants  values computed from shapes alone (position ids, causal masks) -> constants
     legalize     ATen ops -> wsc ops (matmul, layernorm, softmax, gelu, add, mul, embedding, layout ops)
     group-layers cut into streaming layers: embedding, each block, final norm + LM head
     partition    each kernel -> a grid of PE tiles that fit SRAM, areas balanced by work
@@ -24,6 +25,7 @@ import torch
 
 from wsc.capture import Captured, capture, to_numpy
 from wsc.passes.estimate import Estimate
+from wsc.passes.fold_constants import FoldConstants
 from wsc.passes.group_layers import GroupLayers
 from wsc.passes.legalize import Legalize
 from wsc.passes.partition import Partition
@@ -53,8 +55,8 @@ class Compiled:
 
 
 def default_passes(strategy: str = "cpsat", seed: int = 0, time_limit: float = 2.0) -> list:
-    return [Legalize(), GroupLayers(), Partition(), Place(strategy=strategy, seed=seed, time_limit=time_limit),
-            Route(), Estimate()]
+    return [FoldConstants(), Legalize(), GroupLayers(), Partition(),
+            Place(strategy=strategy, seed=seed, time_limit=time_limit), Route(), Estimate()]
 
 
 def compile_model(model: torch.nn.Module, example_inputs: tuple, target: Target, *, strategy: str = "cpsat",
@@ -71,7 +73,8 @@ def compile_captured(captured: Captured, tokens: int, target: Target, *, strateg
                      on_pass: Callable[[str, float], None] | None = None) -> Compiled:
     """Run the passes on a captured model. Legalisation builds a new graph, so one capture can be mapped
     any number of times (other strategies, other targets) without tracing the model again."""
-    program = Program(captured.graph, target, model_name=model_name, strategy=strategy, tokens=tokens)
+    program = Program(captured.graph, target, model_name=model_name, strategy=strategy, tokens=tokens,
+                      weights=captured.weights)
     manager = PassManager(default_passes(strategy, seed, time_limit), verify=verify_ir, on_pass=on_pass)
     manager.run(program)
     return Compiled(program, captured, manager.seconds)

@@ -6,6 +6,7 @@ The graph stays the single source of shapes; a Layer only names its nodes and ad
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,10 +20,14 @@ DTYPE_SIZE = {"fp16": 2, "fp32": 4}  # bytes per element of the precision the ta
 
 @dataclass
 class KernelPlan:
-    """How one kernel is cut into PE tiles: an h x w grid over its output viewed as [rows, cols].
+    """How one kernel is cut into PE tiles, and the h x w rectangle of PEs that computes them.
 
-    `tiles[i * w + j]` = (r0, r1, c0, c1) is the block of output computed by the PE at grid position (i, j);
-    the executor runs exactly these tiles, so the plan is what the numbers depend on.
+    The kernel's output, viewed as [rows, cols], is cut into row_blocks x col_blocks blocks; `tiles[b]` =
+    (r0, r1, c0, c1) is block b. A matmul may also cut its reduction dimension K into `k_splits` slices
+    (`k_bounds[s]` .. `k_bounds[s+1]`): each block is then computed as k_splits partial sums on different
+    PEs and reduced across them. PE p of the rectangle (p = y * w + x, counted from its top-left corner)
+    computes block p // k_splits over K slice p % k_splits; PEs past row_blocks * col_blocks * k_splits idle.
+    The executor runs exactly these tiles and slices, so the plan is what the numbers depend on.
     """
 
     node: str
@@ -33,10 +38,20 @@ class KernelPlan:
     tiles: np.ndarray
     sram_bytes_per_pe: int
     work: int  # FLOPs (or elements moved, for a kernel without arithmetic): what the areas balance
+    row_blocks: int = 1
+    col_blocks: int = 1
+    k_splits: int = 1
+    k_bounds: np.ndarray | None = None
 
     @property
     def pes(self) -> int:
+        """PEs the rectangle occupies."""
         return self.h * self.w
+
+    @property
+    def active_pes(self) -> int:
+        """PEs that compute: one per block and K slice."""
+        return self.row_blocks * self.col_blocks * self.k_splits
 
 
 @dataclass
@@ -75,6 +90,7 @@ class Program:
     strategy: str = "cpsat"
     dtype: str = "fp16"  # the precision the target computes and streams in (Cerebras trains in fp16)
     tokens: int = 0  # tokens per step: what the estimate divides by for tokens per second
+    weights: Mapping[str, Any] | None = None  # store key -> tensor, when a pass must read a weight's values
     estimate: dict[str, Any] = field(default_factory=dict)
 
     def verify(self) -> None:

@@ -77,3 +77,46 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return str(value)
+
+
+def build_report(compiled, *, verification: dict[str, Any], memory: dict[str, Any], run_seconds: float,
+                 total_seconds: float, model_info: dict[str, Any]) -> dict[str, Any]:
+    """report.json: what was compiled, where it went, how fast the target would run it, and whether the
+    compiled program computed what PyTorch does."""
+    program = compiled.program
+    graph, target = program.graph, program.target
+    forward = sum(n.flops for n in graph if n.is_kernel)
+    backward = sum(backward_flops(n) for n in graph if n.is_kernel)
+    tokens = max(program.tokens, 1)
+    layer_weights = [sum(graph[w].nbytes for w in layer.weights) for layer in program.layers]
+    return {
+        "schema": SCHEMA_VERSION,
+        "model": {
+            "name": program.model_name,
+            **model_info,
+            "capture": compiled.captured.how,
+            "params": sum(p.numel for p in graph.params),
+            "layers": len(program.layers),
+            "flops_per_step": forward,
+            "tokens_per_step": program.tokens,
+            "flops_per_token": forward / tokens,
+            "train_flops_per_token": (forward + backward) / tokens,
+        },
+        "target": {"name": target.name, "rows": target.rows, "cols": target.cols,
+                   "usable_pes": target.usable_pes, "clock_hz": target.clock_hz},
+        "placement": placement_summary(program),
+        "simulation": program.estimate,
+        "verification": verification,
+        "memory": {**memory, "max_layer_weights_bytes": max(layer_weights, default=0)},
+        "timings": {**{f"pass.{k}": v for k, v in compiled.pass_seconds.items()},
+                    "run": run_seconds, "total": total_seconds},
+    }
+
+
+def backward_flops(node) -> int:
+    """FLOPs of a kernel's backward pass, from its forward count: a matmul needs two (the gradients of both
+    operands, each a matmul of the same size); an embedding scatter-adds its output gradient into the table;
+    elementwise, norm and softmax kernels take about twice their forward work."""
+    if node.op == "embedding":
+        return node.numel
+    return 2 * node.flops

@@ -79,13 +79,29 @@ def emit_tanh(kb: KernelBuilder, u: ir.Value) -> ir.Value:
     return b.fsub(f32(1.0), b.fdiv(f32(2.0), b.fadd(e, f32(1.0))))
 
 
+def check_approximate(op: str, approximate: object) -> str:
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"{op}: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return str(approximate)
+
+
+def emit_gelu(kb: KernelBuilder, x: ir.Value, approximate: str) -> ir.Value:
+    """gelu(x) as straight-line code; shared with matmul's fused epilogue so both round the same way."""
+    b = kb.b
+    if approximate == "tanh":
+        inner = b.fmul(x, b.fmul(b.fmul(x, x), f32(0.044715)))
+        u = b.fmul(f32(math.sqrt(2.0 / math.pi)), b.fadd(x, inner))
+        s = emit_tanh(kb, u)
+    else:
+        s = emit_erf(kb, b.fmul(x, f32(math.sqrt(0.5))))
+    return b.fmul(b.fmul(x, f32(0.5)), b.fadd(f32(1.0), s))
+
+
 @register_lowering("gelu")
 def lower_gelu(spec: KernelSpec) -> KernelIR:
     if len(spec.out_shape) != 2 or spec.in_shapes != (spec.out_shape,):
         raise ValueError(f"gelu: expected out [R, C] and one input of the same shape; got {spec}")
-    approximate = spec.attrs.get("approximate", "none")
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    approximate = check_approximate("gelu", spec.attrs.get("approximate", "none"))
     cols = spec.out_shape[1]
     kb = KernelBuilder(spec, ["f32"])
     b = kb.b
@@ -96,13 +112,5 @@ def lower_gelu(spec: KernelSpec) -> KernelIR:
             base = b.mul(r, i64(cols))
             with for_range(b, c0, c1, "c") as c:
                 idx = b.add(base, c)
-                x = load_at(b, x_ptr, idx)
-                if approximate == "tanh":
-                    inner = b.fmul(x, b.fmul(b.fmul(x, x), f32(0.044715)))
-                    u = b.fmul(f32(math.sqrt(2.0 / math.pi)), b.fadd(x, inner))
-                    s = emit_tanh(kb, u)
-                else:
-                    s = emit_erf(kb, b.fmul(x, f32(math.sqrt(0.5))))
-                y = b.fmul(b.fmul(x, f32(0.5)), b.fadd(f32(1.0), s))
-                store_at(b, y, kb.out, idx)
+                store_at(b, emit_gelu(kb, load_at(b, x_ptr, idx), approximate), kb.out, idx)
     return kb.finish()

@@ -1,0 +1,107 @@
+"""fold-constants: evaluate at compile time every ATen node whose value does not depend on the inputs' values.
+
+Models compute things from shapes alone: position ids (`arange`), causal masks (`tril`, `index`, `le`,
+`cumsum` of `new_ones(input_ids)`, as Hugging Face's GPT-2 does). On the wafer these are data, not work, and
+folding them leaves the graph with only the ops that touch activations. A node folds when each input is
+folded already, or when the op reads only its input's shape (`new_ones`, `zeros_like`...). Each is evaluated
+once with the real ATen op on CPU tensors; values larger than `max_elements` are left in the graph.
+Runs on the captured graph, before legalize; folded nodes become `const` nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from wsc.ir import Graph, Node, Ref
+from wsc.program import Program
+
+SHAPE_ONLY_OPS = {
+    "aten.new_ones.default", "aten.new_zeros.default", "aten.new_full.default", "aten.new_empty.default",
+    "aten.ones_like.default", "aten.zeros_like.default", "aten.full_like.default", "aten.empty_like.default",
+}
+NEVER_FOLD = ("rand", "dropout", "bernoulli", "normal", "uniform", "_assert")
+TORCH_DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+               "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
+
+
+def aten_op(name: str) -> Any | None:
+    """torch.ops.aten.<op>.<overload> from its printed name, e.g. "aten.index.Tensor"."""
+    parts = name.split(".")
+    if len(parts) != 3 or parts[0] != "aten":
+        return None
+    try:
+        return getattr(getattr(torch.ops.aten, parts[1]), parts[2])
+    except AttributeError:
+        return None
+
+
+@dataclass(frozen=True)
+class FoldConstants:
+    name: ClassVar[str] = "fold-constants"
+    max_elements: int = 1 << 24
+
+    def __call__(self, program: Program) -> Program:
+        program.graph = self.run(program.graph)
+        return program
+
+    def run(self, graph: Graph) -> Graph:
+        values: dict[str, torch.Tensor] = {}
+        out = Graph()
+        for node in graph:
+            value = self.evaluate(graph, node, values)
+            if value is not None and value.numel() <= self.max_elements:
+                values[node.name] = value
+                out.add(Node(node.name, "const", (), tuple(value.shape), node.dtype,
+                             {"value": value.numpy()}, module=node.module, source=node.source))
+            else:
+                out.add(node)
+        out.outputs = list(graph.outputs)
+        return out
+
+    def evaluate(self, graph: Graph, node: Node, values: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        if node.op in ("input", "param", "const") or any(word in node.op for word in NEVER_FOLD):
+            return None
+        op = aten_op(node.op)
+        if op is None or node.attrs.get("multi_output"):
+            return None
+        shape_only = node.op in SHAPE_ONLY_OPS
+        if not shape_only and not all(name in values for name in node.inputs):
+            return None
+        if not node.inputs and node.op not in ("aten.arange.default", "aten.arange.start",
+                                                "aten.arange.start_step", "aten.full.default",
+                                                "aten.ones.default", "aten.zeros.default"):
+            return None
+
+        def real(value: Any) -> Any:
+            if isinstance(value, Ref):
+                if value.name in values:
+                    return values[value.name]
+                src = graph[value.name]  # a shape-only op's input: any tensor of its shape and dtype will do
+                return torch.zeros(src.shape, dtype=TORCH_DTYPE.get(src.dtype, torch.float32))
+            if isinstance(value, (list, tuple)):
+                return type(value)(real(v) for v in value)
+            if isinstance(value, torch.device):
+                return torch.device("cpu")
+            return value
+
+        kwargs = {k: real(v) for k, v in node.attrs.get("kwargs", {}).items()}
+        if "device" in kwargs:
+            kwargs["device"] = torch.device("cpu")
+        try:
+            with torch.no_grad():
+                result = op(*real(node.attrs.get("args", ())), **kwargs)
+        except Exception:  # not evaluable here (e.g. an op that needs other inputs): leave it in the graph
+            return None
+        if "index" in node.attrs and isinstance(result, (list, tuple)):
+            result = result[node.attrs["index"]]
+        if not isinstance(result, torch.Tensor) or tuple(result.shape) != node.shape:
+            return None
+        return result.contiguous()
+
+
+def const_array(node: Node) -> np.ndarray:
+    return np.asarray(node.attrs["value"])

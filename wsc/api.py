@@ -1,0 +1,121 @@
+"""The Python API: `wsc.compile(module, example_inputs, target="cs2-sim")` returns a CompiledModel.
+
+Calling a CompiledModel runs the compiled program on the simulated target (the JIT kernels over the
+partitioner's tiles, weights streamed from the store) and returns torch tensors; `.report` holds the same
+report as report.json, and `.save(folder)` writes report.json and placement.json.
+
+    import wsc
+    compiled = wsc.compile(model, (ids,), target="cs2-sim")
+    logits = compiled(ids)
+    print(compiled.report["simulation"]["step_seconds"])
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsc import pipeline
+from wsc.capture import TORCH_DTYPES, to_numpy
+from wsc.errors import WscError
+from wsc.meta import physical_memory_bytes, weight_bytes
+from wsc.report import build_report, placement_json, write_json_atomic
+from wsc.runtime.executor import Executor
+from wsc.runtime.weight_store import WeightStore, write_store
+from wsc.targets import Target, load_target
+
+# Verifying holds the eager model's weights, the store's copy and one streamed layer: skip verification
+# (with a note) rather than exhaust memory when that would not fit in this share of the machine's RAM.
+VERIFY_MEMORY_SHARE = 0.6
+
+
+class CompiledModel:
+    """A model compiled for a target: callable like the module, with its report."""
+
+    def __init__(self, compiled: pipeline.Compiled, report: dict[str, Any]):
+        self.compiled = compiled
+        self.program = compiled.program
+        self.report = report
+        self._store_dir: tempfile.TemporaryDirectory | None = None
+        self._executor: Executor | None = None
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        arrays = check_inputs(self.program.graph, inputs)
+        outputs = self.executor().run(arrays)
+        tensors = tuple(torch.from_numpy(o) for o in outputs)
+        return tensors[0] if len(tensors) == 1 else tensors
+
+    def executor(self) -> Executor:
+        """The runtime for this program, with its weight store; made on first use and kept."""
+        if self._executor is None:
+            weights = self.compiled.weights
+            if any(t.is_meta for t in weights.values()):
+                raise WscError("this model was compiled without weights (its parameters are on the meta "
+                               "device); compile a module with real weights to run it")
+            self._store_dir = tempfile.TemporaryDirectory(prefix="wsc-store-")
+            path = Path(self._store_dir.name) / "weights.safetensors"
+            write_store(path, {k: to_numpy(v) for k, v in weights.items()})
+            self._executor = Executor(self.program, WeightStore(path))
+        return self._executor
+
+    def save(self, out: Path | str) -> None:
+        """Write placement.json and report.json into `out`, each atomically."""
+        out = Path(out)
+        write_json_atomic(out / "placement.json", placement_json(self.program))
+        write_json_atomic(out / "report.json", self.report)
+
+
+def check_inputs(graph, inputs: tuple) -> list[np.ndarray]:
+    """The inputs must match what the program was compiled for: same count, dtypes and shapes."""
+    expected = graph.inputs
+    if len(inputs) != len(expected):
+        raise WscError(f"the compiled model takes {len(expected)} inputs, got {len(inputs)}")
+    arrays = []
+    for i, (tensor, node) in enumerate(zip(inputs, expected, strict=True)):
+        if not isinstance(tensor, torch.Tensor):
+            raise WscError(f"input {i} is a {type(tensor).__name__}, expected a tensor")
+        dtype = TORCH_DTYPES.get(tensor.dtype, str(tensor.dtype))
+        if dtype != node.dtype or tuple(tensor.shape) != node.shape:
+            raise WscError(f"input {i} is {dtype}{list(tensor.shape)} but the model was compiled for "
+                           f"{node.dtype}{list(node.shape)}; compile again for this shape and dtype")
+        arrays.append(to_numpy(tensor))
+    return arrays
+
+
+def compile(module: torch.nn.Module, example_inputs: tuple, target: str | Target = "cs2-sim", *,
+            strategy: str = "cpsat", verify: bool = True, tolerance: float = pipeline.DEFAULT_TOLERANCE,
+            seed: int = 0, time_limit: float = 2.0, model_name: str | None = None,
+            model_info: dict[str, Any] | None = None, on_pass=None) -> CompiledModel:
+    """Compile `module` for `target`; with `verify`, run it and compare with eager PyTorch."""
+    start = time.perf_counter()
+    target = load_target(target) if isinstance(target, str) else target
+    example_inputs = tuple(example_inputs)
+    name = model_name or type(module).__name__
+    compiled = pipeline.compile_model(module, example_inputs, target, strategy=strategy, model_name=name,
+                                      seed=seed, time_limit=time_limit, on_pass=on_pass)
+    result = CompiledModel(compiled, {})
+    verification: dict[str, Any] = {"status": "skipped", "max_abs_err": None, "tolerance": tolerance}
+    memory: dict[str, Any] = {"peak_rss_bytes": None}
+    run_seconds = 0.0
+    on_meta = any(t.is_meta for t in compiled.weights.values())
+    too_big = weight_bytes(module) * 2 > VERIFY_MEMORY_SHARE * physical_memory_bytes()
+    if verify and on_meta:
+        verification["note"] = "the model was built without weights (meta device): nothing to run"
+    elif verify and too_big:
+        verification["note"] = (f"{weight_bytes(module) / 1e9:.1f} GB of weights are too many to verify in "
+                                f"{physical_memory_bytes() / 1e9:.0f} GB of memory")
+    elif verify:
+        run = pipeline.run_compiled(compiled, example_inputs)
+        run_seconds = run.executor.stats.seconds
+        memory = {"peak_rss_bytes": run.peak_rss_bytes,
+                  "peak_resident_layers": run.executor.store.peak_resident_layers,
+                  "peak_resident_weight_bytes": run.executor.store.peak_resident_bytes}
+        verification = pipeline.verify(module, example_inputs, run.outputs, tolerance)
+    result.report = build_report(compiled, verification=verification, memory=memory, run_seconds=run_seconds,
+                                 total_seconds=time.perf_counter() - start, model_info=model_info or {})
+    return result
