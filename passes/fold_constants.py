@@ -3,13 +3,15 @@
 Models compute things from shapes alone: position ids (`arange`), causal masks (`tril`, `index`, `le`,
 `cumsum` of `new_ones(input_ids)`, as Hugging Face's GPT-2 does). On the wafer these are data, not work, and
 folding them leaves the graph with only the ops that touch activations. A node folds when each input is
-folded already, or when the op reads only its input's shape (`new_ones`, `zeros_like`...). Each is evaluated
+folded already or is a buffer whose values are known (a causal mask kept as a buffer), or when the op reads
+only its input's shape (`new_ones`, `zeros_like`...). Each is evaluated
 once with the real ATen op on CPU tensors; values larger than `max_elements` are left in the graph.
 Runs on the captured graph, before legalize; folded nodes become `const` nodes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -45,13 +47,19 @@ class FoldConstants:
     max_elements: int = 1 << 24
 
     def __call__(self, program: Program) -> Program:
-        program.graph = self.run(program.graph)
+        program.graph = self.run(program.graph, program.weights or {})
         return program
 
-    def run(self, graph: Graph) -> Graph:
+    def run(self, graph: Graph, weights: Mapping[str, Any] | None = None) -> Graph:
         values: dict[str, torch.Tensor] = {}
         out = Graph()
         for node in graph:
+            known = (weights or {}).get(node.attrs.get("key", ""))
+            if node.op == "param" and node.attrs.get("kind") == "buffer" and known is not None \
+                    and not known.is_meta:
+                values[node.name] = known  # a buffer is data the model carries: what reads it may fold
+                out.add(node)
+                continue
             value = self.evaluate(graph, node, values)
             if value is not None and value.numel() <= self.max_elements:
                 values[node.name] = value

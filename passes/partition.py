@@ -141,7 +141,8 @@ class Partition:
                 "smaller batch or sequence"
             )
         area = water_fill(work, {n: c.pes for n, c in least.items()}, budget)
-        lanes = self.lanes_needed(program, layer)
+        # Lanes square to area: cap them so that every kernel at the floor still fits the budget.
+        lanes = min(self.lanes_needed(program, layer), math.isqrt(budget // len(kernels)))
         for k in kernels:
             rows, cols = output_view(k.shape)
             cut = least[k.name]

@@ -22,7 +22,9 @@ to the working PEs of its rectangle. The `Place` pass below gives each kernel on
 rows, enough for its expected share of dead PEs with margin, so partitioning needs no knowledge of the
 defect map: the partitioner's h x w grid (its tiles, SRAM and compute) is unchanged and the placer finds a
 rectangle holding h * w working PEs. A kernel without `pes` needs every PE, so it covers no dead PE (the
-stricter rule, kept for callers that want it). Routes never pass through a dead PE (`route.py`).
+stricter rule, kept for callers that want it). Routes never pass through a dead PE (`route.py`), so a whole
+dead row or column cuts the fabric: `mesh_of` counts the smaller side as dead too, keeping every layer on
+one connected region.
 
 Centres use doubled coordinates (2x + w) so that every quantity stays an integer.
 """
@@ -34,14 +36,16 @@ import time
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
+import numpy as np
+
 from wsc.errors import WscError
 from wsc.passes import place_cpsat
-from wsc.passes.layout import Flow, KernelRect, Mesh, Placement, Rect, no_fit, wirelength
+from wsc.passes.layout import Flow, KernelRect, Mesh, Placement, Rect, cut_off, no_fit, wirelength
 from wsc.passes.place_heuristics import anneal, greedy, random_placement, row_major, snake
 
 __all__ = [
     "STRATEGIES", "Flow", "KernelRect", "Mesh", "Place", "Placement", "Rect", "check_placement", "mesh_of",
-    "place", "spare_rows", "wirelength",
+    "place", "scattered_density", "spare_rows", "wirelength",
 ]
 
 STRATEGIES: tuple[str, ...] = ("cpsat", "greedy", "row-major", "snake", "random", "anneal")
@@ -164,20 +168,35 @@ def _validate(kernels: list[KernelRect], flows: list[Flow], mesh: Mesh) -> None:
 
 
 def mesh_of(target) -> Mesh:
-    return Mesh(target.rows, target.cols, frozenset(target.dead_pes))
+    """The target's mesh as placement and routing see it: its dead PEs, plus any working PEs a dead row or
+    column cuts off from the largest connected region (see `layout.cut_off`)."""
+    mesh = Mesh(target.rows, target.cols, frozenset(target.dead_pes))
+    unreachable = cut_off(mesh)
+    return replace(mesh, dead=mesh.dead | unreachable) if unreachable else mesh
 
 
-def spare_rows(h: int, mesh: Mesh) -> int:
-    """Rows to add under an h-row kernel on `mesh` so its rectangle still holds h rows' worth of working PEs.
-
-    The dead fraction d of the mesh predicts d * (h + s) * w dead PEs in an (h + s) x w rectangle; s rows
-    cover it when s >= d * (h + s). We give twice the expected count plus one row, which also absorbs a
-    whole dead row crossing the kernel; the placer's legality check is what guarantees the count.
-    """
+def scattered_density(mesh: Mesh) -> float:
+    """The fraction of PEs dead outside whole dead rows and columns (a cut-off strip counts as whole rows):
+    what a kernel can expect to find under it. Whole lines are not averaged in, since a kernel either avoids
+    them (the placer sees them exactly) or pays for them in full."""
     if not mesh.dead:
-        return 0
-    density = len(mesh.dead) / (mesh.rows * mesh.cols)
-    return math.ceil(2 * density * h) + 1
+        return 0.0
+    dead = np.zeros((mesh.rows, mesh.cols), dtype=bool)
+    for r, c in mesh.dead:
+        dead[r, c] = True
+    rows, cols = ~dead.all(axis=1), ~dead.all(axis=0)
+    inner = dead[np.ix_(rows, cols)]
+    return float(inner.mean()) if inner.size else 1.0
+
+
+def spare_rows(h: int, density: float) -> int:
+    """Rows to add under an h-row kernel so its rectangle still holds h rows' worth of working PEs.
+
+    At a scattered dead fraction d an (h + s) x w rectangle holds about d * (h + s) * w dead PEs; s rows
+    cover them when s >= d * (h + s). We give twice the expected count plus one row, which also absorbs a
+    whole dead row crossing a kernel; the placer's legality check is what guarantees the count.
+    """
+    return math.ceil(2 * density * h) + 1 if density > 0 else 0
 
 
 @dataclass(frozen=True)
@@ -198,6 +217,7 @@ class Place:
         if self.strategy not in STRATEGIES:
             raise WscError(f"unknown placement strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
         mesh = mesh_of(program.target)
+        density = scattered_density(mesh)
         placed: dict[str, tuple[list[str], Placement]] = {}
         for layer in program.layers:
             names = list(layer.kernels)
@@ -209,14 +229,14 @@ class Place:
                     twin, rects={rename[n]: replace(r, name=rename[n]) for n, r in twin.rects.items()}, seconds=0.0
                 )
                 continue
-            kernels = [self.kernel_rect(n, plan.h, plan.w, mesh) for n, plan in layer.kernels.items()]
+            kernels = [self.kernel_rect(n, plan.h, plan.w, mesh, density) for n, plan in layer.kernels.items()]
             layer.placement = place(kernels, layer.flows, mesh, self.strategy, seed=self.seed,
                                     workers=self.workers, time_limit=self.time_limit)
             placed[key] = (names, layer.placement)
         return program
 
     @staticmethod
-    def kernel_rect(name: str, h: int, w: int, mesh: Mesh) -> KernelRect:
+    def kernel_rect(name: str, h: int, w: int, mesh: Mesh, density: float) -> KernelRect:
         if not mesh.dead:
             return KernelRect(name, w, h)
-        return KernelRect(name, w, min(mesh.rows, h + spare_rows(h, mesh)), pes=h * w)
+        return KernelRect(name, w, min(mesh.rows, h + spare_rows(h, density)), pes=h * w)

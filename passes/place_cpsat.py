@@ -210,7 +210,8 @@ def solve(
     elif hint is not None:
         rects, objective, bound, status_name = hint, scaled(hint), 0.0, f"{status_name} (used hint)"
     elif status == cp_model.INFEASIBLE:
-        raise no_fit(kernels, mesh, "CP-SAT proved that no non-overlapping arrangement exists")
+        among = " among the sampled rows of legal positions" if thinned else ""
+        raise no_fit(kernels, mesh, f"CP-SAT proved that no non-overlapping arrangement exists{among}")
     else:
         raise no_fit(kernels, mesh, f"CP-SAT found no arrangement in {time_limit:g} s")
     if thinned:

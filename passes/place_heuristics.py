@@ -33,6 +33,23 @@ def snake(kernels: list[KernelRect], mesh: Mesh) -> dict[str, Rect]:
 
 
 def _shelves(kernels: list[KernelRect], mesh: Mesh, alternate: bool) -> dict[str, Rect]:
+    """Pack in the given order; a kernel that finds no room at all moves to the front and packing restarts
+    (a tall kernel last in line may find every shelf taken), as in `greedy`."""
+    order = list(kernels)
+    for _ in range(len(kernels)):
+        rects, failed = _shelves_once(order, mesh, alternate)
+        if rects is not None:
+            return {k.name: rects[k.name] for k in kernels}
+        if order[0] is failed:
+            break
+        order.remove(failed)
+        order.insert(0, failed)
+    raise no_fit(kernels, mesh, f"shelf packing found no free position for kernel {failed.name}")
+
+
+def _shelves_once(
+    kernels: list[KernelRect], mesh: Mesh, alternate: bool
+) -> tuple[dict[str, Rect] | None, KernelRect]:
     grid = Grid(mesh)
     rects: dict[str, Rect] = {}
     shelf_y, shelf_h, cursor, leftward = 0, 0, 0, False
@@ -52,12 +69,12 @@ def _shelves(kernels: list[KernelRect], mesh: Mesh, alternate: bool) -> dict[str
         else:
             flat = np.flatnonzero(free)
             if not flat.size:
-                raise no_fit(kernels, mesh, f"shelf packing found no free position for kernel {k.name}")
+                return None, k
             y, x = (int(v) for v in np.unravel_index(int(flat[0]), free.shape))
         rect = Rect(k.name, x, y, k.w, k.h)
         rects[k.name] = rect
         grid.take(rect)
-    return rects
+    return rects, kernels[-1]
 
 
 def _on_shelf(free: np.ndarray, shelf_y: int, cursor: int, leftward: bool, w: int) -> tuple[int, int] | None:
@@ -274,13 +291,13 @@ def anneal(
             ka, kb = by_name[a], by_name[b]
             na = ((bcx - ka.w) // 2, (bcy - ka.h) // 2)
             nb = ((acx - kb.w) // 2, (acy - kb.h) // 2)
-            old = cost_of(a, *pos[a]) + cost_of(b, *pos[b], skip=a)
+            old = cost_of(a, pos[a][0], pos[a][1]) + cost_of(b, pos[b][0], pos[b][1], skip=a)
             if not (fits(a, *na, ignore=(b,)) and fits(b, *nb, ignore=(a,))):
                 continue
             # Place both provisionally so their mutual flow is costed at the new distance.
             sa, sb = pos[a], pos[b]
             pos[a], pos[b] = list(na), list(nb)
-            delta = cost_of(a, *na) + cost_of(b, *nb, skip=a) - old
+            delta = cost_of(a, na[0], na[1]) + cost_of(b, nb[0], nb[1], skip=a) - old
             if delta <= 0 or rng.random() < math.exp(-delta / temp):
                 current += delta
             else:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+import time
 from functools import cache
 
+import numpy as np
 import pytest
 
 from wsc.errors import WscError
@@ -13,12 +15,16 @@ from wsc.passes.place import (
     Flow,
     KernelRect,
     Mesh,
+    Place,
     Placement,
     Rect,
     check_placement,
+    mesh_of,
     place,
+    scattered_density,
     wirelength,
 )
+from wsc.passes.place_cpsat import dead_boxes, position_table
 
 SMALL = Mesh(16, 16, frozenset({(5, 5), (10, 2), (3, 12), (12, 12)}))
 WAFER = Mesh(750, 994)
@@ -78,8 +84,8 @@ def test_dead_pes_are_never_covered(case: str, strategy: str) -> None:
 @pytest.mark.parametrize("case", list(CASES))
 def test_cpsat_is_never_worse_than_the_heuristics(case: str) -> None:
     best = solved(case, "cpsat")[3].wirelength
-    assert best <= solved(case, "greedy")[3].wirelength
-    assert best <= solved(case, "row-major")[3].wirelength
+    for strategy in ("greedy", "row-major", "snake", "anneal"):
+        assert best <= solved(case, strategy)[3].wirelength
 
 
 def test_small_problem_is_solved_to_optimality() -> None:
@@ -125,7 +131,7 @@ def test_dead_pe_that_splits_the_mesh_raises(strategy: str) -> None:
 
 def test_bad_inputs_raise() -> None:
     with pytest.raises(WscError, match="unknown placement strategy"):
-        place([KernelRect("a", 1, 1)], [], SMALL, "annealing")
+        place([KernelRect("a", 1, 1)], [], SMALL, "simulated")
     with pytest.raises(WscError, match="unknown kernel 'z'"):
         place([KernelRect("a", 1, 1)], [Flow("a", "z", 1)], SMALL)
     with pytest.raises(WscError, match="appears twice"):
@@ -156,3 +162,95 @@ def test_cpsat_without_time_to_search_still_answers_with_the_hint() -> None:
     p = place(kernels, flows, WAFER, "cpsat", time_limit=1e-6)
     assert check_placement(p, kernels, WAFER) == []
     assert p.wirelength <= place(kernels, flows, WAFER, "greedy").wirelength
+
+
+# ------------------------------------------------------------------------ new strategies, defect model
+
+
+def test_snake_turns_back_on_the_next_shelf() -> None:
+    kernels = [KernelRect("a", 4, 2), KernelRect("b", 3, 2), KernelRect("c", 3, 2), KernelRect("d", 2, 2)]
+    p = place(kernels, [], Mesh(8, 8), "snake")
+    # a, b left to right on shelf 0; c does not fit, so shelf 1 runs right to left: c under b, d left of c.
+    assert [(r.x, r.y) for r in p.rects.values()] == [(0, 0), (4, 0), (5, 2), (3, 2)]
+
+
+def test_random_is_reproducible_with_its_seed() -> None:
+    kernels, flows = random_layer(4, WAFER, 10, 200, 200)
+    a = place(kernels, flows, WAFER, "random", seed=5).rects
+    assert a == place(kernels, flows, WAFER, "random", seed=5).rects
+    assert a != place(kernels, flows, WAFER, "random", seed=6).rects
+
+
+def test_anneal_improves_on_greedy_and_is_reproducible() -> None:
+    kernels, flows = random_layer(3, WAFER, 15, 300, 250)
+    start = time.perf_counter()
+    annealed = place(kernels, flows, WAFER, "anneal", seed=1)
+    assert time.perf_counter() - start < 5.0
+    assert annealed.wirelength <= place(kernels, flows, WAFER, "greedy").wirelength
+    assert annealed.rects == place(kernels, flows, WAFER, "anneal", seed=1).rects
+
+
+def test_a_kernel_with_spare_pes_may_cover_that_many_dead_pes() -> None:
+    # A 4 x 4 mesh with a dead PE in every row: no 4-wide rectangle avoids them, but with spare PEs one fits.
+    mesh = Mesh(4, 4, frozenset({(0, 0), (1, 1), (2, 2), (3, 3)}))
+    with pytest.raises(WscError, match="do not fit"):
+        place([KernelRect("k", 4, 2)], [], mesh, "greedy")
+    for strategy in STRATEGIES:
+        k = [KernelRect("k", 4, 2, pes=6)]
+        p = place(k, [], mesh, strategy, time_limit=0.5)
+        assert check_placement(p, k, mesh) == []
+    too_few = Placement({"k": Rect("k", 0, 0, 4, 2)}, "", "", 0, 0, 0, 0, 0)
+    assert check_placement(too_few, [KernelRect("k", 4, 2, pes=7)], mesh) == [
+        "k has 6 working PEs (2 dead) but needs 7"
+    ]
+
+
+def test_dead_pes_merge_into_boxes() -> None:
+    dead = {(2, c) for c in range(10)} | {(r, 7) for r in range(5, 9)} | {(0, 0), (0, 1)}
+    boxes = dead_boxes(Mesh(10, 10, frozenset(dead)))
+    assert sorted(boxes) == [(0, 0, 1, 2), (2, 0, 1, 10), (5, 7, 4, 1)]
+
+
+def test_position_table_is_exact_or_thinned() -> None:
+    legal = np.ones((5, 6), dtype=bool)
+    legal[1, 2] = legal[3, :] = False
+    table, thinned = position_table(legal, None)
+    assert table == [(0, 0, 5), (1, 0, 1), (1, 3, 5), (2, 0, 5), (4, 0, 5)] and not thinned
+
+
+def test_cpsat_on_a_wafer_with_one_percent_dead_and_a_dead_row() -> None:
+    """The CP-SAT model stays small: per-kernel tables of legal positions, not 7,450 obstacles."""
+    rng = np.random.default_rng(0)
+    flat = rng.choice(750 * 994, 7455, replace=False)
+    dead = {(int(i) // 994, int(i) % 994) for i in flat} | {(700, c) for c in range(994)}
+
+    class T:
+        rows, cols, dead_pes = 750, 994, frozenset(dead)
+
+    mesh = mesh_of(T)
+    assert len(mesh.dead) == len(dead) + 49 * 994 - sum(1 for r, _ in dead if r > 700)  # rows 701.. cut off
+    density = scattered_density(mesh)
+    assert 0.009 < density < 0.012
+    plans = [("a", 90, 994), ("b", 100, 300), ("c", 14, 14), ("d", 250, 20)]
+    kernels = [Place.kernel_rect(n, h, w, mesh, density) for n, h, w in plans]
+    flows = [Flow("a", "b", 10**6), Flow("b", "c", 10**5), Flow("c", "d", 10**5), Flow("d", "a", 10**4)]
+    start = time.perf_counter()
+    p = place(kernels, flows, mesh, "cpsat", time_limit=1.0)
+    assert time.perf_counter() - start < 30
+    assert check_placement(p, kernels, mesh) == []
+    assert p.wirelength <= place(kernels, flows, mesh, "greedy").wirelength
+
+
+def test_place_pass_on_a_faulty_mesh_keeps_tiles_on_working_pes() -> None:
+    from conftest import tiny_gpt
+
+    from wsc.pipeline import compile_model
+    from wsc.targets import load_target
+
+    target = load_target("mesh-64x64")
+    model, inputs = tiny_gpt(layers=1, seq=8)
+    program = compile_model(model, inputs, target, time_limit=0.5).program
+    mesh = mesh_of(target)
+    for layer in program.layers:
+        kernels = [KernelRect(n, r.w, r.h, pes=layer.kernels[n].pes) for n, r in layer.placement.rects.items()]
+        assert check_placement(layer.placement, kernels, mesh) == []

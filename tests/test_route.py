@@ -9,7 +9,7 @@ import pytest
 
 from wsc.errors import WscError
 from wsc.passes.place import Flow, Mesh, Placement, Rect
-from wsc.passes.route import route_xy
+from wsc.passes.route import route, route_congestion_aware, route_json, route_xy
 
 
 def placed(*rects: Rect) -> Placement:
@@ -121,3 +121,112 @@ def test_wafer_scale_routes_are_fast_and_conserve_bytes() -> None:
     for r, col in mesh.dead:
         assert routes.link_load["east"][r, col - 1] == routes.link_load["east"][r, col] == 0
         assert routes.link_load["south"][r - 1, col] == routes.link_load["south"][r, col] == 0
+
+
+# ----------------------------------------------------------------------------- congestion router, colors
+
+
+def lane_nodes(path: np.ndarray) -> list[tuple[int, int]]:
+    nodes = [tuple(path[0])]
+    for a, b in zip(path[:-1], path[1:], strict=True):
+        step = np.sign(b - a)
+        for i in range(1, int(np.abs(b - a).sum()) + 1):
+            nodes.append(tuple(a + step * i))
+    return nodes
+
+
+def test_congestion_router_spreads_a_bundle_that_xy_funnels() -> None:
+    # a (rows 0-3) sends east to b (rows 6-9, further right): XY sends all 4 lanes down b's near column.
+    mesh = Mesh(12, 20)
+    p = placed(Rect("a", 0, 0, 2, 4), Rect("b", 16, 6, 2, 4))
+    flows = [Flow("a", "b", 400)]
+    xy = route_xy(p, flows, mesh)
+    cg = route_congestion_aware(p, flows, mesh)
+    assert xy.max_link_load == 400  # every lane shares column 16 between rows 3 and 6
+    assert cg.max_link_load == 100  # staggered turns: one lane per link
+    assert cg.total_byte_hops == xy.total_byte_hops  # no longer: Z shapes are still shortest paths
+    assert cg.router == "congestion" and xy.router == "xy"
+    assert cg.edges[0]["shape"] in ("zx", "zy")
+
+
+def test_congestion_router_is_never_worse_than_xy_and_conserves_bytes() -> None:
+    rng = np.random.default_rng(3)
+    mesh = Mesh(30, 30, frozenset({(int(r), int(c)) for r, c in rng.integers(0, 30, (12, 2))}) - {(0, 0)})
+    rects = [Rect("a", 0, 0, 4, 5), Rect("b", 20, 2, 5, 4), Rect("c", 8, 20, 6, 3), Rect("d", 22, 22, 3, 6)]
+    rects = [r for r in rects]
+    flows = [Flow("a", "b", 5000), Flow("b", "c", 3000), Flow("c", "d", 7000), Flow("a", "d", 999)]
+    p = placed(*rects)
+    dead_free = Mesh(30, 30, frozenset(pe for pe in mesh.dead if not any(
+        r.y <= pe[0] < r.y + r.h and r.x <= pe[1] < r.x + r.w for r in rects)))
+    xy, cg = route_xy(p, flows, dead_free), route_congestion_aware(p, flows, dead_free)
+    assert cg.max_link_load <= xy.max_link_load
+    for routes in (xy, cg):
+        assert sum(int(x.sum()) for x in routes.link_load.values()) == routes.total_byte_hops
+        for f in flows:
+            for path in routes.paths[f.src, f.dst]:
+                assert not any(n in dead_free.dead for n in lane_nodes(path))
+
+
+def test_router_on_obstacles_goes_around_a_wall() -> None:
+    # A wall of dead PEs in column 5, rows 0-6, between a and b: every lane must go below it.
+    wall = frozenset((r, 5) for r in range(7))
+    mesh = Mesh(10, 10, wall)
+    p = placed(Rect("a", 0, 0, 2, 3), Rect("b", 8, 0, 2, 3))
+    for router in (route_xy, route_congestion_aware):
+        routes = router(p, [Flow("a", "b", 30)], mesh)
+        assert routes.edges[0]["rerouted"] == 3
+        for path in routes.paths["a", "b"]:
+            nodes = lane_nodes(path)
+            assert not set(nodes) & wall and nodes[-1][1] == 8
+            assert max(r for r, _ in nodes) >= 7
+        assert sum(int(x.sum()) for x in routes.link_load.values()) == routes.total_byte_hops
+
+
+def test_lane_end_on_a_dead_pe_moves_to_a_working_one() -> None:
+    mesh = Mesh(6, 10, frozenset({(0, 1), (2, 8)}))  # a's right column, row 0; b's left column, row 2
+    routes = route_congestion_aware(placed(Rect("a", 0, 0, 2, 3), Rect("b", 8, 0, 2, 3)), [Flow("a", "b", 9)], mesh)
+    for path in routes.paths["a", "b"]:
+        nodes = lane_nodes(path)
+        assert nodes[0] not in mesh.dead and nodes[-1] not in mesh.dead
+        assert 0 <= nodes[0][1] <= 1 and 8 <= nodes[-1][1] <= 9
+
+
+def test_flows_sharing_a_link_get_different_colors_within_the_limit() -> None:
+    # Three sources in a row all send east to one sink: their lanes share the links of row 2 into it.
+    p = placed(Rect("a", 0, 2, 1, 1), Rect("b", 1, 2, 1, 1), Rect("c", 2, 2, 1, 1), Rect("z", 6, 2, 1, 1),
+               Rect("q", 0, 8, 1, 1), Rect("r", 3, 8, 1, 1))
+    flows = [Flow("a", "z", 10), Flow("b", "z", 10), Flow("c", "z", 10), Flow("q", "r", 5)]
+    routes = route_xy(p, flows, Mesh(10, 8), colors=3)
+    c = routes.colors
+    assert len({c["a", "z"], c["b", "z"], c["c", "z"]}) == 3
+    assert all(0 <= v < 3 for v in c.values())
+    assert c["q", "r"] == 0  # shares nothing: the first color again
+    assert [e["color"] for e in routes.edges] == [c[f.src, f.dst] for f in flows]
+    with pytest.raises(WscError, match=r"flow . -> z cannot be given a color: .* all 2 routable colors"):
+        route_xy(p, flows, Mesh(10, 8), colors=2)
+
+
+def test_route_pass_router_option_and_unknown_router(small_target) -> None:
+    from conftest import tiny_gpt
+
+    from wsc.passes.route import Route
+    from wsc.pipeline import compile_model
+
+    model, inputs = tiny_gpt(layers=1)
+    program = compile_model(model, inputs, small_target, time_limit=0.5).program
+    assert Route().router == "congestion"
+    assert all(layer.routes.router == "congestion" for layer in program.layers)
+    Route(router="xy")(program)
+    assert all(layer.routes.router == "xy" for layer in program.layers)
+    with pytest.raises(WscError, match="unknown router 'manhattan'"):
+        Route(router="manhattan")(program)
+    with pytest.raises(WscError, match="unknown router"):
+        route(placed(), [], Mesh(2, 2), "manhattan")
+
+
+def test_route_json_lists_every_lane() -> None:
+    routes = route_congestion_aware(placed(Rect("a", 0, 0, 1, 2), Rect("b", 4, 0, 1, 2)), [Flow("a", "b", 4)],
+                                    Mesh(3, 5))
+    j = route_json(routes, 0)
+    assert j == {"router": "congestion", "color": 0, "lanes": 2, "hops": 4,
+                 "paths": [[[0, 0], [0, 4]], [[1, 0], [1, 4]]]}

@@ -8,8 +8,14 @@ legalisation sees one vocabulary. Shapes come from the tracer's metadata here, o
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import operator
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,25 +45,87 @@ class Captured:
     how: str  # "torch.export" or "symbolic_trace"
 
 
+# The tracers print their own diagnostics (graph dumps, tracebacks, warnings) when they fail; wsc reports a
+# failure in one line of its own, so they are silenced unless this is set (the CLI's --debug sets it).
+VERBOSE = False
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    if VERBOSE:
+        yield
+        return
+    sink = io.StringIO()
+    logging.disable(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def capture(model: nn.Module, example_inputs: tuple) -> Captured:
     """Trace `model` on `example_inputs`; export first, symbolic_trace when export refuses."""
+    with _quiet():
+        return _capture(model, example_inputs)
+
+
+def _capture(model: nn.Module, example_inputs: tuple) -> Captured:
     exported = getattr(model, "exported", None)
     if isinstance(exported, torch.export.ExportedProgram):  # a loaded .pt2: its graph is already captured
         return _from_exported(exported)
     try:
-        exported = torch.export.export(model, tuple(example_inputs), strict=False)
+        with _buffers_on_meta_beside_meta_parameters(model) as real_buffers:
+            exported = torch.export.export(model, tuple(example_inputs), strict=False)
     except Exception as export_error:  # export raises many types; each means "try the fallback"
         try:
             return _from_symbolic_trace(model, example_inputs)
         except WscError:
             raise
         except Exception as trace_error:
-            raise WscError(
-                f"cannot capture the model: torch.export failed ({_first_line(export_error)}) and "
-                f"symbolic_trace failed ({_first_line(trace_error)}); data-dependent control flow "
-                "(an `if` on a tensor's value) is the usual cause: make the branch static"
-            ) from None
-    return _from_exported(exported)
+            raise _diagnose(model, example_inputs, export_error, trace_error) from None
+    captured = _from_exported(exported)
+    captured.weights.update({k: v for k, v in real_buffers.items() if k in captured.weights})
+    return captured
+
+
+@contextmanager
+def _buffers_on_meta_beside_meta_parameters(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """A model built without weights (wsc.meta.empty_weights) keeps real buffers; tracing it needs every
+    tensor on one device, so its buffers go to meta for the trace. Their real values are handed back (a
+    causal mask buffer is read at compile time) and the module is left as it was."""
+    if not any(p.is_meta for p in model.parameters()):
+        yield {}
+        return
+    saved = [(module, name, buf) for module in model.modules() for name, buf in module._buffers.items()
+             if buf is not None and not buf.is_meta]
+    real = {name: buf for name, buf in model.named_buffers() if not buf.is_meta}
+    for module, name, buf in saved:
+        module._buffers[name] = buf.to("meta")
+    try:
+        yield real
+    finally:
+        for module, name, buf in saved:
+            module._buffers[name] = buf
+
+
+def _diagnose(model: nn.Module, example_inputs: tuple, export_error: Exception,
+              trace_error: Exception) -> WscError:
+    """Say why neither tracer took the model: it fails on its inputs, or it branches on tensor values."""
+    if not any(p.is_meta for p in model.parameters()):
+        try:
+            with torch.no_grad():
+                model(*example_inputs)
+        except Exception as eager_error:
+            shapes = ", ".join(f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}" for t in example_inputs)
+            return WscError(f"the model fails on its example inputs ({shapes}): {_first_line(eager_error)}; "
+                            "give inputs of the dtype and shape its forward expects")
+    return WscError(
+        f"cannot capture the model: torch.export failed ({_first_line(export_error)}) and symbolic_trace "
+        f"failed ({_first_line(trace_error)}); data-dependent control flow (an `if` on a tensor's value) "
+        "is the usual cause: make the branch static"
+    )
 
 
 def _first_line(error: Exception) -> str:
@@ -80,7 +148,8 @@ def _from_exported(ep: torch.export.ExportedProgram) -> Captured:
                 graph.add(_node(fx_node, "input", (), {}))
             else:
                 weights[spec.target] = state[spec.target]
-                graph.add(_node(fx_node, "param", (), {"key": spec.target}))
+                kind = "parameter" if spec.kind == InputKind.PARAMETER else "buffer"
+                graph.add(_node(fx_node, "param", (), {"key": spec.target, "kind": kind}))
         elif fx_node.op == "call_function":
             _add_call(graph, fx_node, _aten_name(fx_node.target), fx_node.args, fx_node.kwargs)
         elif fx_node.op == "output":
@@ -281,6 +350,8 @@ def _from_symbolic_trace(model: nn.Module, example_inputs: tuple) -> Captured:
             return type(value)(subst(v) for v in value)
         if isinstance(value, dict):
             return {k: subst(v) for k, v in value.items()}
+        if isinstance(value, slice):
+            return slice(subst(value.start), subst(value.stop), subst(value.step))
         return value
 
     def is_static(value: Any) -> bool:

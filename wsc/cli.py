@@ -72,11 +72,12 @@ def _ops(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from wsc import api, pipeline
+    from wsc import api, capture, pipeline
     from wsc.meta import empty_weights, physical_memory_bytes, weight_bytes
     from wsc.modelfile import build, load_exported, parse_model_args
     from wsc.targets import load_target
 
+    capture.VERBOSE = args.debug
     target = load_target(args.target)
     model_name = Path(args.model).stem
     out = Path(args.out) if args.out else Path("wsc_out") / model_name
