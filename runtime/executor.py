@@ -78,7 +78,7 @@ class Executor:
         for layer in program.layers:
             for name in layer.nodes:
                 node = self.graph[name]
-                if node.is_kernel:
+                if node.is_kernel and layer.kernels[name].k_splits == 1:
                     out, ins = kernel_shapes(self.graph, node)
                     self.kernels[name] = compile_kernel(node.op, out, ins, kernel_attrs(node))
         self.last_use = self._last_use()
@@ -160,6 +160,45 @@ class Executor:
         out = np.full(out_shape, np.nan, dtype=np.float32)
         args = [np.ascontiguousarray(env[i]).reshape(s) for i, s in zip(node.inputs, in_shapes, strict=True)]
         t = time.perf_counter()
-        self.kernels[node.name](out, args, self._ordered_tiles(plan), threads=self.threads)
+        if plan.k_splits > 1:
+            out = self._split_matmul(node, plan, out_shape, args)
+        else:
+            self.kernels[node.name](out, args, self._ordered_tiles(plan), threads=self.threads)
         self.stats.kernel_seconds += time.perf_counter() - t
         return out.reshape(node.shape)
+
+    def _split_matmul(self, node: Node, plan: KernelPlan, out_shape: tuple[int, ...],
+                      args: list[np.ndarray]) -> np.ndarray:
+        """A matmul whose K the partitioner split: each K slice's partial sums (the PEs of one slice), then
+        their reduction across PEs as a binary tree, then the epilogue (bias, GELU, residual) on the reduced
+        block. Every step runs its JIT kernel over the same tiles."""
+        assert plan.k_bounds is not None
+        tiles, shape2d = self._ordered_tiles(plan), (plan.rows, plan.cols)
+        a, b, extras = args[0], args[1], list(args[2:])
+        partials = []
+        for k0, k1 in zip(plan.k_bounds[:-1], plan.k_bounds[1:], strict=True):
+            a_s, b_s = np.ascontiguousarray(a[..., k0:k1]), np.ascontiguousarray(b[..., k0:k1])
+            partial = np.full(out_shape, np.nan, dtype=np.float32)
+            compile_kernel("matmul", out_shape, [a_s.shape, b_s.shape], {})(partial, [a_s, b_s], tiles,
+                                                                           threads=self.threads)
+            partials.append(partial.reshape(shape2d))
+        while len(partials) > 1:
+            pairs = [self._elementwise("add", partials[i], partials[i + 1], tiles)
+                     for i in range(0, len(partials) - 1, 2)]
+            partials = pairs + partials[len(pairs) * 2:]
+        y = partials[0]
+        if node.attrs.get("bias"):
+            y = self._elementwise("add", y, extras.pop(0).reshape(1, plan.cols), tiles)
+        if node.attrs.get("epilogue", "none") == "gelu":
+            out = np.full(shape2d, np.nan, dtype=np.float32)
+            kernel = compile_kernel("gelu", shape2d, [shape2d], {"approximate": node.attrs.get("approximate")})
+            kernel(out, [y], tiles, threads=self.threads)
+            y = out
+        if node.attrs.get("residual"):
+            y = self._elementwise("add", y, extras.pop(0).reshape(shape2d), tiles)
+        return y.reshape(out_shape)
+
+    def _elementwise(self, op: str, x: np.ndarray, y: np.ndarray, tiles: np.ndarray) -> np.ndarray:
+        out = np.full(x.shape, np.nan, dtype=np.float32)
+        compile_kernel(op, x.shape, [x.shape, y.shape], {})(out, [x, y], tiles, threads=self.threads)
+        return out

@@ -110,3 +110,43 @@ def test_batch_two_and_symbolic_trace_model(small_target):
     assert compiled.program.tokens == 10
     with torch.no_grad():
         assert to_numpy(model(*inputs)).shape == (2, 5, 97)
+
+
+SMALL_PE_TARGET = """\
+name: small-pe
+description: PEs with 1 KB free, so the MLP's down projection must split K across PEs
+mesh: {rows: 64, cols: 64}
+pe:
+  sram_bytes: 9216
+  flops_per_cycle: {fp16: 8, fp32: 2}
+clock_hz: 850.0e+6
+fabric: {link_bytes_per_cycle: 4, hop_latency_cycles: 1, colors: 24}
+io: {stream_bytes_per_second: 150.0e+9}
+"""
+
+
+def test_k_split_reduction_is_executed(tmp_path):
+    """A kernel whose K the partitioner split runs as partial sums plus a reduction; slices that overlap
+    must break verification."""
+    from wsc.targets import load_target
+
+    (tmp_path / "small.yaml").write_text(SMALL_PE_TARGET)
+    model, inputs = tiny_gpt(layers=1, d_model=32, d_ffn=1024, seq=8)
+    compiled = compile_model(model, inputs, load_target(str(tmp_path / "small.yaml")), time_limit=0.3,
+                             verify_ir=True)
+    split = [p for layer in compiled.program.layers for p in layer.kernels.values() if p.k_splits > 1]
+    assert split, "the small PEs should force a K split"
+    assert all(p.sram_bytes_per_pe <= 9216 - 8192 for layer in compiled.program.layers
+               for p in layer.kernels.values())
+    assert verify(model, inputs, run_compiled(compiled, inputs).outputs)["status"] == "pass"
+    plan = split[0]
+    original = plan.k_bounds
+    assert original is not None
+    plan.k_bounds = original.copy()
+    # Slice 0 now reaches 3 columns into slice 2 and slice 1 is empty: those columns are summed twice.
+    plan.k_bounds[1] = plan.k_bounds[2] + 3
+    try:
+        check = verify(model, inputs, run_compiled(compiled, inputs).outputs)
+    finally:
+        plan.k_bounds = original
+    assert check["status"] == "fail"

@@ -3,6 +3,7 @@
     capture      torch.export (or symbolic_trace) -> wsc graph of ATen ops, shapes recorded once
     fold-constants  values computed from shapes alone (position ids, causal masks) -> constants
     legalize     ATen ops -> wsc ops (matmul, layernorm, softmax, gelu, add, mul, embedding, layout ops)
+    fuse-epilogues  GELU and residual adds folded into the matmul before them
     group-layers cut into streaming layers: embedding, each block, final norm + LM head
     partition    each kernel -> a grid of PE tiles that fit SRAM, areas balanced by work
     place        each layer's kernels -> rectangles on the mesh (CP-SAT by default)
@@ -26,6 +27,7 @@ import torch
 from wsc.capture import Captured, capture, to_numpy
 from wsc.passes.estimate import Estimate
 from wsc.passes.fold_constants import FoldConstants
+from wsc.passes.fuse_epilogues import FuseEpilogues
 from wsc.passes.group_layers import GroupLayers
 from wsc.passes.legalize import Legalize
 from wsc.passes.partition import Partition
@@ -55,7 +57,7 @@ class Compiled:
 
 
 def default_passes(strategy: str = "cpsat", seed: int = 0, time_limit: float = 2.0) -> list:
-    return [FoldConstants(), Legalize(), GroupLayers(), Partition(),
+    return [FoldConstants(), Legalize(), FuseEpilogues(), GroupLayers(), Partition(),
             Place(strategy=strategy, seed=seed, time_limit=time_limit), Route(), Estimate()]
 
 
