@@ -16,6 +16,7 @@ import importlib.util
 import time
 from pathlib import Path
 
+from wsc.meta import empty_weights
 from wsc.passes.estimate import Estimate
 from wsc.passes.place import STRATEGIES, mesh_of
 from wsc.passes.route import Routes, route
@@ -54,7 +55,8 @@ def main() -> None:
     assert spec is not None and spec.loader is not None
     gpt = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpt)
-    model = gpt.build_model(size=args.size, seq=args.seq)
+    with empty_weights():  # mapping needs shapes only: no memory for the weights, at any size
+        model = gpt.build_model(size=args.size, seq=args.seq)
     inputs = gpt.example_inputs(size=args.size, seq=args.seq)
     target = load_target(args.target)
 

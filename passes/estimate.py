@@ -9,7 +9,10 @@ Per layer (weight-streaming mode):
 - stream: the layer's weight bytes over the target's I/O rate. Streaming is double-buffered, so layer i's
   compute overlaps layer i+1's stream; the first layer's stream is exposed.
 step = stream(0) + sum over layers of max(compute(i), fabric(i), stream(i+1)).
-The bound is the largest of: all FLOPs over every usable PE at peak, and all weight bytes over the I/O rate.
+Pipelined mode (every layer resident in its own band of PEs): no streaming; tokens flow through the layers,
+so step = the slowest layer's time + the pipeline's fill (every layer's time for one token).
+The bound is the largest of: all FLOPs over every usable PE at peak, and (weight streaming) all weight bytes
+over the I/O rate.
 Each term of the step is at least its share of the matching bound, so step >= bound holds by construction.
 """
 
@@ -61,26 +64,23 @@ class Estimate:
                 "weight_bytes": weight_bytes,
                 "pes": sum(plan.pes for plan in layer.kernels.values()),
             })
-        step = layers[0]["stream_seconds"] if layers else 0.0
-        for i, entry in enumerate(layers):
-            next_stream = layers[i + 1]["stream_seconds"] if i + 1 < len(layers) else 0.0
-            terms = {"compute": entry["compute_seconds"], "fabric": entry["fabric_seconds"],
-                     "stream": next_stream}
-            entry["bound"] = max(terms, key=terms.__getitem__)
-            entry["seconds"] = terms[entry["bound"]]
-            step += entry["seconds"]
-        if layers:  # the exposed first stream is streaming time too
-            layers[0]["seconds"] += layers[0]["stream_seconds"]
+        if program.mode == "pipelined":
+            step = self.pipelined(layers, program.tokens)
+        else:
+            step = self.streamed(layers)
         total_flops = sum(e["flops"] for e in layers)
-        total_bytes = sum(e["weight_bytes"] for e in layers)
+        total_bytes = sum(e["weight_bytes"] for e in layers) if program.mode != "pipelined" else 0
         bounds = {
             "compute": total_flops / (target.usable_pes * rate),
             "stream": total_bytes / target.io_bytes_per_second,
         }
         time_by_term = {term: sum(e["seconds"] for e in layers if e["bound"] == term)
                         for term in ("compute", "fabric", "stream")}
+        if program.mode == "pipelined" and layers:  # the slowest layer sets the pace alone
+            time_by_term = {max(layers, key=lambda e: e["seconds"])["bound"]: step}
         tokens = program.tokens
         program.estimate = {
+            "mode": program.mode,
             "dtype": program.dtype,
             "step_seconds": step,
             "bound_seconds": max(bounds.values()),
@@ -91,3 +91,31 @@ class Estimate:
             "layers": layers,
         }
         return program
+
+    @staticmethod
+    def streamed(layers: list[dict]) -> float:
+        """Weight streaming: one layer at a time, the next layer's weights streaming in while it computes."""
+        step = layers[0]["stream_seconds"] if layers else 0.0
+        for i, entry in enumerate(layers):
+            next_stream = layers[i + 1]["stream_seconds"] if i + 1 < len(layers) else 0.0
+            terms = {"compute": entry["compute_seconds"], "fabric": entry["fabric_seconds"],
+                     "stream": next_stream}
+            entry["bound"] = max(terms, key=terms.__getitem__)
+            entry["seconds"] = terms[entry["bound"]]
+            step += entry["seconds"]
+        if layers:  # the exposed first stream is streaming time too
+            layers[0]["seconds"] += layers[0]["stream_seconds"]
+        return step
+
+    @staticmethod
+    def pipelined(layers: list[dict], tokens: int) -> float:
+        """Pipelined: every layer resident, tokens flowing through them one after another; the slowest layer
+        sets the pace, and the pipeline fills once per step (its other layers' share of one token)."""
+        for entry in layers:
+            entry["stream_seconds"] = 0.0  # weights were loaded once, before the first step
+            terms = {"compute": entry["compute_seconds"], "fabric": entry["fabric_seconds"]}
+            entry["bound"] = max(terms, key=terms.__getitem__)
+            entry["seconds"] = terms[entry["bound"]]
+        slowest = max((e["seconds"] for e in layers), default=0.0)
+        fill = sum(e["seconds"] for e in layers) / max(tokens, 1)
+        return slowest + fill

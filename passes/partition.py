@@ -28,8 +28,8 @@ import numpy as np
 
 from wsc.errors import WscError
 from wsc.ir import Graph, Node
+from wsc.passes.place import mesh_of
 from wsc.program import DTYPE_SIZE, KernelPlan, Layer, Program
-from wsc.targets import Target
 
 ACCUMULATOR_BYTES = 4
 
@@ -57,14 +57,17 @@ def reduction_dim(graph: Graph, node: Node) -> int:
     return graph[node.inputs[0]].shape[-1] if node.op == "matmul" else 1
 
 
-def sram_bytes(graph: Graph, node: Node, cut: Cut, size: int) -> int:
+def sram_bytes(graph: Graph, node: Node, cut: Cut, size: int, resident: bool = False) -> int:
+    """Bytes one PE holds for its tile; with `resident` (pipelined mode) a matmul's weight tile stays in SRAM
+    instead of streaming past."""
     rows, cols = output_view(node.shape)
     tr, tc = math.ceil(rows / cut.row_blocks), math.ceil(cols / cut.col_blocks)
     if node.op == "matmul":
         k = math.ceil(reduction_dim(graph, node) / cut.k_splits)
         bias = tc * size if node.attrs.get("bias") else 0
         partials = tr * tc * ACCUMULATOR_BYTES if cut.k_splits > 1 else 0
-        return tr * k * size + tr * tc * ACCUMULATOR_BYTES + 2 * tc * size + bias + partials
+        weights = tc * k * size if resident and graph[node.inputs[1]].op == "param" else 2 * tc * size
+        return tr * k * size + tr * tc * ACCUMULATOR_BYTES + weights + bias + partials
     if node.op == "embedding":
         return tr * tc * size + tr * 8 + 2 * tc * size
     tensors = sum(1 for i in node.inputs if graph[i].numel > 1)
@@ -92,14 +95,56 @@ def grid_for_area(rows: int, cols: int, area: int, max_h: int | None = None,
     return h, w
 
 
-def rectangle(cut: Cut, target: Target) -> tuple[int, int] | None:
+@dataclass(frozen=True)
+class Area:
+    """Where a layer's kernels may go: `rows` x `cols` of the mesh holding `pes` working PEs."""
+
+    rows: int
+    cols: int
+    pes: int
+
+
+def rectangle(cut: Cut, area: Area) -> tuple[int, int] | None:
     """The PE rectangle (h, w) for a cut: the block grid itself (K slices stacked in the rows) when it fits
-    the mesh, else its PEs folded row-major into the tallest rectangle the mesh allows."""
-    if cut.row_blocks * cut.k_splits <= target.rows and cut.col_blocks <= target.cols:
+    the area, else its PEs folded row-major into the tallest rectangle the area allows."""
+    if cut.row_blocks * cut.k_splits <= area.rows and cut.col_blocks <= area.cols:
         return cut.row_blocks * cut.k_splits, cut.col_blocks
-    h = min(target.rows, cut.pes)
+    h = min(area.rows, cut.pes)
     w = math.ceil(cut.pes / h)
-    return (h, w) if w <= target.cols else None
+    return (h, w) if w <= area.cols else None
+
+
+def layer_areas(program: Program, reserved_bytes: int) -> list[Area]:
+    """Weight streaming: every layer has the whole mesh in turn. Pipelined: every layer is resident at once,
+    each in its own band of rows (its `region`), as many rows as the others. Dead PEs and what a dead row or
+    column cuts off (see place.mesh_of) are not counted."""
+    mesh = mesh_of(program.target)
+    dead = np.zeros((mesh.rows, mesh.cols), dtype=bool)
+    for r, c in mesh.dead:
+        dead[r, c] = True
+    live_rows = np.flatnonzero(~dead.all(axis=1))
+    live_cols = np.flatnonzero(~dead.all(axis=0))
+    if program.mode == "weight-streaming":
+        return [Area(len(live_rows), len(live_cols), int((~dead).sum()))] * len(program.layers)
+    if program.mode != "pipelined":
+        raise WscError(f"unknown mode {program.mode!r}; use weight-streaming or pipelined")
+    graph, target = program.graph, program.target
+    weights = sum(p.numel for p in graph.params) * DTYPE_SIZE[program.dtype]
+    sram = int((~dead).sum()) * (target.sram_bytes_per_pe - reserved_bytes)
+    n = len(program.layers)
+    band = len(live_rows) // n
+    if weights > sram // 2 or band < 1:
+        raise WscError(
+            f"pipelined mode keeps every weight on the wafer: {weights / 1e9:.2f} GB of {program.dtype} weights, "
+            f"but {target.name} has {sram / 1e9:.2f} GB of SRAM free, of which half may hold weights (the rest "
+            f"holds activations and buffers); use --mode weight-streaming"
+        )
+    areas = []
+    for layer in program.layers:
+        rows = live_rows[layer.index * band : (layer.index + 1) * band]
+        layer.region = (int(rows[0]), band)
+        areas.append(Area(band, len(live_cols), int((~dead[rows]).sum())))
+    return areas
 
 
 @dataclass(frozen=True)
@@ -110,6 +155,7 @@ class Partition:
 
     def __call__(self, program: Program) -> Program:
         mapped: dict[str, Layer] = {}
+        areas = layer_areas(program, self.reserved_bytes)
         for layer in program.layers:
             twin = mapped.get(key := layer.signature(program.graph))
             if twin is not None:  # an identical layer: same cuts, so the same tile tables serve both
@@ -119,48 +165,50 @@ class Partition:
                     for name, plan in zip(kernels, twin.kernels.values(), strict=True)
                 }
                 continue
-            self.partition_layer(program, layer)
+            self.partition_layer(program, layer, areas[layer.index])
             mapped[key] = layer
         return program
 
-    def partition_layer(self, program: Program, layer: Layer) -> None:
+    def partition_layer(self, program: Program, layer: Layer, area: Area) -> None:
         graph, target = program.graph, program.target
         size = DTYPE_SIZE[program.dtype]
-        budget = int(target.usable_pes * self.fill)
+        resident = program.mode == "pipelined"
+        budget = int(area.pes * self.fill)
         capacity = target.sram_bytes_per_pe - self.reserved_bytes
         kernels = [graph[n] for n in layer.nodes if graph[n].is_kernel]
         if not kernels:
             return
         work = {k.name: max(k.flops, k.numel) for k in kernels}
-        least = {k.name: self.smallest_cut(graph, k, size, capacity, target) for k in kernels}
+        least = {k.name: self.smallest_cut(graph, k, size, capacity, area, resident) for k in kernels}
         needed = sum(c.pes for c in least.values())
         if needed > budget:
             raise WscError(
                 f"layer {layer.name} needs {needed} PEs to hold its kernels' tiles but {target.name} "
-                f"offers {budget} ({self.fill:.0%} of {target.usable_pes} usable); use a bigger target or a "
-                "smaller batch or sequence"
+                f"offers {budget} ({self.fill:.0%} of the {area.pes} usable PEs it may take); use a bigger "
+                "target, a smaller batch or sequence, or (in pipelined mode) --mode weight-streaming"
             )
-        area = water_fill(work, {n: c.pes for n, c in least.items()}, budget)
+        shares = water_fill(work, {n: c.pes for n, c in least.items()}, budget)
         # Lanes square to area: cap them so that every kernel at the floor still fits the budget.
-        lanes = min(self.lanes_needed(program, layer), math.isqrt(budget // len(kernels)))
+        lanes = min(self.lanes_needed(program, layer), math.isqrt(budget // len(kernels))) if not resident else 1
         for k in kernels:
             rows, cols = output_view(k.shape)
             cut = least[k.name]
             # As many blocks as the kernel's share of PEs allows, and enough rows and columns of PEs to
             # carry the kernel's traffic in parallel lanes; K is split only as far as SRAM demands.
             for splits in range(cut.k_splits, 0, -1):
-                h, w = grid_for_area(rows, cols, max(area[k.name] // splits, 1), target.rows // splits,
-                                     target.cols)
-                h, w = max(h, min(lanes, rows, target.rows // splits)), max(w, min(lanes, cols, target.cols))
+                h, w = grid_for_area(rows, cols, max(shares[k.name] // splits, 1), area.rows // splits,
+                                     area.cols)
+                h, w = max(h, min(lanes, rows, area.rows // splits)), max(w, min(lanes, cols, area.cols))
                 wider = Cut(max(h, cut.row_blocks), max(w, cut.col_blocks), splits)
-                if sram_bytes(graph, k, wider, size) <= capacity and rectangle(wider, target):
+                if sram_bytes(graph, k, wider, size, resident) <= capacity and rectangle(wider, area):
                     cut = wider
                     break
-            h, w = rectangle(cut, target) or rectangle(least[k.name], target)  # type: ignore[misc]
+            h, w = rectangle(cut, area) or rectangle(least[k.name], area)  # type: ignore[misc]
             k_dim = reduction_dim(graph, k)
             layer.kernels[k.name] = KernelPlan(
                 k.name, rows, cols, h, w, tile_table(rows, cols, cut.row_blocks, cut.col_blocks),
-                sram_bytes(graph, k, cut, size), work[k.name], cut.row_blocks, cut.col_blocks, cut.k_splits,
+                sram_bytes(graph, k, cut, size, resident), work[k.name], cut.row_blocks, cut.col_blocks,
+                cut.k_splits,
                 np.arange(cut.k_splits + 1, dtype=np.int64) * k_dim // cut.k_splits,
             )
 
@@ -176,25 +224,26 @@ class Partition:
         lane_bytes = target.link_bytes_per_cycle * target.clock_hz * stream_seconds
         return max(1, math.ceil(sum(f.bytes for f in layer.flows) / lane_bytes))
 
-    def smallest_cut(self, graph: Graph, node: Node, size: int, capacity: int, target: Target) -> Cut:
+    def smallest_cut(self, graph: Graph, node: Node, size: int, capacity: int, area: Area,
+                     resident: bool = False) -> Cut:
         """The fewest PEs whose tiles fit in SRAM: grow the block grid along the output's aspect, and split
         K (matmuls) when even one row of the left operand is too big for a PE."""
         rows, cols = output_view(node.shape)
         k_dim = reduction_dim(graph, node)
-        area, limit = 1, rows * cols * k_dim
-        while area <= limit:
-            for splits in _split_counts(k_dim, area):
+        pes, limit = 1, rows * cols * k_dim
+        while pes <= limit:
+            for splits in _split_counts(k_dim, pes):
                 # Blocks that fit the mesh as a grid first (simple rectangles pack well), folded ones after.
-                for caps in ((target.rows // splits, target.cols), (None, None)):
-                    h, w = grid_for_area(rows, cols, area // splits, *caps)
+                for caps in ((area.rows // splits, area.cols), (None, None)):
+                    h, w = grid_for_area(rows, cols, pes // splits, *caps)
                     cut = Cut(h, w, splits)
-                    if sram_bytes(graph, node, cut, size) <= capacity and rectangle(cut, target):
+                    if sram_bytes(graph, node, cut, size, resident) <= capacity and rectangle(cut, area):
                         return cut
-            area = max(area + 1, int(area * 1.25))
+            pes = max(pes + 1, int(pes * 1.25))
         raise WscError(
-            f"kernel {node.name} ({node.op} {node.shape}) does not fit {target.name}: no cut of it into PE "
-            f"tiles fits the {capacity} bytes a PE has free within a {target.rows}x{target.cols} mesh; use a "
-            "target with more SRAM per PE or a smaller batch or sequence"
+            f"kernel {node.name} ({node.op} {node.shape}) does not fit: no cut of it into PE tiles fits the "
+            f"{capacity} bytes a PE has free within {area.rows}x{area.cols} PEs; use a target with more SRAM "
+            "per PE or a smaller batch or sequence"
         )
 
 

@@ -216,23 +216,33 @@ class Place:
     def __call__(self, program):
         if self.strategy not in STRATEGIES:
             raise WscError(f"unknown placement strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
-        mesh = mesh_of(program.target)
-        density = scattered_density(mesh)
-        placed: dict[str, tuple[list[str], Placement]] = {}
+        whole = mesh_of(program.target)
+        placed: dict[str, tuple[list[str], Placement, int]] = {}
         for layer in program.layers:
             names = list(layer.kernels)
-            key = layer.signature(program.graph)
+            # Pipelined mode gives each layer a band of rows (its region): it is placed inside the band,
+            # then moved to the band's place on the mesh. Identical layers share one placement, moved.
+            top, mesh = 0, whole
+            if layer.region is not None:
+                top, rows = layer.region
+                band_dead = frozenset((r - top, c) for r, c in whole.dead if top <= r < top + rows)
+                mesh = Mesh(rows, whole.cols, band_dead)
+            key = layer.signature(program.graph) + (f"@{sorted(mesh.dead)}" if layer.region else "")
             if key in placed:
-                twin_names, twin = placed[key]
+                twin_names, twin, twin_top = placed[key]
                 rename = dict(zip(twin_names, names, strict=True))
-                layer.placement = replace(
-                    twin, rects={rename[n]: replace(r, name=rename[n]) for n, r in twin.rects.items()}, seconds=0.0
-                )
+                shift = top - twin_top
+                rects = {rename[n]: replace(r, name=rename[n], y=r.y + shift) for n, r in twin.rects.items()}
+                layer.placement = replace(twin, rects=rects, seconds=0.0)
                 continue
+            density = scattered_density(mesh)
             kernels = [self.kernel_rect(n, plan.h, plan.w, mesh, density) for n, plan in layer.kernels.items()]
-            layer.placement = place(kernels, layer.flows, mesh, self.strategy, seed=self.seed,
-                                    workers=self.workers, time_limit=self.time_limit)
-            placed[key] = (names, layer.placement)
+            placement = place(kernels, layer.flows, mesh, self.strategy, seed=self.seed,
+                              workers=self.workers, time_limit=self.time_limit)
+            if top:
+                placement.rects = {n: replace(r, y=r.y + top) for n, r in placement.rects.items()}
+            layer.placement = placement
+            placed[key] = (names, placement, top)
         return program
 
     @staticmethod

@@ -404,7 +404,11 @@ class _Loads:
 
 
 def lane_endpoints(src: Rect, dst: Rect) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(start rows, start cols, end rows, end cols) of each lane, as int64 arrays of equal length."""
+    """(start rows, start cols, end rows, end cols) of each lane, as int64 arrays of equal length.
+
+    Lanes leave from the source's side facing the destination, one per row (or column) of it, and end at
+    PEs spread along the destination's diagonal: every lane ends on a row and a column of its own, so the
+    two legs of different lanes never share a link, whichever of XY or YX the router picks."""
     share_columns = src.x < dst.x + dst.w and dst.x < src.x + src.w
     if not share_columns:
         lanes = min(src.h, dst.h)
@@ -413,7 +417,8 @@ def lane_endpoints(src: Rect, dst: Rect) -> tuple[np.ndarray, np.ndarray, np.nda
         r0 = src.y + i * src.h // lanes
         r1 = dst.y + i * dst.h // lanes
         c0 = np.full(lanes, src.x + src.w - 1 if east else src.x, dtype=np.int64)
-        c1 = np.full(lanes, dst.x if east else dst.x + dst.w - 1, dtype=np.int64)
+        spread = i * dst.w // lanes
+        c1 = dst.x + spread if east else dst.x + dst.w - 1 - spread
     else:
         lanes = min(src.w, dst.w)
         i = np.arange(lanes, dtype=np.int64)
@@ -421,7 +426,8 @@ def lane_endpoints(src: Rect, dst: Rect) -> tuple[np.ndarray, np.ndarray, np.nda
         c0 = src.x + i * src.w // lanes
         c1 = dst.x + i * dst.w // lanes
         r0 = np.full(lanes, src.y + src.h - 1 if south else src.y, dtype=np.int64)
-        r1 = np.full(lanes, dst.y if south else dst.y + dst.h - 1, dtype=np.int64)
+        spread = i * dst.h // lanes
+        r1 = dst.y + spread if south else dst.y + dst.h - 1 - spread
     return r0, c0, r1, c1
 
 
@@ -486,7 +492,9 @@ def _shortest_live_path(
 @dataclass(frozen=True)
 class Route:
     """route: every flow of every layer with the named router (`congestion` or `xy`), colored within the
-    target's routable colors; identical layers share their routes."""
+    target's routable colors; identical layers share their routes. In pipelined mode each layer's flows are
+    routed inside its own band; traffic between layers (activations handed down the pipeline) is not routed
+    yet."""
 
     name: ClassVar[str] = "route"
     router: str = "congestion"
@@ -500,7 +508,8 @@ class Route:
         limit = getattr(program.target, "routable_colors", program.target.colors)
         routed: dict[str, Routes] = {}
         for layer in program.layers:
-            key = layer.signature(program.graph)
+            # Layers placed in bands of their own (pipelined mode) sit elsewhere on the mesh: route each.
+            key = layer.signature(program.graph) + (f"@{layer.region}" if layer.region else "")
             if key not in routed:
                 routed[key] = route(layer.placement, layer.flows, mesh, self.router, limit)
             layer.routes = routed[key]

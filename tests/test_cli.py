@@ -45,7 +45,8 @@ def test_compile_writes_report_and_placement(compiled_out):
     assert report["verification"]["status"] == "pass"
     assert report["simulation"]["step_seconds"] >= report["simulation"]["bound_seconds"]
     placement = json.loads((out / "placement.json").read_text())
-    assert placement["mesh"] == {"rows": 16, "cols": 16, "dead_pes": []}
+    assert placement["mesh"] == {"rows": 16, "cols": 16, "dead_pes": [], "sram_bytes_per_pe": 49152,
+                                 "routable_colors": 8}
     assert [layer["name"] for layer in placement["layers"]] == ["embed", "blocks.0", "blocks.1", "head"]
     assert "verification  pass" in proc.stdout
 

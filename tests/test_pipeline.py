@@ -49,3 +49,35 @@ def test_single_sequence_inference_on_cs2_is_stream_bound():
     estimate = compiled.program.estimate
     assert estimate["bottleneck"] == "stream"
     assert estimate["bounds"]["stream"] > 100 * estimate["bounds"]["compute"]
+
+
+def test_pipelined_mode_places_every_layer_in_its_own_band(small_target):
+    from wsc.targets import load_target
+
+    model, inputs = tiny_gpt(layers=2)
+    compiled = compile_model(model, inputs, load_target("cs2-sim"), mode="pipelined", time_limit=0.3,
+                             verify_ir=True)
+    program = compiled.program
+    bands = [layer.region for layer in program.layers]
+    assert bands == [(i * 187, 187) for i in range(4)]  # 750 rows shared by 4 layers
+    for layer in program.layers:
+        top, rows = layer.region
+        for rect in layer.placement.rects.values():
+            assert top <= rect.y and rect.y + rect.h <= top + rows
+    estimate = program.estimate
+    assert estimate["mode"] == "pipelined" and estimate["bounds"]["stream"] == 0
+    slowest = max(e["seconds"] for e in estimate["layers"])
+    assert slowest <= estimate["step_seconds"] <= slowest * 1.5
+    assert estimate["step_seconds"] >= estimate["bound_seconds"]
+
+
+def test_pipelined_mode_refuses_weights_that_do_not_fit(gpt_module):
+    from wsc.errors import WscError
+    from wsc.meta import empty_weights
+    from wsc.targets import load_target
+
+    with empty_weights():
+        model = gpt_module.build_model("13B")
+    with pytest.raises(WscError, match=r"pipelined mode keeps every weight on the wafer: 25\.71 GB of fp16 "
+                                       r"weights, but cs2-sim has 30\.54 GB of SRAM free.*--mode weight-streaming"):
+        compile_model(model, gpt_module.example_inputs("13B"), load_target("cs2-sim"), mode="pipelined")

@@ -88,7 +88,8 @@ def check_inputs(graph, inputs: tuple) -> list[np.ndarray]:
 
 
 def compile(module: torch.nn.Module, example_inputs: tuple, target: str | Target = "cs2-sim", *,
-            strategy: str = "cpsat", verify: bool = True, tolerance: float = pipeline.DEFAULT_TOLERANCE,
+            strategy: str = "cpsat", router: str = "congestion", mode: str = "weight-streaming",
+            verify: bool = True, tolerance: float = pipeline.DEFAULT_TOLERANCE,
             seed: int = 0, time_limit: float = 2.0, model_name: str | None = None,
             model_info: dict[str, Any] | None = None, on_pass=None) -> CompiledModel:
     """Compile `module` for `target`; with `verify`, run it and compare with eager PyTorch."""
@@ -96,8 +97,9 @@ def compile(module: torch.nn.Module, example_inputs: tuple, target: str | Target
     target = load_target(target) if isinstance(target, str) else target
     example_inputs = tuple(example_inputs)
     name = model_name or type(module).__name__
-    compiled = pipeline.compile_model(module, example_inputs, target, strategy=strategy, model_name=name,
-                                      seed=seed, time_limit=time_limit, on_pass=on_pass)
+    compiled = pipeline.compile_model(module, example_inputs, target, model_name=name, on_pass=on_pass,
+                                      strategy=strategy, router=router, mode=mode, seed=seed,
+                                      time_limit=time_limit)
     result = CompiledModel(compiled, {})
     verification: dict[str, Any] = {"status": "skipped", "max_abs_err": None, "tolerance": tolerance}
     memory: dict[str, Any] = {"peak_rss_bytes": None}

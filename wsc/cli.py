@@ -45,7 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="passed to build_model and example_inputs (repeatable)")
     c.add_argument("--out", help="output folder (default wsc_out/<model>)")
-    c.add_argument("--strategy", default="cpsat", help="placement strategy (default cpsat)")
+    c.add_argument("--strategy", default="cpsat",
+                   help="placement: cpsat (default), greedy, row-major, snake, random or anneal")
+    c.add_argument("--router", default="congestion", help="routing: congestion (default) or xy")
+    c.add_argument("--mode", default="weight-streaming", choices=["weight-streaming", "pipelined"],
+                   help="weight-streaming (default: one layer on the wafer at a time) or pipelined (all resident)")
     c.add_argument("--no-verify", action="store_true", help="skip running the program and eager PyTorch")
     c.add_argument("--tolerance", type=float, default=None, help="max abs error allowed on outputs (default 1e-3)")
     c.add_argument("--seed", type=int, default=0, help="placement seed")
@@ -55,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(run=_compile)
     o = sub.add_parser("ops", help="list the supported ATen ops and wsc kernels")
     o.set_defaults(run=_ops)
+    k = sub.add_parser("check", help="prove a compile's placement.json legal, independently of the compiler")
+    k.add_argument("out", help="the output folder of a compile")
+    k.set_defaults(run=lambda args: __import__("wsc.check", fromlist=["main"]).main([args.out]))
     return parser
 
 
@@ -96,7 +103,8 @@ def _compile(args: argparse.Namespace) -> int:
         if not args.no_verify and fits:
             model, inputs, info["args"] = build(args.model, model_args)
     tolerance = args.tolerance if args.tolerance is not None else pipeline.DEFAULT_TOLERANCE
-    compiled = api.compile(model, inputs, target, strategy=args.strategy, verify=not args.no_verify,
+    compiled = api.compile(model, inputs, target, strategy=args.strategy, router=args.router, mode=args.mode,
+                           verify=not args.no_verify,
                            tolerance=tolerance, seed=args.seed, time_limit=args.time_limit,
                            model_name=model_name, model_info=info)
     compiled.save(out)
@@ -108,7 +116,7 @@ def _print_summary(report: dict, out: Path) -> None:
     m, p, s, v = report["model"], report["placement"], report["simulation"], report["verification"]
     args = " ".join(f"{k}={val}" for k, val in m.get("args", {}).items())
     print(f"wsc: {m['name']} {args} on {report['target']['name']}")
-    print(f"  model         {m['params'] / 1e6:.1f}M params, {m['layers']} streaming layers, "
+    print(f"  model         {m['params'] / 1e6:.1f}M params, {m['layers']} layers, "
           f"{m['flops_per_step'] / 1e9:.1f} GFLOP per step ({m['capture']})")
     print(f"  placement     {p['strategy']}: {p['pes_used']:,} PEs ({p['utilization']:.1%} of the mesh), "
           f"wirelength {p['wirelength']:.3g} byte-hops, max link load {p['max_link_load']:,} B")

@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,28 +57,31 @@ class Compiled:
         return self.captured.weights
 
 
-def default_passes(strategy: str = "cpsat", seed: int = 0, time_limit: float = 2.0) -> list:
+def default_passes(strategy: str = "cpsat", seed: int = 0, time_limit: float = 2.0, router: str = "congestion",
+                   mode: str = "weight-streaming") -> list:
+    """The passes in order. `mode` is read by the passes from the Program (see compile_captured)."""
     return [FoldConstants(), Legalize(), FuseEpilogues(), GroupLayers(), Partition(),
-            Place(strategy=strategy, seed=seed, time_limit=time_limit), Route(), Estimate()]
+            Place(strategy=strategy, seed=seed, time_limit=time_limit), Route(router=router), Estimate()]
 
 
-def compile_model(model: torch.nn.Module, example_inputs: tuple, target: Target, *, strategy: str = "cpsat",
-                  model_name: str = "model", verify_ir: bool = False, seed: int = 0, time_limit: float = 2.0,
-                  on_pass: Callable[[str, float], None] | None = None) -> Compiled:
+def compile_model(model: torch.nn.Module, example_inputs: tuple, target: Target, *, model_name: str = "model",
+                  verify_ir: bool = False, on_pass: Callable[[str, float], None] | None = None,
+                  **options: Any) -> Compiled:
+    """Capture `model` and run the passes; `options` are default_passes' (strategy, seed, time_limit,
+    router, mode)."""
     captured = capture(model, example_inputs)
-    return compile_captured(captured, count_tokens(example_inputs), target, strategy=strategy,
-                            model_name=model_name, verify_ir=verify_ir, seed=seed, time_limit=time_limit,
-                            on_pass=on_pass)
+    return compile_captured(captured, count_tokens(example_inputs), target, model_name=model_name,
+                            verify_ir=verify_ir, on_pass=on_pass, **options)
 
 
-def compile_captured(captured: Captured, tokens: int, target: Target, *, strategy: str = "cpsat",
-                     model_name: str = "model", verify_ir: bool = False, seed: int = 0, time_limit: float = 2.0,
-                     on_pass: Callable[[str, float], None] | None = None) -> Compiled:
+def compile_captured(captured: Captured, tokens: int, target: Target, *, model_name: str = "model",
+                     verify_ir: bool = False, on_pass: Callable[[str, float], None] | None = None,
+                     **options: Any) -> Compiled:
     """Run the passes on a captured model. Legalisation builds a new graph, so one capture can be mapped
     any number of times (other strategies, other targets) without tracing the model again."""
-    program = Program(captured.graph, target, model_name=model_name, strategy=strategy, tokens=tokens,
-                      weights=captured.weights)
-    manager = PassManager(default_passes(strategy, seed, time_limit), verify=verify_ir, on_pass=on_pass)
+    program = Program(captured.graph, target, model_name=model_name, strategy=options.get("strategy", "cpsat"),
+                      tokens=tokens, weights=captured.weights, mode=options.get("mode", "weight-streaming"))
+    manager = PassManager(default_passes(**options), verify=verify_ir, on_pass=on_pass)
     manager.run(program)
     return Compiled(program, captured, manager.seconds)
 

@@ -64,6 +64,7 @@ class Layer:
     weights: list[str]  # param nodes this layer reads, streamed in before it runs
     kernels: dict[str, KernelPlan] = field(default_factory=dict)
     flows: list[Any] = field(default_factory=list)  # wsc.passes.place.Flow between this layer's kernels
+    region: tuple[int, int] | None = None  # pipelined mode: the band of mesh rows (first, count) it owns
     placement: Any = None  # wsc.passes.place.Placement
     routes: Any = None  # wsc.passes.route.Routes
 
@@ -89,6 +90,7 @@ class Program:
     layers: list[Layer] = field(default_factory=list)
     strategy: str = "cpsat"
     dtype: str = "fp16"  # the precision the target computes and streams in (Cerebras trains in fp16)
+    mode: str = "weight-streaming"  # or "pipelined": every layer resident on the wafer at once
     tokens: int = 0  # tokens per step: what the estimate divides by for tokens per second
     weights: Mapping[str, Any] | None = None  # store key -> tensor, when a pass must read a weight's values
     estimate: dict[str, Any] = field(default_factory=dict)

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from wsc.passes.route import route_json
 from wsc.program import Program
 
 SCHEMA_VERSION = 1
@@ -26,28 +27,35 @@ def placement_json(program: Program) -> dict[str, Any]:
         for name, plan in layer.kernels.items():
             rect = rects[name]
             kernels.append({"name": name, "op": program.graph[name].op, "x": rect.x, "y": rect.y,
-                            "w": rect.w, "h": rect.h, "sram_bytes_per_pe": plan.sram_bytes_per_pe})
-        layers.append({
-            "index": layer.index,
-            "name": layer.name,
-            "kernels": kernels,
-            "edges": [{"src": f.src, "dst": f.dst, "bytes": f.bytes} for f in layer.flows],
-        })
+                            "w": rect.w, "h": rect.h, "pes": plan.pes, "sram_bytes_per_pe": plan.sram_bytes_per_pe,
+                            "grid": [plan.row_blocks, plan.col_blocks, plan.k_splits]})
+        edges = []
+        for i, f in enumerate(layer.flows):
+            edge: dict[str, Any] = {"src": f.src, "dst": f.dst, "bytes": f.bytes}
+            if layer.routes is not None:
+                edge["route"] = route_json(layer.routes, i)
+            edges.append(edge)
+        layers.append({"index": layer.index, "name": layer.name, "kernels": kernels, "edges": edges})
     return {
         "schema": SCHEMA_VERSION,
         "target": target.name,
-        "mesh": {"rows": target.rows, "cols": target.cols, "dead_pes": sorted([r, c] for r, c in target.dead_pes)},
+        "mesh": {"rows": target.rows, "cols": target.cols, "dead_pes": sorted([r, c] for r, c in target.dead_pes),
+                 "sram_bytes_per_pe": target.sram_bytes_per_pe, "routable_colors": target.routable_colors},
         "layers": layers,
     }
 
 
 def placement_summary(program: Program) -> dict[str, Any]:
     placements = [layer.placement for layer in program.layers if layer.placement is not None]
-    pes_used = max((sum(p.pes for p in layer.kernels.values()) for layer in program.layers), default=0)
+    per_layer = [sum(p.pes for p in layer.kernels.values()) for layer in program.layers]
+    # One layer is on the wafer at a time when streaming weights; all of them at once when pipelined.
+    pes_used = sum(per_layer) if program.mode == "pipelined" else max(per_layer, default=0)
     worst = max(placements, key=lambda p: p.gap, default=None)
+    routers = {layer.routes.router for layer in program.layers if layer.routes is not None}
     return {
         "strategy": program.strategy,
-        "mode": "weight-streaming",
+        "router": ",".join(sorted(routers)),
+        "mode": program.mode,
         "pes_used": pes_used,
         "utilization": pes_used / program.target.usable_pes,
         "wirelength": sum(p.wirelength for p in placements),
