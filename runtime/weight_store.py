@@ -17,6 +17,7 @@ started (the layer is then copied when it is asked for).
 from __future__ import annotations
 
 import json
+import mmap
 import math
 import os
 import struct
@@ -134,6 +135,9 @@ def write_store(
 # Reading
 
 
+COPY_CHUNK_BYTES = 8 << 20  # pages of the store resident at once while a tensor is copied
+
+
 class _Shard:
     """One memory-mapped safetensors file."""
 
@@ -162,6 +166,30 @@ class _Shard:
                 raise WscError(f"weight store {path} is truncated: {key} ends past the end of the file")
         # An empty data section cannot be mapped; nothing would be read from it anyway.
         self.map = np.memmap(path, dtype=np.uint8, mode="r") if size > self.data_start else np.zeros(0, np.uint8)
+
+    def copy(self, key: str) -> np.ndarray:
+        """`key` as a new float32 array, copied a chunk at a time, each chunk's file pages given back to the
+        OS as soon as it is copied. A streamed weight is read once per step: left mapped, every page read
+        would stay in the process's resident memory (growing to the whole store over a run), and even one
+        large tensor would briefly count twice (its pages and its copy)."""
+        entry = self.entries[key]
+        flat = self.view(key).reshape(-1)
+        out = np.empty(flat.shape, dtype=np.float32)
+        step = max(1, COPY_CHUNK_BYTES // max(flat.itemsize, 1))
+        base = self.data_start + entry["data_offsets"][0]
+        for first in range(0, flat.size, step):
+            last = min(flat.size, first + step)
+            out[first:last] = _to_f32(key, entry, flat[first:last])
+            self._drop(base + first * flat.itemsize, base + last * flat.itemsize)
+        return out.reshape(entry["shape"])
+
+    def _drop(self, start: int, stop: int) -> None:
+        mapping = getattr(self.map, "_mmap", None)
+        if mapping is None or not hasattr(mapping, "madvise"):
+            return
+        start = start // mmap.PAGESIZE * mmap.PAGESIZE
+        if stop > start:
+            mapping.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
     def view(self, key: str) -> np.ndarray:
         entry = self.entries[key]
@@ -273,9 +301,9 @@ class WeightStore:
         read = 0
         for key in keys:
             shard = self._where[key]
-            view = shard.view(key)
-            out[key] = _to_f32(key, shard.entries[key], view)
-            read += view.nbytes
+            out[key] = shard.copy(key)
+            begin, end = shard.entries[key]["data_offsets"]
+            read += end - begin
         with self._lock:
             self.streamed_bytes += read
         return out
@@ -312,6 +340,10 @@ class WeightStore:
                 pending.result()  # a copy under way must finish before its memory stops being counted
         with self._lock:
             self.resident.pop(layer, None)
+
+    def read(self, key: str) -> np.ndarray:
+        """One tensor as float32, outside any layer's accounting (for converting a store)."""
+        return self._copy([key])[key]
 
     def close(self) -> None:
         """Drop any prefetch in flight and stop the prefetch thread."""

@@ -31,17 +31,25 @@ def test_compiled_gpt_matches_eager(compiled_tiny):
 
 def test_store_holds_one_layer_at_a_time(compiled_tiny):
     model, inputs, compiled = compiled_tiny
-    result = run_compiled(compiled, inputs)
-    store = result.executor.store
+    graph, layers = compiled.program.graph, compiled.program.layers
+    sizes = [sum(graph[w].nbytes for w in layer.weights) for layer in layers]
+    store = run_compiled(compiled, inputs, prefetch=False).executor.store
     assert store.peak_resident_layers == 1
-    biggest = max(
-        sum(compiled.program.graph[w].nbytes for w in layer.weights) for layer in compiled.program.layers
-    )
-    assert store.peak_resident_bytes == biggest
+    assert store.peak_resident_bytes == max(sizes)
     assert store.resident == {}
     # Every layer streamed its own weights: the tied embedding twice (embedding and LM head).
-    streamed = sum(compiled.program.graph[w].nbytes for layer in compiled.program.layers for w in layer.weights)
-    assert store.streamed_bytes == streamed
+    assert store.streamed_bytes == sum(sizes)
+
+
+def test_prefetch_holds_at_most_two_layers(compiled_tiny):
+    """With prefetch the next layer streams in while the current one runs: never more than the two."""
+    model, inputs, compiled = compiled_tiny
+    graph, layers = compiled.program.graph, compiled.program.layers
+    sizes = [sum(graph[w].nbytes for w in layer.weights) for layer in layers]
+    run = run_compiled(compiled, inputs, prefetch=True)
+    assert run.executor.store.peak_resident_layers == 2
+    assert run.executor.store.peak_resident_bytes == max(a + b for a, b in zip(sizes, sizes[1:]))
+    assert verify(model, inputs, run.outputs)["status"] == "pass"
 
 
 def test_corrupted_tile_fails_verification(compiled_tiny):

@@ -91,8 +91,14 @@ def compile(module: torch.nn.Module, example_inputs: tuple, target: str | Target
             strategy: str = "cpsat", router: str = "congestion", mode: str = "weight-streaming",
             verify: bool = True, tolerance: float = pipeline.DEFAULT_TOLERANCE,
             seed: int = 0, time_limit: float = 2.0, model_name: str | None = None,
+            weights: str | Path | None = None, weights_dtype: str = "fp32",
             model_info: dict[str, Any] | None = None, on_pass=None) -> CompiledModel:
-    """Compile `module` for `target`; with `verify`, run it and compare with eager PyTorch."""
+    """Compile `module` for `target`; with `verify`, run it and compare with eager PyTorch.
+
+    `weights` names a store to run from (a safetensors file, a sharded checkpoint folder or its index); the
+    module may then be built without weights (wsc.meta.empty_weights): the eager reference loads them from
+    the store after the compiled run, whose peak memory is measured first. `weights_dtype` fp16 streams half
+    the bytes (the kernels still compute in fp32)."""
     start = time.perf_counter()
     target = load_target(target) if isinstance(target, str) else target
     example_inputs = tuple(example_inputs)
@@ -104,20 +110,25 @@ def compile(module: torch.nn.Module, example_inputs: tuple, target: str | Target
     verification: dict[str, Any] = {"status": "skipped", "max_abs_err": None, "tolerance": tolerance}
     memory: dict[str, Any] = {"peak_rss_bytes": None}
     run_seconds = 0.0
-    on_meta = any(t.is_meta for t in compiled.weights.values())
+    on_meta = any(t.is_meta for t in compiled.weights.values()) and weights is None
     too_big = weight_bytes(module) * 2 > VERIFY_MEMORY_SHARE * physical_memory_bytes()
     if verify and on_meta:
-        verification["note"] = "the model was built without weights (meta device): nothing to run"
+        verification["note"] = "the model was built without weights (meta device): give --weights to run it"
     elif verify and too_big:
         verification["note"] = (f"{weight_bytes(module) / 1e9:.1f} GB of weights are too many to verify in "
                                 f"{physical_memory_bytes() / 1e9:.0f} GB of memory")
     elif verify:
-        run = pipeline.run_compiled(compiled, example_inputs)
+        store = Path(weights) if weights is not None else None
+        run = pipeline.run_compiled(compiled, example_inputs, store, weights_dtype)
         run_seconds = run.executor.stats.seconds
-        memory = {"peak_rss_bytes": run.peak_rss_bytes,
+        memory = {"peak_rss_bytes": run.peak_rss_bytes,  # measured before the eager reference below
                   "peak_resident_layers": run.executor.store.peak_resident_layers,
-                  "peak_resident_weight_bytes": run.executor.store.peak_resident_bytes}
+                  "peak_resident_weight_bytes": run.executor.store.peak_resident_bytes,
+                  "streamed_bytes": run.executor.store.streamed_bytes}
+        if store is not None:
+            pipeline.load_weights(module, compiled.captured, store)
         verification = pipeline.verify(module, example_inputs, run.outputs, tolerance)
+        verification["weights_dtype"] = weights_dtype
     result.report = build_report(compiled, verification=verification, memory=memory, run_seconds=run_seconds,
                                  total_seconds=time.perf_counter() - start, model_info=model_info or {})
     return result

@@ -16,7 +16,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,7 @@ class Captured:
     graph: Graph
     weights: dict[str, torch.Tensor]  # store key -> tensor (may live on the meta device)
     how: str  # "torch.export" or "symbolic_trace"
+    aliases: dict[str, list[str]] = field(default_factory=dict)  # weight key -> its other names (tied)
 
 
 # The tracers print their own diagnostics (graph dumps, tracebacks, warnings) when they fail; wsc reports a
@@ -68,7 +69,17 @@ def _quiet() -> Iterator[None]:
 def capture(model: nn.Module, example_inputs: tuple) -> Captured:
     """Trace `model` on `example_inputs`; export first, symbolic_trace when export refuses."""
     with _quiet():
-        return _capture(model, example_inputs)
+        captured = _capture(model, example_inputs)
+    captured.aliases = _aliases(model)
+    return captured
+
+
+def _aliases(model: nn.Module) -> dict[str, list[str]]:
+    """Every name of each tensor the model holds under several (a tied embedding and LM head)."""
+    names: dict[int, list[str]] = {}
+    for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers()]:
+        names.setdefault(id(tensor), []).append(name)
+    return {n: [m for m in group if m != n] for group in names.values() if len(group) > 1 for n in group}
 
 
 def _capture(model: nn.Module, example_inputs: tuple) -> Captured:

@@ -51,7 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--mode", default="weight-streaming", choices=["weight-streaming", "pipelined"],
                    help="weight-streaming (default: one layer on the wafer at a time) or pipelined (all resident)")
     c.add_argument("--no-verify", action="store_true", help="skip running the program and eager PyTorch")
-    c.add_argument("--tolerance", type=float, default=None, help="max abs error allowed on outputs (default 1e-3)")
+    c.add_argument("--tolerance", type=float, default=None,
+                   help="max abs error allowed on outputs (default 1e-3; 1e-2 with --weights-dtype fp16)")
+    c.add_argument("--weights", help="run on these weights: a safetensors file, a sharded checkpoint folder "
+                                     "or its index (the model is then built without weights)")
+    c.add_argument("--weights-dtype", default="fp32", choices=["fp32", "fp16"],
+                   help="precision the weight store holds and streams (default fp32)")
     c.add_argument("--seed", type=int, default=0, help="placement seed")
     c.add_argument("--time-limit", type=float, default=2.0,
                    help="CP-SAT deterministic seconds per distinct layer (default 2; reproducible)")
@@ -100,12 +105,16 @@ def _compile(args: argparse.Namespace) -> int:
         with empty_weights():
             model, inputs, info["args"] = build(args.model, model_args)
         fits = weight_bytes(model) * 2 <= api.VERIFY_MEMORY_SHARE * physical_memory_bytes()
-        if not args.no_verify and fits:
+        if not args.no_verify and fits and not args.weights:
             model, inputs, info["args"] = build(args.model, model_args)
-    tolerance = args.tolerance if args.tolerance is not None else pipeline.DEFAULT_TOLERANCE
+    if args.weights and not Path(args.weights).exists():
+        raise WscError(f"--weights {args.weights} does not exist; give a safetensors file or checkpoint folder")
+    default = pipeline.FP16_TOLERANCE if args.weights_dtype == "fp16" else pipeline.DEFAULT_TOLERANCE
+    tolerance = args.tolerance if args.tolerance is not None else default
     compiled = api.compile(model, inputs, target, strategy=args.strategy, router=args.router, mode=args.mode,
                            verify=not args.no_verify,
                            tolerance=tolerance, seed=args.seed, time_limit=args.time_limit,
+                           weights=args.weights, weights_dtype=args.weights_dtype,
                            model_name=model_name, model_info=info)
     compiled.save(out)
     _print_summary(compiled.report, out)

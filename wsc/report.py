@@ -116,6 +116,7 @@ def build_report(compiled, *, verification: dict[str, Any], memory: dict[str, An
         "simulation": program.estimate,
         "verification": verification,
         "memory": {**memory, "max_layer_weights_bytes": max(layer_weights, default=0)},
+        "runtime": runtime_info(),
         "timings": {**{f"pass.{k}": v for k, v in compiled.pass_seconds.items()},
                     "run": run_seconds, "total": total_seconds},
     }
@@ -128,3 +129,13 @@ def backward_flops(node) -> int:
     if node.op == "embedding":
         return node.numel
     return 2 * node.flops
+
+
+def runtime_info() -> dict[str, Any]:
+    """The host the kernels were compiled for, and how much compiled code was reused: within this run
+    (identical kernels of identical layers) and from the on-disk kernel cache of earlier runs."""
+    from wsc.runtime import jit
+    from wsc.runtime.lowering import cache_stats
+
+    cpu, _ = jit.host_cpu()
+    return {"host_cpu": cpu, "vector_bits": jit.vector_width_bits(), "kernel_cache": cache_stats()}
