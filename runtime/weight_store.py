@@ -17,8 +17,8 @@ started (the layer is then copied when it is asked for).
 from __future__ import annotations
 
 import json
-import mmap
 import math
+import mmap
 import os
 import struct
 import tempfile
