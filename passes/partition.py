@@ -194,8 +194,9 @@ class Partition:
             rows, cols = output_view(k.shape)
             cut = least[k.name]
             # As many blocks as the kernel's share of PEs allows, and enough rows and columns of PEs to
-            # carry the kernel's traffic in parallel lanes; K is split only as far as SRAM demands.
-            for splits in range(cut.k_splits, 0, -1):
+            # carry the kernel's traffic in parallel lanes; K is split only as far as SRAM demands (a split
+            # costs a reduction across PEs), so the fewest splits that fit win.
+            for splits in range(1, cut.k_splits + 1):
                 h, w = grid_for_area(rows, cols, max(shares[k.name] // splits, 1), area.rows // splits,
                                      area.cols)
                 h, w = max(h, min(lanes, rows, area.rows // splits)), max(w, min(lanes, cols, area.cols))

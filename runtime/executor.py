@@ -48,6 +48,25 @@ def kernel_shapes(graph: Graph, node: Node) -> tuple[tuple[int, ...], list[tuple
     return (rows, out[-1]), [(rows, out[-1])]
 
 
+def column_runs(tiles: np.ndarray) -> np.ndarray:
+    """The tiles in the order the host runs them, a column of PEs at a time.
+
+    Column blocks go outermost, so every row tile of a column block reuses the same rows of the streamed
+    operand while they are in cache. Tiles of one column block whose rows follow each other (the PEs of one
+    grid column) are handed to the kernel as one call: it computes exactly the same elements, each by the same
+    dot product, but can block over the rows (a 128-token matmul cut into 128 row blocks would otherwise be
+    run one row at a time). Tiles that do not line up (a moved or duplicated tile) stay as they are, so the
+    output still depends on every tile the partitioner chose.
+    """
+    if len(tiles) == 0:
+        return np.ascontiguousarray(tiles)
+    t = tiles[np.lexsort((tiles[:, 0], tiles[:, 3], tiles[:, 2]))]
+    joins = (t[1:, 2] == t[:-1, 2]) & (t[1:, 3] == t[:-1, 3]) & (t[1:, 0] == t[:-1, 1]) & (t[1:, 0] < t[1:, 1])
+    starts = np.flatnonzero(np.concatenate([[True], ~joins]))
+    ends = np.concatenate([starts[1:], [len(t)]]) - 1
+    return np.ascontiguousarray(np.stack([t[starts, 0], t[ends, 1], t[starts, 2], t[starts, 3]], axis=1))
+
+
 def kernel_attrs(node: Node) -> dict:
     return {k: v for k, v in node.attrs.items() if k != "value"}
 
@@ -96,12 +115,9 @@ class Executor:
         return last
 
     def _ordered_tiles(self, plan: KernelPlan) -> np.ndarray:
-        # Column blocks outermost: all row tiles of a column block reuse the same streamed operand rows
-        # while they are in cache. Order changes speed only; each tile writes its own outputs.
         key = id(plan.tiles)
         if key not in self.tiles:
-            t = plan.tiles
-            self.tiles[key] = np.ascontiguousarray(t[np.lexsort((t[:, 0], t[:, 2]))])
+            self.tiles[key] = column_runs(plan.tiles)
         return self.tiles[key]
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
