@@ -10,22 +10,23 @@ you name (safetensors: `model.safetensors`, or shards with `model.safetensors.in
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-# size -> (n_layer, n_embd, n_head, n_inner), from the model card's table.
-SIZES = {
-    "111M": (10, 768, 12, 3072),
-    "256M": (14, 1088, 17, 4352),
-    "590M": (18, 1536, 12, 6144),
-    "1.3B": (24, 2048, 16, 8192),
-    "2.7B": (32, 2560, 32, 10240),
-    "6.7B": (32, 4096, 32, 16384),
-    "13B": (40, 5120, 40, 20480),
-}
+
+def _card_sizes() -> dict[str, tuple[int, int, int, int]]:
+    """size -> (layers, d_model, heads, d_ffn): the model card's table, kept once in cerebras_gpt.py."""
+    spec = importlib.util.spec_from_file_location("cerebras_gpt_sizes", Path(__file__).with_name("cerebras_gpt.py"))
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.SIZES
+
+
+SIZES = _card_sizes()
 
 
 class LogitsOnly(nn.Module):

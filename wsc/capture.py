@@ -24,6 +24,7 @@ import torch
 import torch.fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils._pytree import tree_leaves
 
 from wsc.errors import WscError
 from wsc.ir import Graph, Node, Ref
@@ -175,13 +176,12 @@ def _aten_name(target: Any) -> str:
 
 
 def _flat_outputs(value: Any) -> list[torch.fx.Node]:
-    if isinstance(value, torch.fx.Node):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [n for v in value for n in _flat_outputs(v)]
-    if isinstance(value, dict):
-        return [n for v in value.values() for n in _flat_outputs(v)]
-    raise WscError(f"model output of type {type(value).__name__} is not supported; return tensors")
+    """The graph's output nodes; anything else in the returned structure (an int, a string) is refused."""
+    leaves = tree_leaves(value)
+    for leaf in leaves:
+        if not isinstance(leaf, torch.fx.Node):
+            raise WscError(f"model output of type {type(leaf).__name__} is not supported; return tensors")
+    return leaves
 
 
 def _add_call(graph: Graph, fx_node: torch.fx.Node, op: str, args: Any, kwargs: dict) -> None:
@@ -366,8 +366,7 @@ def _from_symbolic_trace(model: nn.Module, example_inputs: tuple) -> Captured:
         return value
 
     def is_static(value: Any) -> bool:
-        nodes = [v for v in _flat_nodes(value)]
-        return all(n.name in static for n in nodes)
+        return all(n.name in static for n in _flat_nodes(value))
 
     for fx_node in traced.graph.nodes:
         args, kwargs = subst(fx_node.args), subst(dict(fx_node.kwargs))
@@ -408,13 +407,7 @@ def _from_symbolic_trace(model: nn.Module, example_inputs: tuple) -> Captured:
 
 
 def _flat_nodes(value: Any) -> list[torch.fx.Node]:
-    if isinstance(value, torch.fx.Node):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [n for v in value for n in _flat_nodes(v)]
-    if isinstance(value, dict):
-        return [n for v in value.values() for n in _flat_nodes(v)]
-    return []
+    return [leaf for leaf in tree_leaves(value) if isinstance(leaf, torch.fx.Node)]
 
 
 def _module_args(fx_node: torch.fx.Node, module: nn.Module, param) -> tuple:

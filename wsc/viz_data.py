@@ -1,0 +1,123 @@
+"""What the pictures show, computed once from placement.json and report.json for both the SVG and the PNG.
+
+Everything here reads only the two artifacts (never the Program), so `wsc viz` works on any compile's output
+folder, including one written by an older wsc or on another machine.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from wsc.errors import WscError
+
+# Distinct, colour-blind-friendly fills (Okabe-Ito, then Tableau): kernels of a layer are told apart by colour.
+PALETTE = ["#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#4e79a7",
+           "#f28e2b", "#59a14f", "#b07aa1", "#9c755f", "#76b7b2", "#edc948", "#ff9da7", "#bab0ac"]
+TERM_COLOURS = {"compute": "#0072b2", "fabric": "#e69f00", "stream": "#009e73"}
+# The heat map's ramp, from an idle cell to the busiest one (light yellow through orange to dark red).
+HEAT_STOPS = [(0.0, (255, 255, 204)), (0.25, (254, 217, 118)), (0.5, (253, 141, 60)), (0.75, (227, 26, 28)),
+              (1.0, (128, 0, 38))]
+# Heat-map cells stay coarse enough that a full wafer is a ~250 x 250 image: one cell per link would be a
+# 750 x 994 image whose hot spots vanish when shrunk to a page.
+HEAT_CELLS = 256
+
+
+def kernel_colour(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def choose_layer(placement: dict[str, Any], index: int | None) -> dict[str, Any]:
+    """The layer with that index, or by default the first with the most kernels (a transformer block, the
+    layer the model repeats and so the one worth looking at)."""
+    layers = placement["layers"]
+    if not layers:
+        raise WscError("placement.json has no layers to draw")
+    if index is None:
+        return max(layers, key=lambda layer: (len(layer["kernels"]), -layers.index(layer)))
+    for layer in layers:
+        if layer["index"] == index:
+            return layer
+    raise WscError(f"--layer {index} is not a layer of this compile; give one of 0..{len(layers) - 1}")
+
+
+def dead_runs(dead_pes: list[list[int]]) -> list[tuple[int, int, int]]:
+    """Dead PEs as (row, first col, length) runs along each row: thousands of scattered defects become as
+    few shapes as their layout allows."""
+    runs: list[tuple[int, int, int]] = []
+    for r, c in sorted((int(r), int(c)) for r, c in dead_pes):
+        if runs and runs[-1][0] == r and runs[-1][1] + runs[-1][2] == c:
+            runs[-1] = (r, runs[-1][1], runs[-1][2] + 1)
+        else:
+            runs.append((r, c, 1))
+    return runs
+
+
+def heat_cell(rows: int, cols: int) -> int:
+    """PEs along each side of one heat-map cell."""
+    return max(1, math.ceil(max(rows, cols) / HEAT_CELLS))
+
+
+def link_load(layer: dict[str, Any], rows: int, cols: int) -> np.ndarray:
+    """Bytes carried through each PE by the layer's routed lanes, [rows, cols]. A lane carries its edge's
+    bytes / lanes along the straight segments between its corners; each PE of a segment is counted once
+    (a corner belongs to the segment that reaches it)."""
+    horizontal = np.zeros((rows, cols + 1))  # difference arrays: a segment is two updates, not a loop
+    vertical = np.zeros((rows + 1, cols))
+    for edge in layer["edges"]:
+        route = edge.get("route")
+        if not route or not route.get("paths"):
+            continue
+        lane = edge["bytes"] / max(route.get("lanes") or len(route["paths"]), 1)
+        for path in route["paths"]:
+            for i, ((r0, c0), (r1, c1)) in enumerate(zip(path, path[1:], strict=False)):
+                first = i == 0
+                if r0 == r1:
+                    step = 1 if c1 >= c0 else -1
+                    a, b = sorted((c0 if first else c0 + step, c1))
+                    horizontal[r0, a] += lane
+                    horizontal[r0, b + 1] -= lane
+                else:
+                    step = 1 if r1 >= r0 else -1
+                    a, b = sorted((r0 if first else r0 + step, r1))
+                    vertical[a, c0] += lane
+                    vertical[b + 1, c0] -= lane
+            if len(path) == 1:  # a lane within one PE still touches it
+                horizontal[path[0][0], path[0][1]] += lane
+                horizontal[path[0][0], path[0][1] + 1] -= lane
+    return np.cumsum(horizontal, axis=1)[:, :cols] + np.cumsum(vertical, axis=0)[:rows, :]
+
+
+def coarse(load: np.ndarray, cell: int) -> np.ndarray:
+    """Sum the load over cell x cell blocks of PEs."""
+    rows, cols = load.shape
+    pad = np.zeros((math.ceil(rows / cell) * cell, math.ceil(cols / cell) * cell))
+    pad[:rows, :cols] = load
+    return pad.reshape(pad.shape[0] // cell, cell, pad.shape[1] // cell, cell).sum(axis=(1, 3))
+
+
+def heat_rgb(grid: np.ndarray) -> np.ndarray:
+    """[h, w, 3] uint8 colours of a load grid, idle cells white, the busiest the ramp's darkest."""
+    top = grid.max() if grid.size else 0.0
+    t = grid / top if top > 0 else np.zeros_like(grid)
+    xs = [s for s, _ in HEAT_STOPS]
+    rgb = np.stack([np.interp(t, xs, [c[k] for _, c in HEAT_STOPS]) for k in range(3)], axis=-1)
+    rgb[grid <= 0] = 255
+    return rgb.astype(np.uint8)
+
+
+def seconds_text(s: float) -> str:
+    """A time in the unit that keeps three significant digits readable."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if abs(s) >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s / 1e-9:.3g} ns"
+
+
+def bytes_text(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} B"
