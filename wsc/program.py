@@ -106,3 +106,9 @@ class Program:
                 covered = int(((plan.tiles[:, 1] - plan.tiles[:, 0]) * (plan.tiles[:, 3] - plan.tiles[:, 2])).sum())
                 if covered != plan.rows * plan.cols:
                     raise AssertionError(f"kernel {name}: tiles cover {covered} of {plan.rows * plan.cols}")
+                if plan.k_splits > 1:
+                    k_dim = self.graph[self.graph[name].inputs[0]].shape[-1]
+                    bounds = plan.k_bounds
+                    if bounds is None or len(bounds) != plan.k_splits + 1 or bounds[0] != 0 \
+                            or bounds[-1] != k_dim or (np.diff(bounds) < 0).any():
+                        raise AssertionError(f"kernel {name}: K slices {bounds} do not cover K = {k_dim}")

@@ -1,0 +1,140 @@
+"""`wsc viz OUT [--layer N] -o FILE.svg|.png|.html`: pictures of a compile, from its output folder alone.
+
+The map of the wafer with one layer's kernels on it, where that layer's links are hot, and the per-layer
+time split into compute, fabric and weight streaming. The HTML is one self-contained page (no fetches, so
+it opens offline and can be mailed): the summary, the SVG inline and the per-layer table; every compile
+writes it as report.html.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+from wsc import viz_data as vd
+from wsc.errors import WscError
+from wsc.viz_svg import render_svg
+
+FORMATS = (".svg", ".png", ".html")
+
+
+def load(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """placement.json and report.json of a compile's output folder, or a one-line error naming what is
+    wrong with it."""
+    if not out.is_dir():
+        raise WscError(f"{out} is not a folder; give the --out folder of a `wsc compile`")
+    found = []
+    for name in ("placement.json", "report.json"):
+        path = out / name
+        if not path.is_file():
+            raise WscError(f"{path} is missing; give the --out folder of a `wsc compile`")
+        try:
+            found.append(json.loads(path.read_text()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise WscError(f"{path} is not readable JSON ({str(error).splitlines()[0]}); compile again") from None
+        if not isinstance(found[-1], dict):
+            raise WscError(f"{path} is not a JSON object; compile again")
+    return found[0], found[1]
+
+
+def render(placement: dict[str, Any], report: dict[str, Any], fmt: str, layer_index: int | None = None,
+           source: str = "the output folder") -> bytes:
+    """The picture in `fmt` (.svg, .png or .html) as bytes. Missing keys or wrong types in the artifacts
+    become a one-line error rather than a traceback."""
+    try:
+        layer = vd.choose_layer(placement, layer_index)
+        if fmt == ".svg":
+            return render_svg(placement, report, layer).encode()
+        if fmt == ".html":
+            return render_html(placement, report, layer).encode()
+        from wsc.viz_png import render_png  # matplotlib only when a PNG is asked for
+
+        return render_png(placement, report, layer)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+        raise WscError(f"{source} has a malformed placement.json or report.json ({type(error).__name__}: "
+                       f"{error}); compile again") from None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name and rename: a failed render leaves no half-written picture."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(out: str, output: str, layer: int | None = None) -> int:
+    fmt = Path(output).suffix.lower()
+    if fmt not in FORMATS:
+        raise WscError(f"-o {output}: unknown picture format {fmt or '(none)'!r}; use .svg, .png or .html")
+    placement, report = load(Path(out))
+    write_atomic(Path(output), render(placement, report, fmt, layer, source=out))
+    print(f"wrote {output}")
+    return 0
+
+
+def _cell(value: Any) -> str:
+    return escape(str(value))
+
+
+def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    m, t, s, v = report["model"], report["target"], report["simulation"], report["verification"]
+    args = " ".join(f"{k}={val}" for k, val in (m.get("args") or {}).items())
+    if v["status"] == "skipped":
+        check = f"skipped ({v.get('note', '--no-verify')})"
+    else:
+        err = "nan" if v.get("max_abs_err") is None else f"{v['max_abs_err']:.2e}"
+        check = f"{v['status']}: max abs error {err} (tolerance {v.get('tolerance', 0):.0e})"
+    return [
+        ("model", f"{m['name']} {args} — {m['params'] / 1e6:.1f}M params, {m['layers']} layers, "
+                  f"{m['flops_per_step'] / 1e9:.3g} GFLOP per step"),
+        ("target", f"{t['name']}: {t['rows']}x{t['cols']} PEs at {t['clock_hz'] / 1e6:.0f} MHz"),
+        ("step time", f"{vd.seconds_text(s['step_seconds'])} ({s.get('mode', '')}, {s.get('dtype', '')})"),
+        ("bound", f"{vd.seconds_text(s['bound_seconds'])} (" + ", ".join(
+            f"{k} {vd.seconds_text(val)}" for k, val in s.get("bounds", {}).items()) + ")"),
+        ("bottleneck", f"{s['bottleneck']}"),
+        ("throughput", f"{s.get('tokens_per_second', 0):,.0f} tokens/s, compute utilisation "
+                       f"{s.get('compute_utilization', 0):.2%}"),
+        ("verification", check),
+    ]
+
+
+def render_html(placement: dict[str, Any], report: dict[str, Any], layer: dict[str, Any]) -> str:
+    rows = "".join(f"<tr><th>{_cell(k)}</th><td>{_cell(v)}</td></tr>" for k, v in summary_rows(report))
+    head = ("<tr><th>#</th><th>layer</th><th>seconds</th><th>bound</th><th>compute</th><th>fabric</th>"
+            "<th>stream</th><th>GFLOP</th><th>weights</th><th>PEs</th></tr>")
+    body = "".join(
+        f"<tr><td>{i}</td><td>{_cell(e['layer'])}</td><td>{vd.seconds_text(e['seconds'])}</td>"
+        f"<td>{_cell(e['bound'])}</td><td>{vd.seconds_text(e['compute_seconds'])}</td>"
+        f"<td>{vd.seconds_text(e['fabric_seconds'])}</td><td>{vd.seconds_text(e['stream_seconds'])}</td>"
+        f"<td>{e.get('flops', 0) / 1e9:.3g}</td><td>{vd.bytes_text(e.get('weight_bytes', 0))}</td>"
+        f"<td>{e.get('pes', 0):,}</td></tr>"
+        for i, e in enumerate(report["simulation"].get("layers", [])))
+    name = _cell(f"wsc: {report['model']['name']} on {report['target']['name']}")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{name}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; }}
+table.layers td {{ text-align: right; font-variant-numeric: tabular-nums; }}
+svg {{ max-width: 100%; height: auto; }}
+</style></head>
+<body>
+<h1>{name}</h1>
+<table class="summary">{rows}</table>
+<h2>Placement, link load and per-layer time</h2>
+{render_svg(placement, report, layer)}
+<h2>Layers</h2>
+<table class="layers">{head}{body}</table>
+</body></html>
+"""

@@ -1,0 +1,78 @@
+"""The SVG's three panels as a PNG, through matplotlib's Agg backend (no display needed).
+
+The figure is a fixed PNG_SIZE in pixels (saved without tight bounding boxes, which would change it), so a
+picture's size never depends on the model.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+from wsc import viz_data as vd
+
+PNG_SIZE = (1800, 1000)  # width, height in pixels
+DPI = 100
+
+
+def render_png(placement: dict[str, Any], report: dict[str, Any], layer: dict[str, Any]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    mesh = placement["mesh"]
+    rows, cols = mesh["rows"], mesh["cols"]
+    fig = Figure(figsize=(PNG_SIZE[0] / DPI, PNG_SIZE[1] / DPI), dpi=DPI)
+    grid = fig.add_gridspec(2, 2, height_ratios=[3, 2], left=0.05, right=0.97, top=0.93, bottom=0.1,
+                            hspace=0.3, wspace=0.12)
+    fig.suptitle(f"{report['model']['name']} on {placement['target']} ({rows}x{cols} PEs): "
+                 f"layer {layer['index']} {layer['name']}", fontsize=14)
+
+    ax = fig.add_subplot(grid[0, 0])
+    dead = np.zeros((rows, cols))
+    for r, c, n in vd.dead_runs(mesh.get("dead_pes", [])):
+        dead[r, c:c + n] = 1
+    ax.imshow(dead, cmap="Greys", vmin=0, vmax=1, extent=(0, cols, rows, 0), interpolation="nearest")
+    for i, k in enumerate(layer["kernels"]):
+        ax.add_patch(Rectangle((k["x"], k["y"]), k["w"], k["h"], facecolor=vd.kernel_colour(i), alpha=0.85,
+                               edgecolor="#222", linewidth=0.6))
+        ax.text(k["x"] + k["w"] / 2, k["y"] + k["h"] / 2, k["op"], ha="center", va="center",
+                fontsize=max(5.0, min(10.0, k["h"] / rows * 60)), clip_on=True)
+    ax.set_xlim(0, cols)
+    ax.set_ylim(rows, 0)
+    ax.set_title(f"placement: {len(layer['kernels'])} kernels, {len(mesh.get('dead_pes', []))} dead PEs (black)",
+                 fontsize=11)
+
+    ax = fig.add_subplot(grid[0, 1])
+    cell = vd.heat_cell(rows, cols)
+    load = vd.coarse(vd.link_load(layer, rows, cols), cell)
+    gh, gw = load.shape
+    shown = np.ma.masked_where(load <= 0, load)
+    image = ax.imshow(shown, cmap="YlOrRd", extent=(0, gw * cell, gh * cell, 0), interpolation="nearest")
+    for k in layer["kernels"]:
+        ax.add_patch(Rectangle((k["x"], k["y"]), k["w"], k["h"], fill=False, edgecolor="#555", linewidth=0.5))
+    ax.set_xlim(0, cols)
+    ax.set_ylim(rows, 0)
+    ax.set_title(f"link load: bytes through each {cell}x{cell}-PE cell per step", fontsize=11)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+
+    ax = fig.add_subplot(grid[1, :])
+    layers = report["simulation"].get("layers", [])
+    x = np.arange(len(layers))
+    for j, term in enumerate(("compute", "fabric", "stream")):
+        ax.bar(x + (j - 1) * 0.27, [e[f"{term}_seconds"] * 1e3 for e in layers], 0.27, label=term,
+               color=vd.TERM_COLOURS[term])
+    every = max(1, round(len(layers) / 30))
+    ax.set_xticks(x[::every], [e["layer"] for e in layers][::every], rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("ms")
+    sim = report["simulation"]
+    ax.set_title(f"per-layer time: step {vd.seconds_text(sim['step_seconds'])}, {sim['bottleneck']}-bound",
+                 fontsize=11)
+    ax.legend(loc="upper right")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
