@@ -67,6 +67,7 @@ def partitioner_tiles(quick: bool) -> dict[str, np.ndarray]:
     import torch
 
     from wsc.pipeline import compile_model
+    from wsc.runtime.executor import column_runs
     from wsc.targets import load_target
 
     spec = importlib.util.spec_from_file_location("cerebras_gpt", ROOT / "examples" / "cerebras_gpt.py")
@@ -91,7 +92,7 @@ def partitioner_tiles(quick: bool) -> dict[str, np.ndarray]:
                     continue  # attention's batched matmuls are not in the table
                 label = wanted.get((int(np.prod(a[:-1])), node.shape[-1], a[-1]))
                 if label is not None:
-                    tables[label] = np.asarray(plan.tiles, dtype=np.int64)
+                    tables[label] = column_runs(plan.tiles)  # in the order and grouping the executor uses
         del model, compiled
     return tables
 

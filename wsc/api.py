@@ -64,10 +64,18 @@ class CompiledModel:
         return self._executor
 
     def save(self, out: Path | str) -> None:
-        """Write placement.json and report.json into `out`, each atomically."""
+        """Write placement.json, report.json, trace.json (the estimate as a Perfetto timeline) and report.html
+        (summary, pictures and per-layer table in one page) into `out`, each atomically."""
+        from wsc import viz
+        from wsc.trace import trace_events
+
         out = Path(out)
-        write_json_atomic(out / "placement.json", placement_json(self.program))
+        placement = placement_json(self.program)
+        write_json_atomic(out / "placement.json", placement)
         write_json_atomic(out / "report.json", self.report)
+        write_json_atomic(out / "trace.json", trace_events(self.program))
+        if self.report:  # a report-less model (never compiled through wsc.compile) has nothing to summarise
+            viz.write_atomic(out / "report.html", viz.render(placement, self.report, ".html"))
 
 
 def check_inputs(graph, inputs: tuple) -> list[np.ndarray]:

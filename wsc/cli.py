@@ -1,4 +1,4 @@
-"""The `wsc` command line: `wsc compile MODEL.py --target NAME|PATH.yaml` and `wsc ops`.
+"""The `wsc` command line: `wsc compile MODEL.py --target NAME|PATH.yaml`, `wsc check`, `wsc viz` and `wsc ops`.
 
 Bad input ends with one line `error: ...` and exit code 2; a verification mismatch exits with 1.
 """
@@ -67,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("check", help="prove a compile's placement.json legal, independently of the compiler")
     k.add_argument("out", help="the output folder of a compile")
     k.set_defaults(run=lambda args: __import__("wsc.check", fromlist=["main"]).main([args.out]))
+    v = sub.add_parser("viz", help="draw a compile's placement, link load and per-layer time")
+    v.add_argument("out", help="the output folder of a compile")
+    v.add_argument("--layer", type=int, default=None,
+                   help="layer index to draw (default: the first layer with the most kernels)")
+    v.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="FILE.svg, FILE.png or FILE.html (self-contained page)")
+    v.set_defaults(run=lambda args: __import__("wsc.viz", fromlist=["main"]).main(args.out, args.output,
+                                                                                   args.layer))
     return parser
 
 

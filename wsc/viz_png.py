@@ -22,13 +22,13 @@ def render_png(placement: dict[str, Any], report: dict[str, Any], layer: dict[st
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
+    from matplotlib.patches import Patch, Rectangle
 
     mesh = placement["mesh"]
     rows, cols = mesh["rows"], mesh["cols"]
     fig = Figure(figsize=(PNG_SIZE[0] / DPI, PNG_SIZE[1] / DPI), dpi=DPI)
     grid = fig.add_gridspec(2, 2, height_ratios=[3, 2], left=0.05, right=0.97, top=0.93, bottom=0.1,
-                            hspace=0.3, wspace=0.12)
+                            hspace=0.3, wspace=0.35)
     fig.suptitle(f"{report['model']['name']} on {placement['target']} ({rows}x{cols} PEs): "
                  f"layer {layer['index']} {layer['name']}", fontsize=14)
 
@@ -40,8 +40,16 @@ def render_png(placement: dict[str, Any], report: dict[str, Any], layer: dict[st
     for i, k in enumerate(layer["kernels"]):
         ax.add_patch(Rectangle((k["x"], k["y"]), k["w"], k["h"], facecolor=vd.kernel_colour(i), alpha=0.85,
                                edgecolor="#222", linewidth=0.6))
-        ax.text(k["x"] + k["w"] / 2, k["y"] + k["h"] / 2, k["op"], ha="center", va="center",
-                fontsize=max(5.0, min(10.0, k["h"] / rows * 60)), clip_on=True)
+        # A tall, narrow kernel (an attention matmul) gets its label along its length.
+        upright = k["h"] > 2 * k["w"]
+        long_side, short_side = (k["h"], k["w"]) if upright else (k["w"], k["h"])
+        size = min(10.0, short_side / rows * 90, long_side / cols * 600 / max(len(k["op"]), 1))
+        if size >= 4:  # smaller would be unreadable: the legend names every kernel anyway
+            ax.text(k["x"] + k["w"] / 2, k["y"] + k["h"] / 2, k["op"], ha="center", va="center",
+                    fontsize=size, rotation=90 if upright else 0, clip_on=True)
+    ax.legend(handles=[Patch(facecolor=vd.kernel_colour(i), label=f"{k['name']} ({k['op']})")
+                       for i, k in enumerate(layer["kernels"][:24])],
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
     ax.set_xlim(0, cols)
     ax.set_ylim(rows, 0)
     ax.set_title(f"placement: {len(layer['kernels'])} kernels, {len(mesh.get('dead_pes', []))} dead PEs (black)",
@@ -72,7 +80,7 @@ def render_png(placement: dict[str, Any], report: dict[str, Any], layer: dict[st
     sim = report["simulation"]
     ax.set_title(f"per-layer time: step {vd.seconds_text(sim['step_seconds'])}, {sim['bottleneck']}-bound",
                  fontsize=11)
-    ax.legend(loc="upper right")
+    ax.legend(loc="upper center", ncol=3)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()

@@ -62,11 +62,15 @@ def placement_panel(placement: dict[str, Any], layer: dict[str, Any]) -> list[st
         out.append(f'<rect class="kernel" x="{k["x"]}" y="{k["y"]}" width="{k["w"]}" height="{k["h"]}" '
                    f'fill="{vd.kernel_colour(i)}" fill-opacity="0.85" stroke="#222" stroke-width="{_num(0.5 / s)}">'
                    f"<title>{_attr(title)}</title></rect>")
-        # Fit the label to the rectangle (in screen pixels), between 5 and 14 px.
-        px = max(5.0, min(14.0, k["h"] * s * 0.7, k["w"] * s / max(len(k["op"]), 1) * 1.7))
-        out.append(f'<text class="label" x="{_num(k["x"] + k["w"] / 2)}" y="{_num(k["y"] + k["h"] / 2)}" '
-                   f'font-size="{_num(px / s)}" text-anchor="middle" dominant-baseline="central" '
-                   f'fill="#000">{_attr(k["op"])}</text>')
+        # Fit the label to the rectangle (in screen pixels, between 5 and 14); a tall, narrow kernel (an
+        # attention matmul) gets it along its length.
+        upright = k["h"] > 2 * k["w"]
+        long_side, short_side = (k["h"], k["w"]) if upright else (k["w"], k["h"])
+        px = max(5.0, min(14.0, short_side * s * 0.7, long_side * s / max(len(k["op"]), 1) * 1.7))
+        cx, cy = _num(k["x"] + k["w"] / 2), _num(k["y"] + k["h"] / 2)
+        turn = f' transform="rotate(-90 {cx} {cy})"' if upright else ""
+        out.append(f'<text class="label" x="{cx}" y="{cy}"{turn} font-size="{_num(px / s)}" text-anchor="middle" '
+                   f'dominant-baseline="central" fill="#000">{_attr(k["op"])}</text>')
     out.append("</g>")
     return out
 
@@ -97,7 +101,7 @@ def timeline_panel(layers: list[dict[str, Any]], width: float, chosen: str) -> l
     compute, fabric and the *next* layer's stream)."""
     top = max((max(e["compute_seconds"], e["fabric_seconds"], e["stream_seconds"]) for e in layers), default=0.0)
     left, plot_w, plot_h = 60.0, width - 70.0, TIMELINE_H - 70.0
-    out = [f'<g class="timeline" font-size="11">',
+    out = ['<g class="timeline" font-size="11">',
            f'<line x1="{left}" y1="{plot_h}" x2="{left + plot_w}" y2="{plot_h}" stroke="#444"/>',
            f'<line x1="{left}" y1="0" x2="{left}" y2="{plot_h}" stroke="#444"/>',
            f'<text x="{left - 4}" y="8" text-anchor="end">{_attr(vd.seconds_text(top))}</text>',
