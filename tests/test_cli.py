@@ -126,3 +126,58 @@ def test_mismatch_exits_1_and_still_reports(tmp_path, capsys):
     assert report["verification"]["status"] == "fail"
     assert 0 < report["verification"]["max_abs_err"] < 1e-4
     assert "verification  fail" in proc.stdout
+
+
+def test_data_dependent_control_flow_is_one_line_exit_2(capsys):
+    proc = wsc_in_process(capsys, "compile", str(MODELS / "data_dependent.py"), "--target", "mesh-16x16")
+    one_line_error(proc, "data-dependent control flow (an `if` on a tensor's value) is the usual cause")
+    assert proc.stdout == ""  # the tracers' own graph dumps and warnings are not shown
+
+
+def test_input_of_the_wrong_dtype_is_one_line_exit_2(capsys):
+    proc = wsc_in_process(capsys, "compile", str(MODELS / "wrong_input.py"), "--target", "mesh-16x16")
+    one_line_error(proc, "the model fails on its example inputs (float32[1, 12])")
+    assert "give inputs of the dtype and shape its forward expects" in proc.stderr
+
+
+def test_missing_weights_file_is_one_line_exit_2(capsys, tmp_path):
+    proc = wsc_in_process(capsys, "compile", str(MODELS / "tiny_gpt.py"), "--target", "mesh-16x16",
+                          "--weights", str(tmp_path / "nope.safetensors"))
+    one_line_error(proc, "nope.safetensors does not exist")
+
+
+def test_check_subcommand_proves_the_output_legal(compiled_out, capsys):
+    _, out = compiled_out
+    assert main(["check", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("legal: ")
+
+
+def test_weights_from_a_checkpoint_fp32_and_fp16(tmp_path, capsys):
+    """--weights: the model is built without weights, the program streams them from the file (the tied
+    embedding saved under one name only), and the eager reference loads the same file."""
+    import importlib.util
+
+    import torch
+    from safetensors.torch import save_model
+
+    spec = importlib.util.spec_from_file_location("tiny", MODELS / "tiny_gpt.py")
+    tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny)
+    model = tiny.build_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)  # weights the file's readers could not get by rebuilding the model
+    save_model(model, str(tmp_path / "w.safetensors"))
+    reports = {}
+    for dtype in ("fp32", "fp16"):
+        out = tmp_path / dtype
+        code = wsc_in_process(capsys, "compile", str(MODELS / "tiny_gpt.py"), "--target", "mesh-16x16",
+                              "--weights", str(tmp_path / "w.safetensors"), "--weights-dtype", dtype,
+                              "--time-limit", "0.3", "--out", str(out)).returncode
+        reports[dtype] = json.loads((out / "report.json").read_text())
+        assert code == 0, reports[dtype]["verification"]
+    for dtype, tolerance in (("fp32", 1e-3), ("fp16", 1e-2)):
+        v = reports[dtype]["verification"]
+        assert v["status"] == "pass" and v["tolerance"] == tolerance and v["weights_dtype"] == dtype
+    assert reports["fp32"]["verification"]["max_abs_err"] < 1e-5
+    assert reports["fp16"]["memory"]["streamed_bytes"] * 2 == reports["fp32"]["memory"]["streamed_bytes"]
