@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from wsc import pipeline
+from wsc.atomic import write_atomic
 from wsc.capture import TORCH_DTYPES, to_numpy
 from wsc.errors import WscError
 from wsc.meta import physical_memory_bytes, weight_bytes
-from wsc.report import build_report, placement_json, write_json_atomic
+from wsc.report import build_report, dumps, placement_json
 from wsc.runtime.executor import Executor
 from wsc.runtime.weight_store import WeightStore, write_store
 from wsc.targets import Target, load_target
@@ -70,12 +71,17 @@ class CompiledModel:
         from wsc.trace import trace_events
 
         out = Path(out)
+        # Everything is rendered before anything is written, so a failure leaves the folder as it was.
         placement = placement_json(self.program)
-        write_json_atomic(out / "placement.json", placement)
-        write_json_atomic(out / "report.json", self.report)
-        write_json_atomic(out / "trace.json", trace_events(self.program))
+        files: dict[str, bytes | str] = {
+            "placement.json": dumps(placement),
+            "report.json": dumps(self.report),
+            "trace.json": dumps(trace_events(self.program)),
+        }
         if self.report:  # a report-less model (never compiled through wsc.compile) has nothing to summarise
-            viz.write_atomic(out / "report.html", viz.render(placement, self.report, ".html"))
+            files["report.html"] = viz.render(placement, self.report, ".html")
+        for name, data in files.items():
+            write_atomic(out / name, data)
 
 
 def check_inputs(graph, inputs: tuple) -> list[np.ndarray]:

@@ -7,9 +7,6 @@ temporary name and renamed, so a failed compile never leaves half-written output
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from wsc.passes.route import route_json
@@ -67,17 +64,9 @@ def placement_summary(program: Program) -> dict[str, Any]:
     }
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=_plain)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, default=_plain) + "\n"
+
 
 
 def _plain(value: Any) -> Any:

@@ -9,13 +9,12 @@ writes it as report.html.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
 from wsc import viz_data as vd
+from wsc.atomic import write_atomic
 from wsc.errors import WscError
 from wsc.viz_svg import render_svg
 
@@ -57,19 +56,6 @@ def render(placement: dict[str, Any], report: dict[str, Any], fmt: str, layer_in
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
         raise WscError(f"{source} has a malformed placement.json or report.json ({type(error).__name__}: "
                        f"{error}); compile again") from None
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name and rename: a failed render leaves no half-written picture."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(out: str, output: str, layer: int | None = None) -> int:
