@@ -40,3 +40,14 @@ def small_target():
     from wsc.targets import load_target
 
     return load_target("mesh-16x16")
+
+
+@pytest.fixture(scope="session")
+def tiny_out(tmp_path_factory) -> Path:
+    """One compile of the tiny GPT on the 16x16 mesh, its output folder shared by the tests that read it."""
+    from wsc.cli import main
+
+    folder = tmp_path_factory.mktemp("tiny_out")
+    assert main(["compile", str(MODELS / "tiny_gpt.py"), "--target", "mesh-16x16", "--out", str(folder),
+                 "--time-limit", "0.3"]) == 0
+    return folder

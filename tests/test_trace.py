@@ -7,18 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from wsc.cli import main
 from wsc.trace import layer_slots
 
 MODELS = Path(__file__).resolve().parent / "models"
 
 
 @pytest.fixture(scope="module")
-def out(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("trace")
-    assert main(["compile", str(MODELS / "tiny_gpt.py"), "--target", "mesh-16x16", "--out", str(folder),
-                 "--time-limit", "0.3"]) == 0
-    return folder
+def out(tiny_out) -> Path:
+    return tiny_out
 
 
 @pytest.fixture(scope="module")

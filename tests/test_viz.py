@@ -21,11 +21,8 @@ SVG = "{http://www.w3.org/2000/svg}"
 
 
 @pytest.fixture(scope="module")
-def out(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("viz")
-    assert main(["compile", str(MODELS / "tiny_gpt.py"), "--target", "mesh-16x16", "--out", str(folder),
-                 "--time-limit", "0.3"]) == 0
-    return folder
+def out(tiny_out) -> Path:
+    return tiny_out
 
 
 @pytest.fixture(scope="module")
