@@ -132,19 +132,34 @@ def layer_areas(program: Program, reserved_bytes: int) -> list[Area]:
     weights = sum(p.numel for p in graph.params) * DTYPE_SIZE[program.dtype]
     sram = int((~dead).sum()) * (target.sram_bytes_per_pe - reserved_bytes)
     n = len(program.layers)
-    band = len(live_rows) // n
-    if weights > sram // 2 or band < 1:
+    if weights > sram // 2 or len(live_rows) < n:
         raise WscError(
             f"pipelined mode keeps every weight on the wafer: {weights / 1e9:.2f} GB of {program.dtype} weights, "
             f"but {target.name} has {sram / 1e9:.2f} GB of SRAM free, of which half may hold weights (the rest "
             f"holds activations and buffers); use --mode weight-streaming"
         )
-    areas = []
-    for layer in program.layers:
-        rows = live_rows[layer.index * band : (layer.index + 1) * band]
-        layer.region = (int(rows[0]), band)
-        areas.append(Area(band, len(live_cols), int((~dead[rows]).sum())))
+    bands = band_rows(program, len(live_rows))
+    areas, first = [], 0
+    for layer, count in zip(program.layers, bands, strict=True):
+        rows = live_rows[first : first + count]
+        layer.region = (int(rows[0]), count)
+        areas.append(Area(count, len(live_cols), int((~dead[rows]).sum())))
+        first += count
     return areas
+
+
+def band_rows(program: Program, rows: int) -> list[int]:
+    """Rows of the mesh per layer in pipelined mode, in proportion to what each holds resident: its weights
+    and the values its kernels produce (an LM head's table needs a band many times a block's). Every layer
+    gets at least one row; rounding leftovers go to the largest."""
+    graph = program.graph
+    held = [sum(graph[w].nbytes for w in layer.weights) + sum(graph[n].nbytes for n in layer.kernels or
+            [n for n in layer.nodes if graph[n].is_kernel]) for layer in program.layers]
+    total = sum(held) or 1
+    spare = rows - len(held)
+    bands = [1 + int(spare * h / total) for h in held]
+    bands[held.index(max(held))] += rows - sum(bands)
+    return bands
 
 
 @dataclass(frozen=True)
@@ -165,7 +180,14 @@ class Partition:
                     for name, plan in zip(kernels, twin.kernels.values(), strict=True)
                 }
                 continue
-            self.partition_layer(program, layer, areas[layer.index])
+            try:
+                self.partition_layer(program, layer, areas[layer.index])
+            except WscError as error:
+                if program.mode != "pipelined":
+                    raise
+                raise WscError(f"pipelined mode cannot hold layer {layer.name} in its band of "
+                               f"{areas[layer.index].rows} rows: {str(error).split(';')[0]}; use --mode "
+                               "weight-streaming") from None
             mapped[key] = layer
         return program
 
