@@ -54,7 +54,7 @@ class Estimate:
             if layer.routes is not None:
                 fabric = (layer.routes.max_link_load / (target.link_bytes_per_cycle * target.clock_hz)
                           + layer.routes.longest_route_hops * target.hop_latency_cycles / target.clock_hz)
-            weight_bytes = sum(graph[w].numel for w in layer.weights) * size
+            weight_bytes = layer.streamed_bytes(graph, size)
             layers.append({
                 "layer": layer.name,
                 "compute_seconds": compute,

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from wsc.ir import Graph, Node, Ref
@@ -110,6 +109,3 @@ class FoldConstants:
             return None
         return result.contiguous()
 
-
-def const_array(node: Node) -> np.ndarray:
-    return np.asarray(node.attrs["value"])

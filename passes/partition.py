@@ -153,8 +153,8 @@ def band_rows(program: Program, rows: int) -> list[int]:
     and the values its kernels produce (an LM head's table needs a band many times a block's). Every layer
     gets at least one row; rounding leftovers go to the largest."""
     graph = program.graph
-    held = [sum(graph[w].nbytes for w in layer.weights) + sum(graph[n].nbytes for n in layer.kernels or
-            [n for n in layer.nodes if graph[n].is_kernel]) for layer in program.layers]
+    held = [sum(graph[n].nbytes for n in layer.weights + layer.nodes if graph[n].op == "param" or graph[n].is_kernel)
+            for layer in program.layers]
     total = sum(held) or 1
     spare = rows - len(held)
     bands = [1 + int(spare * h / total) for h in held]
@@ -240,7 +240,7 @@ class Partition:
         lanes, moves within the time the layer's weights take to stream in: with fewer, a tiny kernel (a
         residual add on a handful of PEs) would become the fabric's hot spot and the layer's bottleneck."""
         target = program.target
-        weight_bytes = sum(program.graph[w].numel for w in layer.weights) * DTYPE_SIZE[program.dtype]
+        weight_bytes = layer.streamed_bytes(program.graph, DTYPE_SIZE[program.dtype])
         if weight_bytes == 0:
             return 1
         stream_seconds = weight_bytes / target.io_bytes_per_second

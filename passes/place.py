@@ -167,12 +167,23 @@ def _validate(kernels: list[KernelRect], flows: list[Flow], mesh: Mesh) -> None:
 # ------------------------------------------------------------------------------------- the pipeline's pass
 
 
+_MESHES: list[tuple[object, Mesh]] = []  # the last few targets' meshes, most recent last
+
+
 def mesh_of(target) -> Mesh:
     """The target's mesh as placement and routing see it: its dead PEs, plus any working PEs a dead row or
-    column cuts off from the largest connected region (see `layout.cut_off`)."""
+    column cuts off from the largest connected region (see `layout.cut_off`).
+
+    Partition, place and route each need it; on a faulty wafer finding the cut-off regions takes a good
+    fraction of a second, so the mesh is computed once per target object (targets are immutable)."""
+    for known, mesh in _MESHES:
+        if known is target:
+            return mesh
     mesh = Mesh(target.rows, target.cols, frozenset(target.dead_pes))
     unreachable = cut_off(mesh)
-    return replace(mesh, dead=mesh.dead | unreachable) if unreachable else mesh
+    mesh = replace(mesh, dead=mesh.dead | unreachable) if unreachable else mesh
+    _MESHES[:] = [*_MESHES[-3:], (target, mesh)]
+    return mesh
 
 
 def scattered_density(mesh: Mesh) -> float:

@@ -68,6 +68,10 @@ class Layer:
     placement: Any = None  # wsc.passes.place.Placement
     routes: Any = None  # wsc.passes.route.Routes
 
+    def streamed_bytes(self, graph: Graph, element_bytes: int) -> int:
+        """Bytes of this layer's weights streamed in at `element_bytes` per element."""
+        return sum(graph[w].numel for w in self.weights) * element_bytes
+
     def signature(self, graph: Graph) -> str:
         """Equal for layers that map identically (every block of a GPT): their mapping is computed once."""
         parts: list[str] = []
