@@ -5,7 +5,7 @@ model card's columns.
 
 Each size is built without weights and captured at the card's training sequence (2048). Parameters are the
 graph's weights (the tied embedding counted once); FLOPs per token are the graph's forward FLOPs plus each
-kernel's backward (wsc.report.backward_flops: twice a matmul's forward work) over the step's tokens; the
+kernel's backward (wsc.passes.estimate.backward_flops: twice a matmul's forward work) over the step's tokens; the
 training total is that times the card's token count.
 """
 
@@ -18,9 +18,9 @@ from pathlib import Path
 
 from wsc.capture import capture
 from wsc.meta import empty_weights
+from wsc.passes.estimate import backward_flops
 from wsc.passes.fold_constants import FoldConstants
 from wsc.passes.legalize import Legalize
-from wsc.report import backward_flops
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQ = 2048

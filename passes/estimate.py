@@ -1,33 +1,45 @@
-"""estimate: an analytical time per step on the target, layer by layer, and the roofline bound under it.
+"""estimate: an analytical time per step on the target, layer by layer, the roofline bound under it, and the
+same for a training step on one or more systems. Every term is documented in docs/performance-model.md.
 
-Per layer (weight-streaming mode):
-- compute: each kernel's FLOPs over its computing PEs at the target's FLOP rate for the dtype, plus, for a
-  matmul whose K is split, the reduction of its partial sums (a binary tree over the K slices: each level
-  moves one fp32 block over a link and adds it); the slowest kernel sets the layer's pace, since a layer's
-  kernels run as a dataflow pipeline over the tokens;
+Per kernel: its FLOPs over its computing PEs at the dtype's rate, or its SRAM traffic over the PE's SRAM ports
+if that is slower (passes/sram_traffic.py), plus the reduction of a split K's partial sums.
+Per layer and pass (one micro-batch), the terms:
+- compute: the slowest kernel (a layer's kernels run as a dataflow pipeline over the tokens, so it sets the
+  pace) plus the pipeline's fill: the other kernels' time for the first wave of tokens (one token row per row
+  block) to reach it;
 - fabric: the most loaded link's bytes over the link bandwidth, plus the hop latency of the longest route;
-- stream: the layer's weight bytes over the target's I/O rate. Streaming is double-buffered, so layer i's
-  compute overlaps layer i+1's stream; the first layer's stream is exposed.
-step = stream(0) + sum over layers of max(compute(i), fabric(i), stream(i+1)).
-Pipelined mode (every layer resident in its own band of PEs): no streaming; tokens flow through the layers,
-so step = the slowest layer's time + the pipeline's fill (every layer's time for one token).
-The bound is the largest of: all FLOPs over every usable PE at peak, and (weight streaming) all weight bytes
-over the I/O rate.
-Each term of the step is at least its share of the matching bound, so step >= bound holds by construction.
+- stream: the layer's weight bytes over the target's I/O rate.
+The step runs each system's passes back to back, layer after layer, streaming the next layer's weights while
+one computes (passes/schedule.py). Pipelined mode (every layer resident in its own band): no streaming; the
+slowest layer sets the pace of every pass, and the pipeline fills once per step.
+The bound is the largest of: all FLOPs over every usable PE at peak, and (weight streaming) all streamed bytes
+over the I/O rate. Each term of the step is at least its share of the matching bound, so step >= bound.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from wsc.program import DTYPE_SIZE, KernelPlan, Program
+from wsc.ir import Node
+from wsc.passes import schedule
+from wsc.passes.sram_traffic import sram_seconds
+from wsc.program import DTYPE_SIZE, KernelPlan, Layer, Program
 from wsc.targets import Target
 
 
-def kernel_seconds(flops: int, plan: KernelPlan, rate: float, target: Target) -> float:
-    seconds = flops / (plan.active_pes * rate)
+def imbalance(plan: KernelPlan) -> float:
+    """The busiest PE's share of the work over the average PE's: tiles differ by up to one row or column,
+    and the kernel is done when its largest tile is."""
+    block = math.ceil(plan.rows / plan.row_blocks) * math.ceil(plan.cols / plan.col_blocks)
+    return block * plan.row_blocks * plan.col_blocks / max(plan.rows * plan.cols, 1)
+
+
+def kernel_seconds(flops: int, plan: KernelPlan, rate: float, target: Target, sram: float = 0.0) -> float:
+    """The slower of the busiest PE's arithmetic and its SRAM traffic (`sram` seconds), then the K-split
+    reduction: a binary tree over the slices, each level moving one fp32 block over a link and adding it."""
+    seconds = max(flops * imbalance(plan) / (plan.active_pes * rate), sram)
     if plan.k_splits > 1:
         block = math.ceil(plan.rows / plan.row_blocks) * math.ceil(plan.cols / plan.col_blocks)
         levels = math.ceil(math.log2(plan.k_splits))
@@ -36,86 +48,163 @@ def kernel_seconds(flops: int, plan: KernelPlan, rate: float, target: Target) ->
     return seconds
 
 
+def backward_flops(node: Node) -> int:
+    """FLOPs of a kernel's backward pass, from its forward count: a matmul needs two (the gradients of both
+    operands, each a matmul of the same size); an embedding scatter-adds its output gradient into the table;
+    elementwise, norm and softmax kernels take about twice their forward work."""
+    if node.op == "embedding":
+        return node.numel
+    return 2 * node.flops
+
+
+def swarmx_seconds(systems: int, gradient_bytes: int, io_bytes_per_second: float) -> float:
+    """SwarmX reduces gradients in a tree as they stream out of the systems, at the systems' I/O rate, so the
+    reduction hides behind the streaming except at the end: the last gradients out are stored and forwarded
+    once per level of the tree (a modelling choice: SwarmX's internals are not public)."""
+    return math.ceil(math.log2(systems)) * gradient_bytes / io_bytes_per_second if systems > 1 else 0.0
+
+
 @dataclass(frozen=True)
 class Estimate:
     name: ClassVar[str] = "estimate"
 
     def __call__(self, program: Program) -> Program:
-        graph, target = program.graph, program.target
+        target = program.target
         rate = target.flops_per_cycle_per_pe[program.dtype] * target.clock_hz  # FLOP/s of one PE
-        size = DTYPE_SIZE[program.dtype]
-        layers = []
-        for layer in program.layers:
-            compute = max(
-                (kernel_seconds(graph[n].flops, plan, rate, target) for n, plan in layer.kernels.items()),
-                default=0.0,
-            )
-            fabric = 0.0
-            if layer.routes is not None:
-                fabric = (layer.routes.max_link_load / (target.link_bytes_per_cycle * target.clock_hz)
-                          + layer.routes.longest_route_hops * target.hop_latency_cycles / target.clock_hz)
-            weight_bytes = layer.streamed_bytes(graph, size)
-            layers.append({
-                "layer": layer.name,
-                "compute_seconds": compute,
-                "fabric_seconds": fabric,
-                "stream_seconds": weight_bytes / target.io_bytes_per_second,
-                "flops": sum(graph[n].flops for n in layer.kernels),
-                "weight_bytes": weight_bytes,
-                "pes": sum(plan.pes for plan in layer.kernels.values()),
-            })
-        if program.mode == "pipelined":
-            step = self.pipelined(layers, program.tokens)
+        layers = [self.layer_terms(program, layer, rate) for layer in program.layers]
+        passes = program.passes_per_system
+        pass_flops = sum(e["flops"] for e in layers)
+        pass_bytes = sum(e["weight_bytes"] for e in layers)
+        streaming = program.mode != "pipelined"
+        peak = target.usable_pes * rate
+        if streaming:
+            step, program.timeline, by_term = schedule.run(schedule.forward_phases(layers, passes))
+            summarize(layers, program.timeline, layers[0]["stream_seconds"] if layers else 0.0)
         else:
-            step = self.streamed(layers)
-        total_flops = sum(e["flops"] for e in layers)
-        total_bytes = sum(e["weight_bytes"] for e in layers) if program.mode != "pipelined" else 0
-        bounds = {
-            "compute": total_flops / (target.usable_pes * rate),
-            "stream": total_bytes / target.io_bytes_per_second,
-        }
-        time_by_term = {term: sum(e["seconds"] for e in layers if e["bound"] == term)
-                        for term in ("compute", "fabric", "stream")}
-        if program.mode == "pipelined" and layers:  # the slowest layer sets the pace alone
-            time_by_term = {max(layers, key=lambda e: e["seconds"])["bound"]: step}
-        tokens = program.tokens
+            step, by_term = self.pipelined(layers, passes, program.tokens / program.micro_batches)
+        bounds = {"compute": passes * pass_flops / peak,
+                  "stream": passes * pass_bytes / target.io_bytes_per_second if streaming else 0.0}
         program.estimate = {
             "mode": program.mode,
             "dtype": program.dtype,
             "step_seconds": step,
             "bound_seconds": max(bounds.values()),
             "bounds": bounds,
-            "bottleneck": max(time_by_term, key=time_by_term.__getitem__),
-            "tokens_per_second": tokens / step if step > 0 and tokens else 0.0,
-            "compute_utilization": total_flops / (step * target.usable_pes * rate) if step > 0 else 0.0,
+            "bottleneck": max(by_term, key=by_term.__getitem__) if by_term else "compute",
+            "tokens_per_second": program.tokens / step if step > 0 else 0.0,
+            "compute_utilization": passes * pass_flops / (step * peak) if step > 0 else 0.0,
+            "micro_batches": program.micro_batches,
+            "micro_batch_tokens": program.tokens // program.micro_batches,
+            "systems": program.systems,
+            "passes_per_system": passes,
+            "training": self.training(program, layers, rate),
             "layers": layers,
         }
         return program
 
     @staticmethod
-    def streamed(layers: list[dict]) -> float:
-        """Weight streaming: one layer at a time, the next layer's weights streaming in while it computes."""
-        step = layers[0]["stream_seconds"] if layers else 0.0
-        for i, entry in enumerate(layers):
-            next_stream = layers[i + 1]["stream_seconds"] if i + 1 < len(layers) else 0.0
-            terms = {"compute": entry["compute_seconds"], "fabric": entry["fabric_seconds"],
-                     "stream": next_stream}
-            entry["bound"] = max(terms, key=terms.__getitem__)
-            entry["seconds"] = terms[entry["bound"]]
-            step += entry["seconds"]
-        if layers:  # the exposed first stream is streaming time too
-            layers[0]["seconds"] += layers[0]["stream_seconds"]
-        return step
+    def layer_terms(program: Program, layer: Layer, rate: float) -> dict[str, Any]:
+        """One pass's terms for a layer, forward and backward."""
+        graph, target = program.graph, program.target
+        size = DTYPE_SIZE[program.dtype]
+        forward, backward, waves = [], [], []
+        for name, plan in layer.kernels.items():
+            node = graph[name]
+            sram = sram_seconds(graph, node, plan, target, size)
+            forward.append(kernel_seconds(node.flops, plan, rate, target, sram))
+            backward.append(kernel_seconds(backward_flops(node), plan, rate, target, 2 * sram))
+            waves.append(plan.row_blocks / max(plan.rows, 1))  # one token row per row block: a wave's share
+        layer_kernel_seconds = dict(zip(layer.kernels, forward, strict=True))
+        fill = sum(t * w for t, w in zip(forward, waves, strict=True)) - max(
+            (t * w for t, w in zip(forward, waves, strict=True)), default=0.0)
+        fabric = 0.0
+        if layer.routes is not None:
+            fabric = (layer.routes.max_link_load / (target.link_bytes_per_cycle * target.clock_hz)
+                      + layer.routes.longest_route_hops * target.hop_latency_cycles / target.clock_hz)
+        weight_bytes = layer.streamed_bytes(graph, size)
+        return {
+            "layer": layer.name,
+            "compute_seconds": max(forward, default=0.0) + fill,
+            "fill_seconds": fill,
+            "fabric_seconds": fabric,
+            "stream_seconds": weight_bytes / target.io_bytes_per_second,
+            "backward_compute_seconds": max(backward, default=0.0) + 2 * fill,
+            "flops": sum(graph[n].flops for n in layer.kernels),
+            "backward_flops": sum(backward_flops(graph[n]) for n in layer.kernels),
+            "weight_bytes": weight_bytes,
+            "pes": sum(plan.pes for plan in layer.kernels.values()),
+            "kernel_seconds": layer_kernel_seconds,
+        }
 
     @staticmethod
-    def pipelined(layers: list[dict], tokens: int) -> float:
-        """Pipelined: every layer resident, tokens flowing through them one after another; the slowest layer
-        sets the pace, and the pipeline fills once per step (its other layers' share of one token)."""
+    def pipelined(layers: list[dict], passes: int, pass_tokens: float) -> tuple[float, dict[str, float]]:
+        """Every layer resident, tokens flowing through them one after another: the slowest layer sets the
+        pace of every pass, and the pipeline fills once per step (the other layers' share of one token)."""
         for entry in layers:
             entry["stream_seconds"] = 0.0  # weights were loaded once, before the first step
             terms = {"compute": entry["compute_seconds"], "fabric": entry["fabric_seconds"]}
             entry["bound"] = max(terms, key=terms.__getitem__)
             entry["seconds"] = terms[entry["bound"]]
-        slowest = max((e["seconds"] for e in layers), default=0.0)
-        fill = sum(e["seconds"] for e in layers) / max(tokens, 1)
-        return slowest + fill
+        if not layers:
+            return 0.0, {}
+        slowest = max(layers, key=lambda e: e["seconds"])
+        step = passes * slowest["seconds"] + sum(e["seconds"] for e in layers) / max(pass_tokens, 1)
+        return step, {slowest["bound"]: step}
+
+    def training(self, program: Program, layers: list[dict], rate: float) -> dict[str, Any]:
+        """A training step (forward, backward, gradients out) on `systems` wafers, each running its share of
+        the micro-batches, and how well that scales against one wafer running them all."""
+        target, systems = program.target, program.systems
+        io = target.io_bytes_per_second
+        peak = target.usable_pes * rate
+        flops = sum(e["flops"] + e["backward_flops"] for e in layers)
+        total_bytes = sum(e["weight_bytes"] for e in layers)
+
+        def step_on(passes: int, n_systems: int) -> tuple[float, str]:
+            if program.mode == "pipelined":  # weights and optimizer on the wafer; gradients leave only to reduce
+                terms = [{"compute": e["compute_seconds"] + e["backward_compute_seconds"],
+                          "fabric": 2 * e["fabric_seconds"]} for e in layers]
+                times = [max(t.values()) for t in terms]
+                slowest = terms[times.index(max(times))]
+                tail = (total_bytes / io + swarmx_seconds(n_systems, max(e["weight_bytes"] for e in layers), io)
+                        if n_systems > 1 else 0.0)
+                pass_tokens = program.tokens / program.micro_batches
+                step = passes * max(times) + sum(times) / max(pass_tokens, 1) + tail
+                return step, "stream" if tail > passes * max(times) else max(slowest, key=slowest.__getitem__)
+            step, _, by_term = schedule.run(schedule.training_phases(layers, passes))
+            step += swarmx_seconds(n_systems, layers[0]["weight_bytes"], io)
+            return step, max(by_term, key=by_term.__getitem__)
+
+        if not layers:
+            return {}
+        passes = program.passes_per_system
+        step, bottleneck = step_on(passes, systems)
+        single = step_on(program.micro_batches, 1)[0] if systems > 1 else step
+        bounds = {"compute": passes * flops / peak,
+                  "stream": passes * 2 * total_bytes / io if program.mode != "pipelined" else 0.0}
+        return {
+            "step_seconds": step,
+            "bound_seconds": max(bounds.values()),
+            "bounds": bounds,
+            "bottleneck": bottleneck,
+            "tokens_per_second": program.tokens / step if step > 0 else 0.0,
+            "compute_utilization": passes * flops / (step * peak) if step > 0 else 0.0,
+            "swarmx_seconds": swarmx_seconds(systems, layers[0]["weight_bytes"], io)
+            if program.mode != "pipelined" else 0.0,
+            "single_system_step_seconds": single,
+            "scaling_efficiency": single / (systems * step) if step > 0 else 0.0,
+        }
+
+
+def summarize(layers: list[dict], slots: list[schedule.Slot], first_stream: float) -> None:
+    """Each layer's share of the step (its slots over every pass; layer 0 also owns the exposed first
+    stream), so the layers' seconds add up to the step, and the term that bounds most of it."""
+    time_by_term: list[dict[str, float]] = [{} for _ in layers]
+    for slot in slots:
+        terms = time_by_term[slot.phase.layer]
+        terms[slot.bound] = terms.get(slot.bound, 0.0) + slot.seconds
+    if layers:
+        time_by_term[0]["stream"] = time_by_term[0].get("stream", 0.0) + first_stream
+    for entry, terms in zip(layers, time_by_term, strict=True):
+        entry["seconds"] = sum(terms.values())
+        entry["bound"] = max(terms, key=terms.__getitem__) if terms else "compute"

@@ -26,7 +26,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from wsc.errors import WscError
+from wsc.errors import DoesNotFit, WscError
 from wsc.ir import Graph, Node
 from wsc.passes.place import mesh_of
 from wsc.program import DTYPE_SIZE, KernelPlan, Layer, Program
@@ -182,12 +182,12 @@ class Partition:
                 continue
             try:
                 self.partition_layer(program, layer, areas[layer.index])
-            except WscError as error:
+            except DoesNotFit as error:
                 if program.mode != "pipelined":
                     raise
-                raise WscError(f"pipelined mode cannot hold layer {layer.name} in its band of "
-                               f"{areas[layer.index].rows} rows: {str(error).split(';')[0]}; use --mode "
-                               "weight-streaming") from None
+                raise DoesNotFit(f"pipelined mode cannot hold layer {layer.name} in its band of "
+                                 f"{areas[layer.index].rows} rows: {str(error).split(';')[0]}; use --mode "
+                                 "weight-streaming", error.needed, error.offered) from None
             mapped[key] = layer
         return program
 
@@ -204,10 +204,11 @@ class Partition:
         least = {k.name: self.smallest_cut(graph, k, size, capacity, area, resident) for k in kernels}
         needed = sum(c.pes for c in least.values())
         if needed > budget:
-            raise WscError(
+            raise DoesNotFit(
                 f"layer {layer.name} needs {needed} PEs to hold its kernels' tiles but {target.name} "
                 f"offers {budget} ({self.fill:.0%} of the {area.pes} usable PEs it may take); use a bigger "
-                "target, a smaller batch or sequence, or (in pipelined mode) --mode weight-streaming"
+                "target, a smaller batch or sequence, or (in pipelined mode) --mode weight-streaming",
+                needed, budget,
             )
         shares = water_fill(work, {n: c.pes for n, c in least.items()}, budget)
         # Lanes square to area: cap them so that every kernel at the floor still fits the budget.
@@ -222,7 +223,11 @@ class Partition:
                 h, w = grid_for_area(rows, cols, max(shares[k.name] // splits, 1), area.rows // splits,
                                      area.cols)
                 h, w = max(h, min(lanes, rows, area.rows // splits)), max(w, min(lanes, cols, area.cols))
-                wider = Cut(max(h, cut.row_blocks), max(w, cut.col_blocks), splits)
+                # Never fewer blocks than the least cut along either side, but stay within the share: a
+                # tall least cut and a wide share grid must not multiply into a rectangle of both.
+                h = max(h, cut.row_blocks)
+                w = max(cut.col_blocks, min(w, shares[k.name] // (h * splits)))
+                wider = Cut(h, w, splits)
                 if sram_bytes(graph, k, wider, size, resident) <= capacity and rectangle(wider, area):
                     cut = wider
                     break
@@ -249,25 +254,57 @@ class Partition:
 
     def smallest_cut(self, graph: Graph, node: Node, size: int, capacity: int, area: Area,
                      resident: bool = False) -> Cut:
-        """The fewest PEs whose tiles fit in SRAM: grow the block grid along the output's aspect, and split
-        K (matmuls) when even one row of the left operand is too big for a PE."""
+        """The fewest PEs whose tiles fit in SRAM. For each K split and each count of row blocks, the fewest
+        column blocks that fit; the aspect is free, since the cheapest cut can be far from the output's (an
+        LM head's PEs each hold one token's row of the left operand and thousands of its columns). A cut
+        whose block grid fits the area as a plain rectangle is preferred to a folded one (they pack well)."""
         rows, cols = output_view(node.shape)
         k_dim = reduction_dim(graph, node)
-        pes, limit = 1, rows * cols * k_dim
-        while pes <= limit:
-            for splits in _split_counts(k_dim, pes):
-                # Blocks that fit the mesh as a grid first (simple rectangles pack well), folded ones after.
-                for caps in ((area.rows // splits, area.cols), (None, None)):
-                    h, w = grid_for_area(rows, cols, pes // splits, *caps)
-                    cut = Cut(h, w, splits)
-                    if sram_bytes(graph, node, cut, size, resident) <= capacity and rectangle(cut, area):
-                        return cut
-            pes = max(pes + 1, int(pes * 1.25))
-        raise WscError(
+        best: dict[bool, Cut] = {}
+        for splits in _split_counts(k_dim, area.pes):
+            if best and splits >= min(c.pes for c in best.values()):
+                break
+            for row_blocks in _geometric(rows):
+                col_blocks = self.fewest_col_blocks(graph, node, row_blocks, splits, size, capacity, resident)
+                if col_blocks is None:
+                    continue
+                cut = Cut(row_blocks, col_blocks, splits)
+                plain = row_blocks * splits <= area.rows and col_blocks <= area.cols
+                if (plain or rectangle(cut, area)) and (plain not in best or cut.pes < best[plain].pes):
+                    best[plain] = cut
+        if best:
+            return best.get(True) or best[False]
+        raise DoesNotFit(
             f"kernel {node.name} ({node.op} {node.shape}) does not fit: no cut of it into PE tiles fits the "
             f"{capacity} bytes a PE has free within {area.rows}x{area.cols} PEs; use a target with more SRAM "
             "per PE or a smaller batch or sequence"
         )
+
+    @staticmethod
+    def fewest_col_blocks(graph: Graph, node: Node, row_blocks: int, splits: int, size: int, capacity: int,
+                          resident: bool) -> int | None:
+        """The fewest column blocks whose tiles fit beside `row_blocks` x `splits` (a PE's bytes only fall
+        as its columns do), or None if even one column each is too much."""
+        cols = output_view(node.shape)[1]
+        if sram_bytes(graph, node, Cut(row_blocks, cols, splits), size, resident) > capacity:
+            return None
+        lo, hi = 1, cols
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if sram_bytes(graph, node, Cut(row_blocks, mid, splits), size, resident) <= capacity:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+
+def _geometric(n: int) -> list[int]:
+    """1 .. n in steps of about a quarter: the counts of blocks worth trying along a side of n."""
+    counts, c = [], 1
+    while c < n:
+        counts.append(c)
+        c = max(c + 1, int(c * 1.25))
+    return [*counts, n]
 
 
 def _split_counts(k_dim: int, area: int) -> list[int]:

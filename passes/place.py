@@ -38,6 +38,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from wsc import progress
 from wsc.errors import WscError
 from wsc.passes import place_cpsat
 from wsc.passes.layout import Flow, KernelRect, Mesh, Placement, Rect, cut_off, no_fit, wirelength
@@ -229,7 +230,7 @@ class Place:
             raise WscError(f"unknown placement strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
         whole = mesh_of(program.target)
         placed: dict[str, tuple[list[str], Placement, int]] = {}
-        for layer in program.layers:
+        for layer in progress.track(program.layers, lambda each: f"placing {each.name} ({self.strategy})"):
             names = list(layer.kernels)
             # Pipelined mode gives each layer a band of rows (its region): it is placed inside the band,
             # then moved to the band's place on the mesh. Identical layers share one placement, moved.

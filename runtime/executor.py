@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from wsc import progress
 from wsc.errors import WscError
 from wsc.ir import Graph, Node
 from wsc.program import KernelPlan, Program
@@ -121,9 +122,27 @@ class Executor:
         return self.tiles[key]
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        graph, env = self.graph, {}
+        """One step: every micro-batch of the inputs through every layer (the weights streamed in again for
+        each, as on the target), the passes' outputs put back together along the batch."""
+        graph, program = self.graph, self.program
         if len(inputs) != len(graph.inputs):
             raise WscError(f"the program takes {len(graph.inputs)} inputs, got {len(inputs)}")
+        passes = program.micro_batches
+        self.stats.seconds = 0.0
+        if passes == 1:
+            return self.run_pass(inputs)
+        per_pass = []
+        for p in range(passes):
+            sliced = []
+            for node, value in zip(graph.inputs, inputs, strict=True):
+                rows = node.shape[0] if node.name in program.batched_inputs else None
+                sliced.append(value if rows is None else value[p * rows : (p + 1) * rows])
+            per_pass.append(self.run_pass(sliced))
+        return [np.concatenate(parts, axis=0) for parts in zip(*per_pass, strict=True)]
+
+    def run_pass(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """One pass of the graph over one micro-batch, layer by layer."""
+        graph, env = self.graph, {}
         for node, value in zip(graph.inputs, inputs, strict=True):
             env[node.name] = np.ascontiguousarray(value)
         start = time.perf_counter()
@@ -133,7 +152,7 @@ class Executor:
         finally:
             for layer in layers:  # a failed run leaves no prefetch in flight nor layer counted as resident
                 self.store.release(layer.name)
-        self.stats.seconds = time.perf_counter() - start
+        self.stats.seconds += time.perf_counter() - start
         return [env[o] for o in graph.outputs]
 
     def _keys(self, layer_index: int) -> list[str]:
@@ -142,7 +161,7 @@ class Executor:
 
     def _run_layers(self, env: dict[str, np.ndarray]) -> None:
         graph, layers = self.graph, self.program.layers
-        for i, layer in enumerate(layers):
+        for i, layer in enumerate(progress.track(layers, lambda each: f"running layer {each.name}")):
             layer_start = time.perf_counter()
             keys = self._keys(i)
             weights = self.store.stream_in(layer.name, keys)

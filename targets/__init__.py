@@ -8,6 +8,11 @@ Defects: `defects: {dead_pes: [[row, col], ...], dead_rows: [row, ...], dead_col
 seed: 0}`. All fields are optional. `rate` marks that fraction of the mesh's PEs dead at random, drawn with a
 seeded numpy Generator so the same file always gives the same wafer; they are added to the listed ones (a PE
 listed and drawn is counted once). What a dead PE means for placement is decided in `passes/place.py`.
+
+SRAM ports: `pe: {sram_read_bytes_per_cycle: 16, sram_write_bytes_per_cycle: 8}`, the bytes one PE's SRAM
+can read and write per cycle (what `passes/sram_traffic.py` charges a kernel's operand traffic against). Both
+are optional and default to the CS-2's 2 x 64-bit reads and 1 x 64-bit write, so target files written before
+these fields existed still load; when given, they are checked like every other number.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ import yaml
 from wsc.errors import WscError
 
 DTYPES = ("fp16", "fp32")
+# Defaults for the optional pe.sram_*_bytes_per_cycle fields: the CS-2's SRAM ports (see the module docstring).
+SRAM_READ_BYTES_PER_CYCLE = 16.0
+SRAM_WRITE_BYTES_PER_CYCLE = 8.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,10 @@ class Target:
     # Colors the system software keeps for itself (the CS-2 SDK runtime takes about 6 of the 24): the
     # router may hand out only `colors - reserved_colors` to the program's flows.
     reserved_colors: int = 0
+    # Bytes one PE's SRAM can read / write per cycle; the defaults are the CS-2's ports (2 x 64-bit reads
+    # and 1 x 64-bit write, Hot Chips 34 summary), which a target file may leave out.
+    sram_read_bytes_per_cycle: float = SRAM_READ_BYTES_PER_CYCLE
+    sram_write_bytes_per_cycle: float = SRAM_WRITE_BYTES_PER_CYCLE
 
     @property
     def routable_colors(self) -> int:
@@ -100,7 +112,11 @@ _SCHEMA: dict[str, dict[str, str]] = {
 }
 _TOP = {"name": "str", "description": "str", "clock_hz": "num", **{k: "section" for k in _SCHEMA}}
 _OPTIONAL_TOP = {"defects": {"dead_pes", "dead_rows", "dead_cols", "rate", "seed"}}
-_OPTIONAL_FABRIC = {"reserved_colors"}
+# Optional keys per section; `_parse` fills in their defaults when a file leaves them out.
+_OPTIONAL: dict[str, set[str]] = {
+    "fabric": {"reserved_colors"},
+    "pe": {"sram_read_bytes_per_cycle", "sram_write_bytes_per_cycle"},
+}
 
 
 class _Checker:
@@ -158,7 +174,7 @@ def _parse(text: str, source: str) -> Target:
     c = _Checker(source)
     top = c.mapping(doc, "", set(_TOP) | set(_OPTIONAL_TOP), set(_TOP))
     sec = {
-        s: c.mapping(top[s], s, set(keys) | (_OPTIONAL_FABRIC if s == "fabric" else set()), set(keys))
+        s: c.mapping(top[s], s, set(keys) | _OPTIONAL.get(s, set()), set(keys))
         for s, keys in _SCHEMA.items()
     }
 
@@ -197,6 +213,12 @@ def _parse(text: str, source: str) -> Target:
         ),
         dead_pes=frozenset(dead),
         reserved_colors=reserved,
+        sram_read_bytes_per_cycle=c.positive_num(
+            sec["pe"].get("sram_read_bytes_per_cycle", SRAM_READ_BYTES_PER_CYCLE), "pe.sram_read_bytes_per_cycle"
+        ),
+        sram_write_bytes_per_cycle=c.positive_num(
+            sec["pe"].get("sram_write_bytes_per_cycle", SRAM_WRITE_BYTES_PER_CYCLE), "pe.sram_write_bytes_per_cycle"
+        ),
     )
 
 

@@ -41,7 +41,7 @@ def test_compile_writes_report_and_placement(compiled_out):
                          ("memory", "max_layer_weights_bytes")]:
         assert key in report[section], (section, key)
     assert report["model"]["layers"] == 4
-    assert report["model"]["args"] == {"layers": 2, "seq": 12}
+    assert report["model"]["args"] == {"layers": 2, "seq": 12, "batch": 1}
     assert report["verification"]["status"] == "pass"
     assert report["simulation"]["step_seconds"] >= report["simulation"]["bound_seconds"]
     placement = json.loads((out / "placement.json").read_text())

@@ -31,6 +31,9 @@ def test_step_is_never_below_the_bound(size, gpt_module):
             estimate = program.estimate
             assert estimate["step_seconds"] >= estimate["bound_seconds"] > 0, (target_name, mode)
             assert estimate["compute_utilization"] <= 1.0
+            training = estimate["training"]
+            assert training["step_seconds"] >= training["bound_seconds"] > estimate["bound_seconds"]
+            assert training["compute_utilization"] <= 1.0
             assert sum(e["seconds"] for e in estimate["layers"]) >= estimate["bound_seconds"] or mode == "pipelined"
             checked += 1
     assert checked >= 2  # weight streaming always compiles, on both targets

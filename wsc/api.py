@@ -46,7 +46,7 @@ class CompiledModel:
         self._executor: Executor | None = None
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        arrays = check_inputs(self.program.graph, inputs)
+        arrays = check_inputs(self.program, inputs)
         outputs = self.executor().run(arrays)
         tensors = tuple(torch.from_numpy(o) for o in outputs)
         return tensors[0] if len(tensors) == 1 else tensors
@@ -84,9 +84,9 @@ class CompiledModel:
             write_atomic(out / name, data)
 
 
-def check_inputs(graph, inputs: tuple) -> list[np.ndarray]:
-    """The inputs must match what the program was compiled for: same count, dtypes and shapes."""
-    expected = graph.inputs
+def check_inputs(program, inputs: tuple) -> list[np.ndarray]:
+    """The inputs must match what the program was compiled for: same count, dtypes and (whole-step) shapes."""
+    expected = program.graph.inputs
     if len(inputs) != len(expected):
         raise WscError(f"the compiled model takes {len(expected)} inputs, got {len(inputs)}")
     arrays = []
@@ -94,9 +94,10 @@ def check_inputs(graph, inputs: tuple) -> list[np.ndarray]:
         if not isinstance(tensor, torch.Tensor):
             raise WscError(f"input {i} is a {type(tensor).__name__}, expected a tensor")
         dtype = TORCH_DTYPES.get(tensor.dtype, str(tensor.dtype))
-        if dtype != node.dtype or tuple(tensor.shape) != node.shape:
+        shape = program.step_input_shape(node.name)
+        if dtype != node.dtype or tuple(tensor.shape) != shape:
             raise WscError(f"input {i} is {dtype}{list(tensor.shape)} but the model was compiled for "
-                           f"{node.dtype}{list(node.shape)}; compile again for this shape and dtype")
+                           f"{node.dtype}{list(shape)}; compile again for this shape and dtype")
         arrays.append(to_numpy(tensor))
     return arrays
 
@@ -106,20 +107,22 @@ def compile(module: torch.nn.Module, example_inputs: tuple, target: str | Target
             verify: bool = True, tolerance: float = pipeline.DEFAULT_TOLERANCE,
             seed: int = 0, time_limit: float = 2.0, model_name: str | None = None,
             weights: str | Path | None = None, weights_dtype: str = "fp32",
-            model_info: dict[str, Any] | None = None, on_pass=None) -> CompiledModel:
+            model_info: dict[str, Any] | None = None, on_pass=None, micro_batch: int | None = None,
+            systems: int = 1) -> CompiledModel:
     """Compile `module` for `target`; with `verify`, run it and compare with eager PyTorch.
 
     `weights` names a store to run from (a safetensors file, a sharded checkpoint folder or its index); the
     module may then be built without weights (wsc.meta.empty_weights): the eager reference loads them from
     the store after the compiled run, whose peak memory is measured first. `weights_dtype` fp16 streams half
-    the bytes (the kernels still compute in fp32)."""
+    the bytes (the kernels still compute in fp32). The batch is split over `systems` wafers (data parallel),
+    and each one's share is run in passes of `micro_batch` sequences (default: the most that fit)."""
     start = time.perf_counter()
     target = load_target(target) if isinstance(target, str) else target
     example_inputs = tuple(example_inputs)
     name = model_name or type(module).__name__
     compiled = pipeline.compile_model(module, example_inputs, target, model_name=name, on_pass=on_pass,
                                       strategy=strategy, router=router, mode=mode, seed=seed,
-                                      time_limit=time_limit)
+                                      time_limit=time_limit, micro_batch=micro_batch, systems=systems)
     result = CompiledModel(compiled, {})
     verification: dict[str, Any] = {"status": "skipped", "max_abs_err": None, "tolerance": tolerance}
     memory: dict[str, Any] = {"peak_rss_bytes": None}

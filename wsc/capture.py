@@ -26,6 +26,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils._pytree import tree_leaves
 
+from wsc import progress
 from wsc.errors import WscError
 from wsc.ir import Graph, Node, Ref
 
@@ -69,7 +70,8 @@ def _quiet() -> Iterator[None]:
 
 def capture(model: nn.Module, example_inputs: tuple) -> Captured:
     """Trace `model` on `example_inputs`; export first, symbolic_trace when export refuses."""
-    with _quiet():
+    # The stage opens before _quiet so that its spinner is bound to the real stderr, not the sink.
+    with progress.stage(f"capturing {type(model).__name__}"), _quiet():
         captured = _capture(model, example_inputs)
     captured.aliases = _aliases(model)
     return captured

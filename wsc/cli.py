@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--router", default="congestion", help="routing: congestion (default) or xy")
     c.add_argument("--mode", default="weight-streaming", choices=["weight-streaming", "pipelined"],
                    help="weight-streaming (default: one layer on the wafer at a time) or pipelined (all resident)")
+    c.add_argument("--micro-batch", type=int, default=None, metavar="N",
+                   help="sequences per pass: a step runs its batch in passes of N (default: the most that fit)")
+    c.add_argument("--systems", type=int, default=1, metavar="N",
+                   help="wafers working data parallel, each on 1/N of the batch (SwarmX; default 1)")
     c.add_argument("--no-verify", action="store_true", help="skip running the program and eager PyTorch")
     c.add_argument("--tolerance", type=float, default=None,
                    help="max abs error allowed per unit of the outputs' scale (default 1e-3; 1e-2 with fp16 weights)")
@@ -92,7 +96,7 @@ def _ops(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from wsc import api, capture, pipeline
+    from wsc import api, capture, pipeline, progress
     from wsc.meta import empty_weights, physical_memory_bytes, weight_bytes
     from wsc.modelfile import build, load_exported, parse_model_args
     from wsc.targets import load_target
@@ -114,7 +118,8 @@ def _compile(args: argparse.Namespace) -> int:
             model, inputs, info["args"] = build(args.model, model_args)
         fits = weight_bytes(model) * 2 <= api.VERIFY_MEMORY_SHARE * physical_memory_bytes()
         if not args.no_verify and fits and not args.weights:
-            model, inputs, info["args"] = build(args.model, model_args)
+            with progress.stage(f"building {model_name} with its weights"):  # random init of 1B weights takes seconds
+                model, inputs, info["args"] = build(args.model, model_args)
     if args.weights and not Path(args.weights).exists():
         raise WscError(f"--weights {args.weights} does not exist; give a safetensors file or checkpoint folder")
     default = pipeline.FP16_TOLERANCE if args.weights_dtype == "fp16" else pipeline.DEFAULT_TOLERANCE
@@ -123,8 +128,10 @@ def _compile(args: argparse.Namespace) -> int:
                            verify=not args.no_verify,
                            tolerance=tolerance, seed=args.seed, time_limit=args.time_limit,
                            weights=args.weights, weights_dtype=args.weights_dtype,
+                           micro_batch=args.micro_batch, systems=args.systems,
                            model_name=model_name, model_info=info)
-    compiled.save(out)
+    with progress.stage(f"writing {out}"):
+        compiled.save(out)
     _print_summary(compiled.report, out)
     return EXIT_MISMATCH if compiled.report["verification"]["status"] == "fail" else 0
 
@@ -138,7 +145,17 @@ def _print_summary(report: dict, out: Path) -> None:
     print(f"  placement     {p['strategy']}: {p['pes_used']:,} PEs ({p['utilization']:.1%} of the mesh), "
           f"wirelength {p['wirelength']:.3g} byte-hops, max link load {p['max_link_load']:,} B")
     print(f"  simulation    {s['step_seconds'] * 1e3:.3f} ms per step (bound {s['bound_seconds'] * 1e3:.3f} ms), "
-          f"{s['bottleneck']}-bound, {s['tokens_per_second']:,.0f} tokens/s")
+          f"{s['bottleneck']}-bound, {s['tokens_per_second']:,.0f} tokens/s, "
+          f"{s['compute_utilization']:.1%} of peak")
+    if s["micro_batches"] > 1 or s["systems"] > 1:
+        print(f"  batching      {s['micro_batches']} micro-batches of {s['micro_batch_tokens']:,} tokens"
+              + (f", {s['passes_per_system']} per system on {s['systems']} systems" if s["systems"] > 1 else ""))
+    t = s["training"]
+    if t:
+        scaling = f", scaling efficiency {t['scaling_efficiency']:.1%}" if s["systems"] > 1 else ""
+        print(f"  training      {t['step_seconds'] * 1e3:.3f} ms per step (forward + backward), "
+              f"{t['bottleneck']}-bound, {t['tokens_per_second']:,.0f} tokens/s, "
+              f"{t['compute_utilization']:.1%} of peak{scaling}")
     if v["status"] == "skipped":
         print(f"  verification  skipped ({v.get('note', '--no-verify')})")
     else:

@@ -6,3 +6,12 @@ The CLI prints `error: <message>` on one line and exits with code 2; no tracebac
 
 class WscError(Exception):
     """Bad input or an unsupported model: the message names the problem and the fix."""
+
+
+class DoesNotFit(WscError):
+    """The model's working set does not fit the target's SRAM. `needed` / `offered` (PEs), when known, say by
+    how much: fewer tokens per pass (a smaller micro-batch) shrink the need about in proportion."""
+
+    def __init__(self, message: str, needed: int = 0, offered: int = 0):
+        super().__init__(message)
+        self.needed, self.offered = needed, offered

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from wsc import progress
 from wsc.errors import WscError
 from wsc.program import Program
 
@@ -35,7 +36,7 @@ class PassManager:
 
     def run(self, program: Program) -> Program:
         done: list[str] = []
-        for p in self.passes:
+        for p in progress.track(self.passes, lambda step: f"pass {step.name}"):
             start = time.perf_counter()
             try:
                 program = p(program)

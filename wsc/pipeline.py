@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from wsc import micro_batch as micro_batch_lib
+from wsc import progress
 from wsc.capture import Captured, capture, to_numpy
 from wsc.errors import WscError
 from wsc.passes.estimate import Estimate
@@ -71,21 +73,71 @@ def default_passes(strategy: str = "cpsat", seed: int = 0, time_limit: float = 2
 
 def compile_model(model: torch.nn.Module, example_inputs: tuple, target: Target, *, model_name: str = "model",
                   verify_ir: bool = False, on_pass: Callable[[str, float], None] | None = None,
-                  **options: Any) -> Compiled:
+                  micro_batch: int | None = None, systems: int = 1, **options: Any) -> Compiled:
     """Capture `model` and run the passes; `options` are default_passes' (strategy, seed, time_limit,
-    router, mode)."""
-    captured = capture(model, example_inputs)
-    return compile_captured(captured, count_tokens(example_inputs), target, model_name=model_name,
-                            verify_ir=verify_ir, on_pass=on_pass, **options)
+    router, mode).
+
+    The step's batch (the inputs' first dimension) is split over `systems` wafers, and each system's share is
+    run as passes of `micro_batch` sequences: by default the one with the fastest training step of those that
+    fit (see micro_batch.choose),
+    each micro-batch size captured anew so the graph's shapes are one pass's."""
+    tokens = count_tokens(example_inputs)
+    batch = micro_batch_lib.batch_size(example_inputs)
+    if batch is None:
+        if systems != 1 or micro_batch is not None:
+            raise WscError("--systems and --micro-batch split the batch, but the model's first input has no "
+                           "batch dimension ([batch, ...]); drop them")
+        captured = capture(model, example_inputs)
+        return compile_captured(captured, tokens, target, model_name=model_name, verify_ir=verify_ir,
+                                on_pass=on_pass, **options)
+    if systems < 1 or batch % systems:
+        raise WscError(f"--systems {systems} does not divide the batch of {batch} sequences; give a divisor of it")
+
+    def attempt(rows: int) -> Compiled:
+        inputs = micro_batch_lib.first_rows(example_inputs, batch, rows) if rows != batch else example_inputs
+        captured = capture(model, inputs)
+        carried = micro_batch_lib.batched(example_inputs, batch)
+        compiled = compile_captured(
+            captured, tokens, target, model_name=model_name, verify_ir=verify_ir, on_pass=on_pass,
+            micro_batches=batch // rows, systems=systems,
+            batched_inputs=tuple(n.name for n, c in zip(captured.graph.inputs, carried, strict=True) if c),
+            **options)
+        check_outputs_batched(compiled.program, rows)
+        return compiled
+
+    return micro_batch_lib.choose(batch // systems, micro_batch, attempt,
+                                  training_step_seconds)
+
+
+def training_step_seconds(compiled: Compiled) -> float:
+    """What micro-batches are for: a training batch too big for the wafer. Its step (forward, backward and
+    gradients out, passes/estimate.py) is what the choice of micro-batch minimises."""
+    estimate = compiled.program.estimate
+    return estimate["training"].get("step_seconds", estimate["step_seconds"])
+
+
+def check_outputs_batched(program: Program, rows: int) -> None:
+    """Passes over micro-batches are put together along the batch, so every output must carry it."""
+    if program.micro_batches == 1:
+        return
+    for name in program.graph.outputs:
+        node = program.graph[name]
+        if not node.shape or node.shape[0] != rows:
+            raise WscError(f"output {node.name} {list(node.shape)} has no batch dimension, so the step cannot "
+                           "be split into micro-batches; return per-sequence outputs, or use a smaller batch "
+                           "that fits in one pass")
 
 
 def compile_captured(captured: Captured, tokens: int, target: Target, *, model_name: str = "model",
                      verify_ir: bool = False, on_pass: Callable[[str, float], None] | None = None,
+                     micro_batches: int = 1, systems: int = 1, batched_inputs: tuple[str, ...] = (),
                      **options: Any) -> Compiled:
     """Run the passes on a captured model. Legalisation builds a new graph, so one capture can be mapped
-    any number of times (other strategies, other targets) without tracing the model again."""
+    any number of times (other strategies, other targets) without tracing the model again. The capture is
+    one pass's (one micro-batch); `tokens` counts the whole step."""
     program = Program(captured.graph, target, model_name=model_name, strategy=options.get("strategy", "cpsat"),
-                      tokens=tokens, weights=captured.weights, mode=options.get("mode", "weight-streaming"))
+                      tokens=tokens, weights=captured.weights, mode=options.get("mode", "weight-streaming"),
+                      micro_batches=micro_batches, systems=systems, batched_inputs=batched_inputs)
     manager = PassManager(default_passes(**options), verify=verify_ir, on_pass=on_pass)
     manager.run(program)
     return Compiled(program, captured, manager.seconds)
@@ -187,7 +239,7 @@ def verify(model: torch.nn.Module, example_inputs: tuple, outputs: list[np.ndarr
     """Eager PyTorch on the same inputs. Pass when the largest absolute difference is within `tolerance`
     times the outputs' scale (their largest magnitude, at least 1): rounding grows with the values, so
     logits of 30 may differ by ten times what logits of 3 do, for the same arithmetic."""
-    with torch.no_grad():
+    with torch.no_grad(), progress.stage("eager PyTorch reference"):
         expected = model(*example_inputs)
     expected_list = [expected] if isinstance(expected, torch.Tensor) else list(expected)
     if len(outputs) != len(expected_list):

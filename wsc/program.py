@@ -95,9 +95,27 @@ class Program:
     strategy: str = "cpsat"
     dtype: str = "fp16"  # the precision the target computes and streams in (Cerebras trains in fp16)
     mode: str = "weight-streaming"  # or "pipelined": every layer resident on the wafer at once
-    tokens: int = 0  # tokens per step: what the estimate divides by for tokens per second
+    tokens: int = 0  # tokens per step, over every micro-batch and system: what tokens per second divides
+    # A step's batch is run as `micro_batches` passes of the graph, each over one micro-batch (the graph's
+    # shapes are one micro-batch's), split evenly over `systems` wafers working data parallel. The inputs
+    # named in `batched_inputs` carry the batch in their first dimension; the others are the same each pass.
+    micro_batches: int = 1
+    systems: int = 1
+    batched_inputs: tuple[str, ...] = ()
     weights: Mapping[str, Any] | None = None  # store key -> tensor, when a pass must read a weight's values
     estimate: dict[str, Any] = field(default_factory=dict)
+    timeline: list[Any] = field(default_factory=list)  # weight streaming: wsc.passes.schedule.Slot per layer pass
+
+    @property
+    def passes_per_system(self) -> int:
+        return self.micro_batches // self.systems
+
+    def step_input_shape(self, node_name: str) -> tuple[int, ...]:
+        """An input's shape for a whole step: a batched input holds every micro-batch."""
+        shape = self.graph[node_name].shape
+        if node_name in self.batched_inputs:
+            return (shape[0] * self.micro_batches, *shape[1:])
+        return shape
 
     def verify(self) -> None:
         """The invariants after any pass: a valid graph, and every layer naming real nodes of it."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from wsc.passes.estimate import backward_flops
 from wsc.passes.route import route_json
 from wsc.program import Program
 
@@ -82,8 +83,9 @@ def build_report(compiled, *, verification: dict[str, Any], memory: dict[str, An
     compiled program computed what PyTorch does."""
     program = compiled.program
     graph, target = program.graph, program.target
-    forward = sum(n.flops for n in graph if n.is_kernel)
-    backward = sum(backward_flops(n) for n in graph if n.is_kernel)
+    # The graph is one pass (one micro-batch); a step runs micro_batches of them.
+    forward = program.micro_batches * sum(n.flops for n in graph if n.is_kernel)
+    backward = program.micro_batches * sum(backward_flops(n) for n in graph if n.is_kernel)
     tokens = max(program.tokens, 1)
     layer_weights = [sum(graph[w].nbytes for w in layer.weights) for layer in program.layers]
     return {
@@ -109,15 +111,6 @@ def build_report(compiled, *, verification: dict[str, Any], memory: dict[str, An
         "timings": {**{f"pass.{k}": v for k, v in compiled.pass_seconds.items()},
                     "run": run_seconds, "total": total_seconds},
     }
-
-
-def backward_flops(node) -> int:
-    """FLOPs of a kernel's backward pass, from its forward count: a matmul needs two (the gradients of both
-    operands, each a matmul of the same size); an embedding scatter-adds its output gradient into the table;
-    elementwise, norm and softmax kernels take about twice their forward work."""
-    if node.op == "embedding":
-        return node.numel
-    return 2 * node.flops
 
 
 def runtime_info() -> dict[str, Any]:

@@ -1,13 +1,13 @@
 """trace.json: the estimated step as a Chrome trace-event timeline, to open in Perfetto or chrome://tracing.
 
 Users already have a trace viewer; drawing the estimate there lets them zoom from the whole step down to one
-kernel. The events are laid out exactly as passes/estimate.py adds the step up, so the last one ends at
-`step_seconds`:
-- weight streaming: layer 0 streams first (exposed); layer i+1 streams while layer i computes
-  (double-buffered), so layer i's slot lasts max(compute(i), fabric(i), stream(i+1));
+kernel. The events are the estimate's own schedule (passes/schedule.py), so they add up to `step_seconds`:
+- weight streaming: each layer pass is a slot of max(compute, fabric, next layer's stream); layer 0 streams
+  first (exposed), and each later layer streams during the slot before its own. A step of many micro-batches
+  draws its first MAX_PASSES passes (the others repeat them; `otherData` says how many there are);
 - pipelined: every layer is resident and tokens flow through them; layer i starts when the first token
-  reaches it (the fill: the earlier layers' time for one token) and runs for the slowest layer's time plus
-  its own share of one token.
+  reaches it (the fill: the earlier layers' time for one token) and runs for the slowest layer's time per pass
+  plus its own share of one token.
 Tracks: one per layer slot (with the bound in its args), one for fabric transfers, one for weight streaming,
 and one per kernel position. Kernels of identical layers (every block of a GPT) share tracks by position
 ("matmul #2"), so a 40-block model still shows a handful of tracks.
@@ -17,34 +17,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from wsc.passes.estimate import kernel_seconds
 from wsc.program import Program
 
 PID = 1
 LAYER_TID, FABRIC_TID, STREAM_TID = 1, 2, 3
 FIRST_KERNEL_TID = 10
+MAX_PASSES = 4
 
 US = 1e6  # trace-event timestamps are microseconds
 
 
-def layer_slots(estimate: dict[str, Any], tokens: int) -> list[tuple[float, float, float]]:
-    """(start of the layer's slot, start of its compute, slot duration) per layer, in seconds."""
+def layer_slots(program: Program) -> list[tuple[int, str, float, float]]:
+    """(layer index, slot name, start, duration) per drawn layer pass, in seconds."""
+    estimate = program.estimate
     layers = estimate.get("layers", [])
-    slots = []
     if estimate.get("mode") == "pipelined":
+        passes = estimate.get("passes_per_system", 1)
         slowest = max((e["seconds"] for e in layers), default=0.0)
-        offset = 0.0
-        for entry in layers:
-            share = entry["seconds"] / max(tokens, 1)
-            slots.append((offset, offset, slowest + share))
+        pass_tokens = max(program.tokens / max(program.micro_batches, 1), 1)
+        slots, offset = [], 0.0
+        for i, entry in enumerate(layers):
+            share = entry["seconds"] / pass_tokens
+            slots.append((i, entry["layer"], offset, passes * slowest + share))
             offset += share
         return slots
-    t = 0.0
-    for i, entry in enumerate(layers):
-        exposed = entry["stream_seconds"] if i == 0 else 0.0  # the first layer's stream is not overlapped
-        slots.append((t, t + exposed, entry["seconds"]))
-        t += entry["seconds"]
-    return slots
+    drawn = [s for s in program.timeline if s.phase.pass_index < MAX_PASSES]
+    many = estimate.get("passes_per_system", 1) > 1
+    return [(s.phase.layer, f"{layers[s.phase.layer]['layer']}" + (f" (pass {s.phase.pass_index})" if many else ""),
+             s.start, s.seconds) for s in drawn]
 
 
 def kernel_track_names(program: Program) -> list[list[str]]:
@@ -64,9 +64,9 @@ def kernel_track_names(program: Program) -> list[list[str]]:
 def trace_events(program: Program) -> dict[str, Any]:
     """The trace-event JSON of the program's estimate (an empty timeline if it was never estimated)."""
     target, estimate = program.target, program.estimate
-    rate = target.flops_per_cycle_per_pe[program.dtype] * target.clock_hz
     entries = estimate.get("layers", [])
-    slots = layer_slots(estimate, program.tokens)
+    slots = layer_slots(program)
+    tracks = kernel_track_names(program)
     events: list[dict[str, Any]] = []
 
     def complete(tid: int, name: str, start: float, dur: float, args: dict[str, Any]) -> None:
@@ -74,27 +74,24 @@ def trace_events(program: Program) -> dict[str, Any]:
                        "args": args})
 
     tids: dict[str, int] = {}
-    for layer, entry, (start, compute_start, slot), tracks in zip(
-            program.layers, entries, slots, kernel_track_names(program), strict=False):
-        complete(LAYER_TID, layer.name, start, slot,
+    for j, (i, name, start, slot) in enumerate(slots):
+        layer, entry = program.layers[i], entries[i]
+        complete(LAYER_TID, name, start, slot,
                  {"layer": layer.name, "bound": entry["bound"], "compute_seconds": entry["compute_seconds"],
                   "fabric_seconds": entry["fabric_seconds"], "stream_seconds": entry["stream_seconds"]})
         if entry["fabric_seconds"] > 0:
-            complete(FABRIC_TID, f"{layer.name} fabric", compute_start, entry["fabric_seconds"],
-                     {"layer": layer.name})
-        for (node, plan), track in zip(layer.kernels.items(), tracks, strict=True):
+            complete(FABRIC_TID, f"{name} fabric", start, entry["fabric_seconds"], {"layer": layer.name})
+        for (node, plan), track in zip(layer.kernels.items(), tracks[i], strict=True):
             tid = tids.setdefault(track, FIRST_KERNEL_TID + len(tids))
             flops = program.graph[node].flops
-            complete(tid, node, compute_start, kernel_seconds(flops, plan, rate, target),
+            complete(tid, node, start, entry["kernel_seconds"][node],
                      {"layer": layer.name, "kernel": node, "op": program.graph[node].op, "flops": flops,
                       "pes": plan.pes, "grid": [plan.row_blocks, plan.col_blocks, plan.k_splits]})
-    if estimate.get("mode") != "pipelined":
-        for i, entry in enumerate(entries):
-            # Layer i's weights stream during layer i-1's compute; layer 0's before anything runs.
-            begin = 0.0 if i == 0 else slots[i - 1][1]
-            if entry["stream_seconds"] > 0:
-                complete(STREAM_TID, f"{entry['layer']} weights", begin, entry["stream_seconds"],
-                         {"layer": entry["layer"], "weight_bytes": entry["weight_bytes"]})
+        if estimate.get("mode") != "pipelined" and entry["stream_seconds"] > 0:
+            # A layer's weights stream during the slot before its own; layer 0's before anything runs.
+            begin = slots[j - 1][2] if j > 0 else 0.0
+            complete(STREAM_TID, f"{layer.name} weights", begin, entry["stream_seconds"],
+                     {"layer": layer.name, "weight_bytes": entry["weight_bytes"]})
 
     meta = [{"name": "process_name", "ph": "M", "pid": PID, "tid": 0,
              "args": {"name": f"{target.name} ({estimate.get('mode', program.mode)})"}}]
@@ -105,4 +102,6 @@ def trace_events(program: Program) -> dict[str, Any]:
         meta.append({"name": "thread_sort_index", "ph": "M", "pid": PID, "tid": tid, "args": {"sort_index": tid}})
     return {"traceEvents": meta + events, "displayTimeUnit": "ns",
             "otherData": {"model": program.model_name, "target": target.name,
-                          "step_seconds": estimate.get("step_seconds", 0.0)}}
+                          "step_seconds": estimate.get("step_seconds", 0.0),
+                          "passes_per_system": estimate.get("passes_per_system", 1),
+                          "passes_drawn": min(estimate.get("passes_per_system", 1), MAX_PASSES)}}

@@ -12,10 +12,10 @@ gpt = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gpt)
 
 
-def build_model(layers: int = 2, seq: int = 12):
+def build_model(layers: int = 2, seq: int = 12, batch: int = 1):
     torch.manual_seed(0)
     return gpt.CerebrasGPT(layers, 32, 4, 128, vocab=97, max_positions=64).eval()
 
 
-def example_inputs(layers: int = 2, seq: int = 12):
-    return (torch.randint(0, 97, (1, seq), generator=torch.Generator().manual_seed(1)),)
+def example_inputs(layers: int = 2, seq: int = 12, batch: int = 1):
+    return (torch.randint(0, 97, (batch, seq), generator=torch.Generator().manual_seed(1)),)

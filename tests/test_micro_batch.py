@@ -1,0 +1,130 @@
+"""Micro-batching and data parallelism: a batch too big for the wafer runs as passes of one smaller graph, on one
+system or split over several, computes what eager PyTorch does, and is costed pass by pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import MODELS, tiny_gpt
+from wsc.cli import main
+from wsc.errors import WscError
+from wsc.passes import schedule
+from wsc.pipeline import compile_model, run_compiled, verify
+from wsc.targets import load_target
+
+TARGETS = Path(__file__).resolve().parent.parent / "targets"
+
+
+@pytest.fixture(scope="module")
+def tight_target(tmp_path_factory):
+    """The 16x16 test mesh with 16 KB per PE: the tiny GPT fits 4 sequences of 32 tokens per pass, not 8."""
+    text = (TARGETS / "mesh-16x16.yaml").read_text().replace("sram_bytes: 49152", "sram_bytes: 16384")
+    path = tmp_path_factory.mktemp("target") / "tight.yaml"
+    path.write_text(text.replace("name: mesh-16x16", "name: mesh-16x16-tight"))
+    return load_target(str(path))
+
+
+def compiled_for(target, batch: int, **options):
+    model, inputs = tiny_gpt(batch=batch, seq=32)
+    return model, inputs, compile_model(model, inputs, target, strategy="greedy", **options)
+
+
+def test_a_batch_too_big_for_one_pass_runs_in_micro_batches_and_matches_eager(tight_target):
+    model, inputs, compiled = compiled_for(tight_target, batch=8)
+    program = compiled.program
+    assert program.micro_batches == 2 and program.graph.inputs[0].shape == (4, 32)
+    assert program.tokens == 8 * 32 and program.estimate["micro_batch_tokens"] == 4 * 32
+    run = run_compiled(compiled, inputs)
+    assert run.outputs[0].shape == (8, 32, 97)
+    result = verify(model, inputs, run.outputs)
+    assert result["status"] == "pass" and result["max_abs_err"] < 1e-4
+    # Each pass streams every layer's weights again, as the performance model charges.
+    one_pass = sum(layer.streamed_bytes(program.graph, 4) for layer in program.layers)
+    assert run.executor.store.streamed_bytes == 2 * one_pass
+
+
+def test_more_passes_cost_more_streaming_and_the_step_adds_up(tight_target):
+    _, _, two = compiled_for(tight_target, batch=8)
+    _, _, four = compiled_for(tight_target, batch=8, micro_batch=2)
+    e2, e4 = two.program.estimate, four.program.estimate
+    assert (e2["micro_batches"], e4["micro_batches"]) == (2, 4)
+    assert e4["bounds"]["stream"] == pytest.approx(2 * e2["bounds"]["stream"])
+    for estimate in (e2, e4):
+        assert sum(layer["seconds"] for layer in estimate["layers"]) == pytest.approx(estimate["step_seconds"])
+        assert estimate["step_seconds"] >= estimate["bound_seconds"]
+        assert estimate["training"]["step_seconds"] >= estimate["training"]["bound_seconds"]
+
+
+def test_the_compiled_model_takes_the_whole_batch(tight_target):
+    import wsc
+
+    model, inputs = tiny_gpt(batch=8, seq=32)
+    compiled = wsc.compile(model, inputs, tight_target, strategy="greedy", verify=False)
+    with torch.no_grad():
+        expected = model(*inputs)
+    assert compiled.program.micro_batches == 2
+    assert torch.allclose(compiled(*inputs), expected, atol=1e-4)
+    with pytest.raises(WscError, match=r"compiled for int64\[8, 32\]"):
+        compiled(inputs[0][:4])
+
+
+def test_systems_split_the_batch_and_report_scaling(tight_target):
+    _, _, one = compiled_for(tight_target, batch=8)
+    _, _, two = compiled_for(tight_target, batch=8, systems=2)
+    e1, e2 = one.program.estimate, two.program.estimate
+    assert (e2["systems"], e2["passes_per_system"], e2["micro_batches"]) == (2, 1, 2)
+    # Half the passes each: the forward step halves; training also pays the SwarmX reduction's tail.
+    assert e2["step_seconds"] == pytest.approx(e1["step_seconds"] / 2, rel=0.05)
+    t1, t2 = e1["training"], e2["training"]
+    assert t2["single_system_step_seconds"] == pytest.approx(t1["step_seconds"])
+    assert t2["swarmx_seconds"] > 0 and t1["swarmx_seconds"] == 0
+    assert t2["scaling_efficiency"] == pytest.approx(t1["step_seconds"] / (2 * t2["step_seconds"]))
+    assert 0.5 < t2["scaling_efficiency"] < 1.0
+
+
+def test_micro_batch_and_systems_must_divide_the_batch(tight_target):
+    with pytest.raises(WscError, match="--micro-batch 3 does not divide the 8 sequences"):
+        compiled_for(tight_target, batch=8, micro_batch=3)
+    with pytest.raises(WscError, match="--systems 3 does not divide the batch of 8"):
+        compiled_for(tight_target, batch=8, systems=3)
+
+
+def test_outputs_without_a_batch_dimension_cannot_be_split(tight_target):
+    class Total(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, ids):
+            return self.inner(ids).transpose(0, 1)  # the batch is no longer first: passes cannot be stacked
+
+    model, inputs = tiny_gpt(batch=8, seq=32)
+    with pytest.raises(WscError, match="has no batch dimension"):
+        compile_model(Total(model), inputs, tight_target, strategy="greedy", micro_batch=4)
+
+
+def test_cli_refuses_a_micro_batch_that_does_not_divide(tmp_path, capsys):
+    code = main(["compile", str(MODELS / "tiny_gpt.py"), "--target", "mesh-16x16", "--model-arg", "batch=4",
+                 "--micro-batch", "3", "--out", str(tmp_path / "out"), "--no-verify"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--micro-batch 3" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_schedule_overlaps_streams_with_the_phase_before():
+    layers = [{"compute_seconds": 2.0, "fabric_seconds": 1.0, "stream_seconds": 3.0,
+               "backward_compute_seconds": 4.0},
+              {"compute_seconds": 5.0, "fabric_seconds": 0.0, "stream_seconds": 1.0,
+               "backward_compute_seconds": 10.0}]
+    # Forward, two passes: stream(0) exposed, then max(2, 1, s1=1) = 2, max(5, s0=3) = 5, 2, then 5 (last).
+    step, slots, by_term = schedule.run(schedule.forward_phases(layers, 2))
+    assert step == 3 + 2 + 5 + 2 + 5 and [s.bound for s in slots] == ["compute"] * 4
+    assert by_term == {"stream": 3.0, "compute": 14.0}
+    # Training, one pass: 3 | fwd0 max(2, in 1) | fwd1 max(5, in 1) | bwd1 max(10, in 3) | bwd0 max(4, out 1)
+    # | layer 0's gradients stream out last (3).
+    step, slots, _ = schedule.run(schedule.training_phases(layers, 1))
+    assert [(s.phase.layer, s.phase.backward) for s in slots] == [(0, False), (1, False), (1, True), (0, True)]
+    assert step == 3 + 2 + 5 + 10 + 4 + 3

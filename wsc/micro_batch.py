@@ -1,0 +1,81 @@
+"""Micro-batching: a step's batch run as several passes of one smaller graph, as Cerebras runs a training batch
+too big for the wafer's SRAM (each micro-batch goes through every layer; gradients would accumulate).
+
+The batch is the first dimension of the inputs that carry it (a language model's [batch, seq] token ids). A
+micro-batch is a whole number of sequences that divides each system's share of the batch evenly, so every pass
+has the same shapes and one compiled graph serves them all. `choose` picks the largest micro-batch that fits:
+the partitioner's refusal says how many PEs the layer needed against those it had, and the working set
+shrinks about in proportion to the tokens per pass, so the next try is scaled by that ratio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import torch
+
+from wsc.errors import DoesNotFit, WscError
+
+T = TypeVar("T")
+
+
+def batch_size(example_inputs: Sequence[torch.Tensor]) -> int | None:
+    """The batch dimension: the first input's first dimension, when it has a sequence dimension after it."""
+    first = example_inputs[0] if example_inputs else None
+    if not isinstance(first, torch.Tensor) or first.dim() < 2:
+        return None
+    return int(first.shape[0])
+
+
+def batched(example_inputs: Sequence[torch.Tensor], batch: int) -> list[bool]:
+    """Which inputs carry the batch: those whose first dimension is it."""
+    return [isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == batch for t in example_inputs]
+
+
+def first_rows(example_inputs: Sequence[torch.Tensor], batch: int, rows: int) -> tuple[torch.Tensor, ...]:
+    """The first micro-batch of the inputs: `rows` of each input that carries the batch."""
+    carried = batched(example_inputs, batch)
+    return tuple(t[:rows] if c else t for t, c in zip(example_inputs, carried, strict=True))
+
+
+def divisors_below(n: int, limit: float) -> int:
+    """The largest divisor of `n` no larger than `limit` (at least 1)."""
+    best = 1
+    for d in range(1, n + 1):
+        if n % d == 0 and d <= limit:
+            best = d
+    return best
+
+
+def choose(per_system: int, requested: int | None, attempt: Callable[[int], T],
+           seconds: Callable[[T], float]) -> T:
+    """Run `attempt(micro_batch)` with the requested micro-batch (sequences per pass, dividing `per_system`),
+    or else with the fastest of those that fit by `seconds`. The largest that fits is found first; halving it
+    streams the weights twice as often but frees PEs that the largest kept at their SRAM minimum, so halving
+    goes on while the step gets faster. A refusal at one sequence per pass is the model's own: passed on."""
+    if requested is not None:
+        if requested < 1 or per_system % requested:
+            raise WscError(f"--micro-batch {requested} does not divide the {per_system} sequences each system "
+                           "runs per step; give a divisor of it")
+        return attempt(requested)
+    size = per_system
+    while True:
+        try:
+            best = attempt(size)
+            break
+        except DoesNotFit as refusal:
+            if size == 1:
+                raise
+            ratio = refusal.offered / refusal.needed if refusal.needed else 0.5
+            size = divisors_below(per_system, min(size - 1, size * min(ratio, 0.9)))
+    while size > 1:
+        smaller = divisors_below(per_system, size / 2)
+        try:
+            candidate = attempt(smaller)
+        except DoesNotFit:
+            break
+        if seconds(candidate) >= seconds(best):
+            break
+        best, size = candidate, smaller
+    return best
