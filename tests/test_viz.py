@@ -20,9 +20,19 @@ MODELS = Path(__file__).resolve().parent / "models"
 SVG = "{http://www.w3.org/2000/svg}"
 
 
-@pytest.fixture(scope="module")
-def out(tiny_out) -> Path:
-    return tiny_out
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(scope="module", params=["tiny", "1.3B"])
+def out(request, tiny_out, tmp_path_factory) -> Path:
+    """The tiny GPT's compile, and Cerebras-GPT 1.3B's on the whole cs2-sim wafer (built without weights;
+    the greedy placer keeps it quick): every picture test runs on both."""
+    if request.param == "tiny":
+        return tiny_out
+    folder = tmp_path_factory.mktemp("gpt_1_3b")
+    assert main(["compile", str(EXAMPLES / "cerebras_gpt.py"), "--target", "cs2-sim", "--model-arg", "size=1.3B",
+                 "--strategy", "greedy", "--no-verify", "--out", str(folder)]) == 0
+    return folder
 
 
 @pytest.fixture(scope="module")
