@@ -43,14 +43,18 @@ def node_flops(op: str, shape: tuple[int, ...], in_shapes: list[tuple[int, ...]]
     if op == "matmul":
         k = in_shapes[0][-1]
         return 2 * numel * k + (numel if attrs.get("bias") else 0)
+    if op == "attention":  # the two matmuls over the full square of scores, and the softmax between them
+        keys = in_shapes[1][-2]
+        return 4 * numel * keys + FLOPS_PER_ELEMENT["softmax"] * (numel // shape[-1]) * keys
     return FLOPS_PER_ELEMENT.get(op, 0) * numel
 
 
 class Rewriter:
     """Builds the legal graph; `emit` names, costs and attributes each new node to its ATen origin."""
 
-    def __init__(self, source: Graph, weights: Mapping[str, Any] | None = None):
+    def __init__(self, source: Graph, weights: Mapping[str, Any] | None = None, fused_attention: bool = True):
         self.source = source
+        self.fused_attention = fused_attention
         self.weights = weights  # store key -> tensor, for values a rule must know (a mask buffer)
         self.out = Graph()
         self.value: dict[str, str] = {}  # ATen node name -> wsc node holding its value
@@ -94,14 +98,18 @@ class Rewriter:
 
 @dataclass(frozen=True)
 class Legalize:
+    """`fused_attention`: attention as one kernel that never stores its scores (else three: scores, softmax,
+    weighted sum, as a model that spells attention out by hand gets anyway)."""
+
     name: ClassVar[str] = "legalize"
+    fused_attention: bool = True
 
     def __call__(self, program: Program) -> Program:
         program.graph = self.run(program.graph, program.weights)
         return program
 
     def run(self, graph: Graph, weights: Mapping[str, Any] | None = None) -> Graph:
-        rw = Rewriter(graph, weights)
+        rw = Rewriter(graph, weights, self.fused_attention)
         for node in graph:
             rw.origin, rw.count = node, 0
             if node.op in ("input", "param", "const"):
@@ -198,7 +206,8 @@ def _softmax(rw: Rewriter, node: Node) -> str:
 
 @legalizes("aten.scaled_dot_product_attention.default")
 def _attention(rw: Rewriter, node: Node) -> str:
-    """softmax(q k^T * scale, causal) v, as the three kernels a wafer runs: scores, softmax, weighted sum."""
+    """softmax(q k^T * scale, causal) v: one fused kernel whose PEs hold the queries while keys and values
+    stream past (no scores stored), or the three kernels scores, softmax, weighted sum."""
     q, k, v = (rw.arg(node, i, n) for i, n in enumerate(("query", "key", "value")))
     if rw.arg(node, 4, "dropout_p", 0.0):
         raise rw.unsupported(node, "attention dropout (compile the model in eval mode)")
@@ -211,6 +220,8 @@ def _attention(rw: Rewriter, node: Node) -> str:
     if rw.shape(k)[:-2] != tuple(batch) or rw.shape(v)[:-2] != tuple(batch):
         raise rw.unsupported(node, "grouped or broadcast key/value heads")
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(d)
+    if rw.fused_attention:
+        return rw.emit("attention", [q, k, v], node.shape, final=True, scale=scale, causal=causal, group_rows=s_q)
     scores = rw.emit("matmul", [q, k], [*batch, s_q, s_k], bias=False)
     probs = rw.emit("softmax", [scores], [*batch, s_q, s_k], scale=scale, causal=causal, group_rows=s_q)
     dims = list(range(len(batch) + 2))

@@ -32,6 +32,9 @@ from wsc.passes.place import mesh_of
 from wsc.program import DTYPE_SIZE, KernelPlan, Layer, Program
 
 ACCUMULATOR_BYTES = 4
+# Kernels each of whose PEs needs whole rows of its inputs to compute any output column (attention's scores
+# take every element of a query row): cutting their columns would repeat that work, so they are cut by rows.
+WHOLE_ROW_OPS = ("attention",)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,11 @@ def sram_bytes(graph: Graph, node: Node, cut: Cut, size: int, resident: bool = F
         return tr * k * size + tr * tc * ACCUMULATOR_BYTES + weights + bias + partials
     if node.op == "embedding":
         return tr * tc * size + tr * 8 + 2 * tc * size
+    if node.op == "attention":
+        # Its query rows whole (scores need all of D), fp32 accumulators for its output block, a running max
+        # and sum per row, and one streamed key and value row, double-buffered: the scores are never stored.
+        d = graph[node.inputs[0]].shape[-1]
+        return tr * d * size + tr * tc * ACCUMULATOR_BYTES + tr * 2 * ACCUMULATOR_BYTES + 2 * 2 * d * size
     tensors = sum(1 for i in node.inputs if graph[i].numel > 1)
     params = 2 * tc * size if node.op == "layernorm" else 0
     return (tensors + 1) * tr * tc * size + params
@@ -106,10 +114,11 @@ class Area:
 
 def rectangle(cut: Cut, area: Area) -> tuple[int, int] | None:
     """The PE rectangle (h, w) for a cut: the block grid itself (K slices stacked in the rows) when it fits
-    the area, else its PEs folded row-major into the tallest rectangle the area allows."""
+    the area, else its PEs folded row-major into a rectangle as near square as the area allows (a strip as
+    tall as the mesh would cut it in two for every other kernel)."""
     if cut.row_blocks * cut.k_splits <= area.rows and cut.col_blocks <= area.cols:
         return cut.row_blocks * cut.k_splits, cut.col_blocks
-    h = min(area.rows, cut.pes)
+    h = min(area.rows, max(math.isqrt(cut.pes), math.ceil(cut.pes / area.cols)))
     w = math.ceil(cut.pes / h)
     return (h, w) if w <= area.cols else None
 
@@ -227,6 +236,8 @@ class Partition:
                 # tall least cut and a wide share grid must not multiply into a rectangle of both.
                 h = max(h, cut.row_blocks)
                 w = max(cut.col_blocks, min(w, shares[k.name] // (h * splits)))
+                if k.op in WHOLE_ROW_OPS:  # more PEs can only mean more row blocks (folded into the area)
+                    h, w = min(rows, max(shares[k.name], cut.row_blocks)), 1
                 wider = Cut(h, w, splits)
                 if sram_bytes(graph, k, wider, size, resident) <= capacity and rectangle(wider, area):
                     cut = wider
@@ -286,6 +297,8 @@ class Partition:
         """The fewest column blocks whose tiles fit beside `row_blocks` x `splits` (a PE's bytes only fall
         as its columns do), or None if even one column each is too much."""
         cols = output_view(node.shape)[1]
+        if node.op in WHOLE_ROW_OPS:
+            cols = 1
         if sram_bytes(graph, node, Cut(row_blocks, cols, splits), size, resident) > capacity:
             return None
         lo, hi = 1, cols

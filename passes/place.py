@@ -239,7 +239,8 @@ class Place:
                 top, rows = layer.region
                 band_dead = frozenset((r - top, c) for r, c in whole.dead if top <= r < top + rows)
                 mesh = Mesh(rows, whole.cols, band_dead)
-            key = layer.signature(program.graph) + (f"@{sorted(mesh.dead)}" if layer.region else "")
+            # A band's height and dead PEs are part of the key: a placement fits only bands like its own.
+            key = layer.signature(program.graph) + (f"@{mesh.rows}{sorted(mesh.dead)}" if layer.region else "")
             if key in placed:
                 twin_names, twin, twin_top = placed[key]
                 rename = dict(zip(twin_names, names, strict=True))

@@ -14,6 +14,7 @@ col_blocks)) and, for a matmul, a K slice of k = ceil(K / k_splits). Traffic in 
 |---|---|---|
 | matmul, multiply-adds | 2*tr*tc*k: one operand element, one partial sum | tr*tc*k: the partial sum |
 | matmul, epilogue (bias, gelu, residual) | tr*tc * (1 + [bias] + [residual]): partial sum, operands | tr*tc |
+| attention (tr*keys query-key pairs) | per pair: D (the query row, for the score) + tc (output partials) + 3 (max, exp, sum) | per pair: tc + 2 |
 | embedding | tr token ids (8 bytes each) | tr*tc: the gathered rows |
 | add, mul, gelu | tr*tc per input; tr for a per-row [R, 1] input; 0 for a scalar | tr*tc |
 | softmax | 3*tr*tc: max, exp-sum, normalise | 2*tr*tc: exp, normalised |
@@ -43,7 +44,7 @@ from wsc.targets import Target
 
 TOKEN_ID_BYTES = 8  # embedding ids are int64 whatever the compute dtype
 ELEMENTWISE_OPS = ("add", "mul", "gelu")
-MODELLED_OPS = ("matmul", "embedding", "softmax", "layernorm") + ELEMENTWISE_OPS + LAYOUT_OPS
+MODELLED_OPS = ("matmul", "attention", "embedding", "softmax", "layernorm") + ELEMENTWISE_OPS + LAYOUT_OPS
 
 
 def sram_traffic(graph: Graph, node: Node, plan: KernelPlan, size: int) -> tuple[int, int]:
@@ -59,6 +60,13 @@ def sram_traffic(graph: Graph, node: Node, plan: KernelPlan, size: int) -> tuple
             reads += block * (1 + bias + residual)
             writes += block
         return reads * size, writes * size
+    if node.op == "attention":
+        # Per query row and key: the score, a dot product of the query's D elements with the key arriving
+        # over the fabric (its sum stays in a register); the weighted sum's tc multiply-adds into the output's
+        # partials (the value arrives); the softmax's running max, exp and sum.
+        keys, d = graph[node.inputs[1]].shape[-2], graph[node.inputs[0]].shape[-1]
+        pairs = tr * keys
+        return (pairs * (d + tc + 3)) * size, (pairs * (tc + 2)) * size
     if node.op == "embedding":
         return tr * TOKEN_ID_BYTES, block * size
     if node.op in ELEMENTWISE_OPS:

@@ -41,6 +41,9 @@ def kernel_shapes(graph: Graph, node: Node) -> tuple[tuple[int, ...], list[tuple
         return (g, m, out[-1]), shapes + extra
     if node.op == "embedding":
         return (rows, out[-1]), [ins[0], (int(np.prod(ins[1], dtype=np.int64)),)]
+    if node.op == "attention":  # queries as rows; keys and values per group of rows (batch x heads)
+        groups = int(np.prod(ins[1][:-2], dtype=np.int64))
+        return (rows, out[-1]), [(rows, out[-1]), (groups, *ins[1][-2:]), (groups, *ins[2][-2:])]
     if node.op in ("add", "mul"):
         b = (1,) * (len(out) - len(ins[1])) + tuple(ins[1])
         return (rows, out[-1]), [(rows, out[-1]), (int(np.prod(b[:-1], dtype=np.int64)), b[-1])]

@@ -44,7 +44,7 @@ FAST = ("reassoc", "contract")
 # close to torch's.
 CONTRACT = ("contract",)
 
-_KERNEL_MODULES = ("matmul", "layernorm", "softmax", "gelu", "elementwise", "embedding")
+_KERNEL_MODULES = ("matmul", "layernorm", "softmax", "gelu", "elementwise", "embedding", "attention")
 
 _DTYPES: dict[str, np.dtype] = {"f32": np.dtype(np.float32), "i64": np.dtype(np.int64)}
 _IR_TYPES = {"f32": F32P, "i64": I64P}

@@ -51,6 +51,26 @@ def _softmax(
     return e / e.sum(axis=-1, keepdims=True)
 
 
+@_op("attention")
+def _attention(
+    inputs: Sequence[np.ndarray], attrs: Mapping[str, Any], out_shape: tuple[int, ...]
+) -> np.ndarray:
+    """out[r] = softmax_j(scale * q[r] . k[g, j]) @ v[g] over the visible keys, g = r // M (see the kernel)."""
+    q, k, v = (x.astype(np.float64) for x in inputs)
+    rows, d = q.shape
+    g, n, _ = k.shape
+    m = int(attrs.get("group_rows", rows // g if g else 1))
+    s = np.einsum("gmd,gnd->gmn", q.reshape(g, m, d), k) * float(attrs.get("scale", 1.0))
+    if attrs.get("causal", False):
+        visible = np.arange(n)[None, :] <= np.arange(m)[:, None] + (n - m)
+    else:
+        visible = np.ones((m, n), dtype=bool)
+    s = np.where(visible, s, -np.inf)
+    e = np.where(visible, np.exp(s - s.max(axis=-1, keepdims=True)), 0.0)
+    p = e / e.sum(axis=-1, keepdims=True)
+    return np.einsum("gmn,gnd->gmd", p, v).reshape(rows, d)
+
+
 @_op("gelu")
 def _gelu(inputs: Sequence[np.ndarray], attrs: Mapping[str, Any], out_shape: tuple[int, ...]) -> np.ndarray:
     x = inputs[0].astype(np.float64)

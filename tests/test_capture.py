@@ -44,7 +44,7 @@ CASES = {
     "sdpa_causal": (
         Lambda(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)),
         (torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)),
-        ["matmul", "softmax", "permute", "matmul"],
+        ["attention"],
     ),
     "matmul": (Lambda(lambda a, b: a @ b), (torch.randn(3, 4), torch.randn(4, 5)), ["permute", "matmul"]),
     "arange": (Lambda(lambda a: a + torch.arange(8)), (x3,), ["const", "add"]),
@@ -63,11 +63,25 @@ def test_gpt_block_ir_text():
     text = graph.summary()
     assert "linear = matmul(layer_norm, p_blocks_0_attn_qkv_weight, p_blocks_0_attn_qkv_bias) : float32[1x3x24]" \
         in text
-    assert "scaled_dot_product_attention_softmax1 = softmax(scaled_dot_product_attention_matmul0) : float32[1x2x3x3]" \
+    assert "scaled_dot_product_attention = attention(transpose, transpose_1, transpose_2) : float32[1x2x3x4]" \
         in text
     assert text.endswith("linear_4 = matmul(layer_norm_2, p_lm_head_weight) : float32[1x3x11]\nreturn linear_4")
+    attention = graph["scaled_dot_product_attention"]
+    assert attention.attrs == {"scale": 0.5, "causal": True, "group_rows": 3}
+    # Both matmuls over the full 3 x 3 square of scores per head (2 x 3 x 3 x 4 each), and the softmax's 5.
+    assert attention.flops == 2 * (2 * 2 * 3 * 3 * 4) + 5 * 2 * 3 * 3
+
+
+def test_attention_unfused_is_scores_softmax_weighted_sum():
+    model, inputs = tiny_gpt(layers=1, d_model=8, heads=2, d_ffn=16, vocab=11, seq=3)
+    graph = Legalize(fused_attention=False).run(capture(model, inputs).graph)
+    text = graph.summary()
+    assert "scaled_dot_product_attention_softmax1 = softmax(scaled_dot_product_attention_matmul0) : float32[1x2x3x3]" \
+        in text
     probs = graph["scaled_dot_product_attention_softmax1"]
     assert probs.attrs == {"scale": 0.5, "causal": True, "group_rows": 3}
+    fused = Legalize().run(capture(model, inputs).graph)
+    assert sum(n.flops for n in graph if n.is_kernel) == sum(n.flops for n in fused if n.is_kernel)
 
 
 def test_capture_records_shapes_flops_and_source_lines():

@@ -31,7 +31,7 @@ def test_hugging_face_gpt2_compiles_and_verifies(small_target):
     assert_verified(compiled)
     assert compiled.report["model"]["layers"] == 4  # embedding, two blocks, head: the HF module paths
     ops = [n.op for n in compiled.program.graph if n.is_kernel]
-    assert ops.count("softmax") == 2 and "embedding" in ops  # the mask computation was folded away
+    assert ops.count("attention") == 2 and "embedding" in ops  # the mask computation was folded away
 
 
 def test_hugging_face_checkpoint_folder_loads(tmp_path):
@@ -55,8 +55,8 @@ def test_nanogpt_style_module_with_mask_buffer(small_target):
     model, inputs = nano.build_model(**args), nano.example_inputs(**args)
     compiled = wsc.compile(model, inputs, small_target, **FAST)
     assert_verified(compiled)
-    softmax = [n for n in compiled.program.graph if n.op == "softmax"]
-    assert all(n.attrs["causal"] for n in softmax)  # the tril buffer was recognised as the causal mask
+    attention = [n for n in compiled.program.graph if n.op == "attention"]
+    assert len(attention) == 2 and all(n.attrs["causal"] for n in attention)  # the tril buffer is the causal mask
     keys = {n.attrs["key"] for n in compiled.program.graph.params}
     assert not any(k.endswith(".attn.bias") for k in keys)  # the mask is not streamed as a weight
 
@@ -152,9 +152,12 @@ def test_flops_counted_from_the_graph_match_torch_flop_counter(small_target):
     compiled = wsc.compile(model, inputs, small_target, verify=False, **FAST)
     graph = compiled.program.graph
     matmul = sum(2 * n.numel * graph[n.inputs[0]].shape[-1] for n in graph if n.op == "matmul")
+    fused = [n for n in graph if n.op == "attention"]
+    attention = 2 * 4 * 12**2 * 32  # both layers' two attention matmuls (the fused kernel's multiply-adds)
+    assert sum(n.flops for n in fused) == attention + 2 * 5 * 4 * 12**2  # ... and the softmax between them
+    matmul += attention
     with FlopCounterMode(display=False) as forward:
         model(*inputs)
-    attention = 2 * 4 * 12**2 * 32
     assert matmul == forward.get_total_flops() + attention
     model.train()
     with FlopCounterMode(display=False) as training:

@@ -164,6 +164,59 @@ def test_softmax(rows, n, m, causal):
     assert np.all(out[expected == 0] == 0), "masked probabilities must be exactly 0"
 
 
+@pytest.mark.parametrize(
+    "g,m,extra_keys,d,causal",
+    [
+        (1, 1, 0, 5, False),
+        (1, 1, 0, 16, True),
+        (1, 1, 5, 5, True),
+        (1, 4, 0, 16, False),
+        (1, 4, 5, 5, True),
+        (1, 7, 5, 16, False),
+        (3, 1, 5, 16, True),
+        (3, 4, 0, 5, True),
+        (3, 4, 5, 16, True),
+        (3, 7, 0, 16, True),
+        (3, 7, 5, 5, False),
+        (3, 7, 5, 16, True),
+    ],
+)
+def test_attention(g, m, extra_keys, d, causal):
+    """Against torch on [G, M, D] queries and [G, N, D] keys/values, N = M + extra_keys (a visible prefix)."""
+    n, scale = m + extra_keys, 0.37
+    q, k, v = randn(g, m, d, scale=2.0), randn(g, n, d, scale=2.0), randn(g, n, d)
+    if causal and n == m:
+        # torch's own causal rule, which for a square block is the kernel's.
+        expected = F.scaled_dot_product_attention(t(q), t(k), t(v), is_causal=True, scale=scale)
+    else:
+        visible = torch.arange(n)[None, :] <= torch.arange(m)[:, None] + (n - m) if causal else None
+        expected = F.scaled_dot_product_attention(t(q), t(k), t(v), attn_mask=visible, scale=scale)
+    attrs = {"scale": scale, "causal": causal, "group_rows": m}
+    kernel = run_all_tilings("attention", (g * m, d), [q.reshape(g * m, d), k, v], attrs,
+                             expected.reshape(g * m, d).numpy())
+    if causal and n == m:
+        out = np.full((g * m, d), SENTINEL, dtype=np.float32)
+        kernel(out, [q.reshape(g * m, d), k, v], np.array([[0, g * m, 0, d]], dtype=np.int64))
+        np.testing.assert_array_equal(out[::m], v[:, 0], err_msg="a row seeing one key must copy its value")
+    assert "0xfff0000000000000" not in kernel.ir.lower() and "0x7ff0000000000000" not in kernel.ir.lower()
+
+
+def test_attention_checks():
+    with pytest.raises(ValueError, match="causal needs N >= group_rows"):
+        compile_kernel("attention", (8, 4), [(8, 4), (2, 3, 4), (2, 3, 4)], {"causal": True, "group_rows": 4})
+    with pytest.raises(ValueError, match="v has shape"):
+        compile_kernel("attention", (8, 4), [(8, 4), (2, 5, 4), (2, 6, 4)], {"group_rows": 4})
+    with pytest.raises(ValueError, match="k has shape"):
+        compile_kernel("attention", (8, 4), [(8, 4), (2, 5, 3), (2, 5, 3)], {"group_rows": 4})
+    with pytest.raises(ValueError, match="q has shape"):
+        compile_kernel("attention", (8, 4), [(8, 3), (2, 5, 4), (2, 5, 4)], {"group_rows": 4})
+    with pytest.raises(ValueError, match="not 2 groups of group_rows=3"):
+        compile_kernel("attention", (8, 4), [(8, 4), (2, 5, 4), (2, 5, 4)], {"group_rows": 3})
+    with pytest.raises(ValueError, match="at least one key"):
+        compile_kernel("attention", (8, 4), [(8, 4), (2, 0, 4), (2, 0, 4)], {"group_rows": 4})
+    compile_kernel("attention", (8, 4), [(8, 4), (2, 4, 4), (2, 4, 4)], {"causal": True, "group_rows": 4})
+
+
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 @pytest.mark.parametrize("rows,cols", [(1, 1), (3, 17), (4, 300)])
 def test_gelu(rows, cols, approximate):
@@ -263,7 +316,9 @@ def test_argument_checks():
 
 
 def test_compile_time_checks_and_registry():
-    assert set(supported_ops()) == {"matmul", "layernorm", "softmax", "gelu", "add", "mul", "embedding"}
+    assert set(supported_ops()) == {
+        "matmul", "layernorm", "softmax", "gelu", "add", "mul", "embedding", "attention"
+    }
     assert set(reference_ops()) == set(supported_ops())
     with pytest.raises(WscError, match="no kernel for op 'conv'"):
         compile_kernel("conv", (1, 1), [(1, 1)], {})

@@ -169,7 +169,15 @@ def test_every_kernel_of_a_compiled_gpt_is_charged() -> None:
             reads, writes = sram_traffic(program.graph, node, plan, FP16)
             assert reads > 0 and writes > 0, name
             ops.add(node.op)
-    assert {"matmul", "embedding", "softmax", "layernorm"} <= ops
+    assert {"matmul", "attention", "embedding", "layernorm"} <= ops
+
+
+def test_fused_attention_by_hand() -> None:
+    # 2 groups x 3 query rows, 5 keys, D = 4: a tile of 2 query rows and all 4 columns.
+    graph, node = graph_of("attention", (2, 3, 4), (2, 3, 4), (2, 5, 4), (2, 5, 4))
+    plan = plan_of(6, 4, 3, 1)
+    pairs = 2 * 5
+    assert sram_traffic(graph, node, plan, FP16) == (pairs * (4 + 4 + 3) * 2, pairs * (4 + 2) * 2)
 
 
 # ------------------------------------------------------------------------------------------------ targets

@@ -22,7 +22,7 @@ import networkx as nx
 import numpy as np
 
 SOURCE_OPS = ("input", "param", "const")
-KERNEL_OPS = ("matmul", "layernorm", "softmax", "gelu", "add", "mul", "embedding")
+KERNEL_OPS = ("matmul", "attention", "layernorm", "softmax", "gelu", "add", "mul", "embedding")
 LAYOUT_OPS = ("reshape", "permute", "slice")
 WSC_OPS = SOURCE_OPS + KERNEL_OPS + LAYOUT_OPS
 

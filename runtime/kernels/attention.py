@@ -1,0 +1,117 @@
+"""Fused attention: out[r, c] = sum_j softmax_j(scale * q[r] . k[g, j]) * v[g, j, c].
+
+Inputs, in order: q [R, D], k [G, N, D], v [G, N, D]; out is [R, D] with R = G * M, query rows grouped
+M (attrs["group_rows"]) at a time, row r belonging to group g = r // M (a batch x head pair). With
+causal=True, row r (i = r % M within its group) sees keys j <= i + (N - M): the last M keys form the
+square causal block and earlier keys (a prefix such as cached keys) are always visible, the same rule as
+the softmax kernel. Masked keys are left out of the max and the sum, never set to -inf.
+
+The scores are never stored: a wafer PE holding a block of queries sees the keys and values stream past
+it and has no room for an [M, N] score matrix. Each row therefore makes two passes over its visible keys:
+pass 1 finds the row max of the scaled scores (starting from the first visible key's score, not -inf),
+pass 2 recomputes each score, adds p = exp(s - max) to the row sum and p * v[g, j, c0:c1] to the output
+row, which serves as the accumulator; a final division by the sum normalises it. An online (one-pass)
+softmax would need a running max that starts at -inf and a rescale by exp(old_max - new_max), which is
+exp(-inf) on the first key; two passes keep the arithmetic free of infinities (and of rescaling), so any
+inf or NaN in the output comes from the inputs.
+
+The scores always use the full D of q and k, whatever columns a tile writes, so any split of the output
+into tiles (spanning groups or not) produces the same values.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from wsc.runtime.lowering import (
+    CONTRACT,
+    FAST,
+    KernelBuilder,
+    KernelIR,
+    KernelSpec,
+    f32,
+    for_range,
+    i64,
+    load_at,
+    loop,
+    register_lowering,
+    store_at,
+)
+
+
+def _check(spec: KernelSpec) -> tuple[int, int, int, int, float, bool]:
+    """(G, M, N, D, scale, causal) of a valid spec; ValueError naming the mismatch otherwise."""
+    if len(spec.out_shape) != 2 or len(spec.in_shapes) != 3:
+        raise ValueError(f"attention: expected out [R, D] and inputs q [R, D], k [G, N, D], v [G, N, D]; got {spec}")
+    rows, d = spec.out_shape
+    q_shape, k_shape, v_shape = spec.in_shapes
+    if q_shape != (rows, d):
+        raise ValueError(f"attention: q has shape {q_shape}, expected [{rows}, {d}]")
+    if len(k_shape) != 3 or k_shape[2] != d:
+        raise ValueError(f"attention: k has shape {k_shape}, expected [G, N, {d}]")
+    g, n, _ = k_shape
+    if v_shape != k_shape:
+        raise ValueError(f"attention: v has shape {v_shape}, expected the shape of k {k_shape}")
+    m = int(spec.attrs.get("group_rows", rows // g if g else 1))
+    if m <= 0 or rows != g * m:
+        raise ValueError(f"attention: {rows} query rows are not {g} groups of group_rows={m}")
+    if n <= 0:
+        raise ValueError(f"attention: needs at least one key per group, got N={n}")
+    causal = bool(spec.attrs.get("causal", False))
+    if causal and n < m:
+        # Row 0 of each group would see no key and its softmax would be undefined.
+        raise ValueError(f"attention: causal needs N >= group_rows, got N={n}, group_rows={m}")
+    return g, m, n, d, float(spec.attrs.get("scale", 1.0)), causal
+
+
+@register_lowering("attention")
+def lower_attention(spec: KernelSpec) -> KernelIR:
+    _, m, n, d, scale, causal = _check(spec)
+    kb = KernelBuilder(spec, ["f32", "f32", "f32"])
+    b = kb.b
+    q_ptr, k_ptr, v_ptr = kb.inputs
+    exp = kb.intrinsic("llvm.exp")
+    maxnum = kb.intrinsic("llvm.maxnum", 2)
+
+    with kb.for_tiles() as (r0, r1, c0, c1):
+        with for_range(b, r0, r1, "r") as r:
+            group = b.mul(b.udiv(r, i64(m)), i64(n * d))
+            k_mat = b.gep(k_ptr, [group], inbounds=True)
+            v_mat = b.gep(v_ptr, [group], inbounds=True)
+            q_row = b.gep(q_ptr, [b.mul(r, i64(d))], inbounds=True)
+            o_row = b.gep(kb.out, [b.mul(r, i64(d))], inbounds=True)
+            visible = b.add(b.urem(r, i64(m)), i64(n - m + 1)) if causal else i64(n)
+
+            def score(j: ir.Value) -> ir.Value:
+                """scale * q[r] . k[g, j], over the full D."""
+                k_row = b.gep(k_mat, [b.mul(j, i64(d))], inbounds=True)
+
+                def dot(c: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+                    prod = b.fmul(load_at(b, q_row, c), load_at(b, k_row, c), flags=FAST)
+                    return [b.fadd(acc[0], prod, flags=FAST)]
+
+                (total,) = loop(b, i64(0), i64(d), [f32(0.0)], dot, name="d")
+                return b.fmul(total, f32(scale))
+
+            # Pass 1: the row max, from key 0's score (always visible) rather than from -inf.
+            def row_max(j: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+                return [b.call(maxnum, [acc[0], score(j)], fastmath=FAST)]
+
+            (mx,) = loop(b, i64(1), visible, [score(i64(0))], row_max, name="max")
+
+            # Pass 2: the output row accumulates p * v[g, j] over the tile's columns, and total the p.
+            with for_range(b, c0, c1, "zero") as c:
+                store_at(b, f32(0.0), o_row, c)
+
+            def accumulate(j: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+                p = b.call(exp, [b.fsub(score(j), mx)])
+                v_row = b.gep(v_mat, [b.mul(j, i64(d))], inbounds=True)
+                with for_range(b, c0, c1, "c") as c:
+                    o = b.fadd(load_at(b, o_row, c), b.fmul(p, load_at(b, v_row, c), flags=CONTRACT), flags=CONTRACT)
+                    store_at(b, o, o_row, c)
+                return [b.fadd(acc[0], p, flags=FAST)]
+
+            (total,) = loop(b, i64(0), visible, [f32(0.0)], accumulate, name="key")
+            with for_range(b, c0, c1, "norm") as c:
+                store_at(b, b.fdiv(load_at(b, o_row, c), total), o_row, c)
+    return kb.finish()
