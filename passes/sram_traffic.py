@@ -14,7 +14,7 @@ col_blocks)) and, for a matmul, a K slice of k = ceil(K / k_splits). Traffic in 
 |---|---|---|
 | matmul, multiply-adds | 2*tr*tc*k: one operand element, one partial sum | tr*tc*k: the partial sum |
 | matmul, epilogue (bias, gelu, residual) | tr*tc * (1 + [bias] + [residual]): partial sum, operands | tr*tc |
-| attention (tr*keys query-key pairs) | per pair: D (the query row, for the score) + tc (output partials) + 3 (max, exp, sum) | per pair: tc + 2 |
+| attention, per query-key pair | D (query row) + tc (output partials) + 3 (max, exp, sum) | tc + 2 |
 | embedding | tr token ids (8 bytes each) | tr*tc: the gathered rows |
 | add, mul, gelu | tr*tc per input; tr for a per-row [R, 1] input; 0 for a scalar | tr*tc |
 | softmax | 3*tr*tc: max, exp-sum, normalise | 2*tr*tc: exp, normalised |
