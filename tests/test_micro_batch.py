@@ -128,3 +128,22 @@ def test_schedule_overlaps_streams_with_the_phase_before():
     step, slots, _ = schedule.run(schedule.training_phases(layers, 1))
     assert [(s.phase.layer, s.phase.backward) for s in slots] == [(0, False), (1, False), (1, True), (0, True)]
     assert step == 3 + 2 + 5 + 10 + 4 + 3
+
+
+def test_choose_finds_the_largest_that_fits_then_the_fastest_halving():
+    from wsc.errors import DoesNotFit
+    from wsc.micro_batch import choose
+
+    tried = []
+
+    def attempt(size: int) -> int:
+        tried.append(size)
+        if size > 30:  # the working set grows with the micro-batch: 120 needs 4x the PEs there are
+            raise DoesNotFit("too big", needed=size * 100, offered=3000)
+        return size
+
+    step = {30: 5.0, 15: 4.0, 6: 4.5, 3: 3.0, 1: 9.0}  # not monotonic: every halving is tried
+    assert choose(120, None, attempt, step.__getitem__) == 3
+    # 120 * 3000 / 12000 = 30 fits; then the largest divisor of 120 at most half the last: 15, 6, 3, 1.
+    assert tried == [120, 30, 15, 6, 3, 1]
+    assert choose(120, 24, attempt, step.get) == 24

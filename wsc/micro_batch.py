@@ -51,9 +51,10 @@ def divisors_below(n: int, limit: float) -> int:
 def choose(per_system: int, requested: int | None, attempt: Callable[[int], T],
            seconds: Callable[[T], float]) -> T:
     """Run `attempt(micro_batch)` with the requested micro-batch (sequences per pass, dividing `per_system`),
-    or else with the fastest of those that fit by `seconds`. The largest that fits is found first; halving it
-    streams the weights twice as often but frees PEs that the largest kept at their SRAM minimum, so halving
-    goes on while the step gets faster. A refusal at one sequence per pass is the model's own: passed on."""
+    or else with the fastest of those that fit by `seconds`. The largest that fits is found first; each halving
+    of it streams the weights twice as often but frees PEs that the largest kept at their SRAM minimum, and
+    which wins is not monotonic, so every halving down to one sequence is tried (a log2 of the batch of
+    compiles). A refusal at one sequence per pass is the model's own: it is passed on."""
     if requested is not None:
         if requested < 1 or per_system % requested:
             raise WscError(f"--micro-batch {requested} does not divide the {per_system} sequences each system "
@@ -70,12 +71,11 @@ def choose(per_system: int, requested: int | None, attempt: Callable[[int], T],
             ratio = refusal.offered / refusal.needed if refusal.needed else 0.5
             size = divisors_below(per_system, min(size - 1, size * min(ratio, 0.9)))
     while size > 1:
-        smaller = divisors_below(per_system, size / 2)
+        size = divisors_below(per_system, size / 2)
         try:
-            candidate = attempt(smaller)
-        except DoesNotFit:
-            break
-        if seconds(candidate) >= seconds(best):
-            break
-        best, size = candidate, smaller
+            candidate = attempt(size)
+        except DoesNotFit:  # a smaller working set that still does not place: try the next
+            continue
+        if seconds(candidate) < seconds(best):
+            best = candidate
     return best

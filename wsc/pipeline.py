@@ -65,9 +65,9 @@ class Compiled:
 
 
 def default_passes(strategy: str = "cpsat", seed: int = 0, time_limit: float = 2.0, router: str = "congestion",
-                   mode: str = "weight-streaming") -> list:
+                   mode: str = "weight-streaming", fused_attention: bool = True) -> list:
     """The passes in order. `mode` is read by the passes from the Program (see compile_captured)."""
-    return [FoldConstants(), Legalize(), FuseEpilogues(), GroupLayers(), Partition(),
+    return [FoldConstants(), Legalize(fused_attention=fused_attention), FuseEpilogues(), GroupLayers(), Partition(),
             Place(strategy=strategy, seed=seed, time_limit=time_limit), Route(router=router), Estimate()]
 
 
@@ -75,7 +75,7 @@ def compile_model(model: torch.nn.Module, example_inputs: tuple, target: Target,
                   verify_ir: bool = False, on_pass: Callable[[str, float], None] | None = None,
                   micro_batch: int | None = None, systems: int = 1, **options: Any) -> Compiled:
     """Capture `model` and run the passes; `options` are default_passes' (strategy, seed, time_limit,
-    router, mode).
+    router, mode, fused_attention).
 
     The step's batch (the inputs' first dimension) is split over `systems` wafers, and each system's share is
     run as passes of `micro_batch` sequences: by default the one with the fastest training step of those that
