@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wsc.errors import DoesNotFit
+from wsc.errors import DoesNotPlace
 
 
 @dataclass(frozen=True)
@@ -105,11 +105,11 @@ def traffic(flows: list[Flow]) -> dict[tuple[str, str], int]:
     return pairs
 
 
-def no_fit(kernels: list[KernelRect], mesh: Mesh, why: str) -> DoesNotFit:
+def no_fit(kernels: list[KernelRect], mesh: Mesh, why: str) -> DoesNotPlace:
     need = sum(k.w * k.h for k in kernels)
     have = mesh.rows * mesh.cols - len(mesh.dead)
     dead = f" ({len(mesh.dead)} dead PEs split the free space)" if mesh.dead and need <= have else ""
-    return DoesNotFit(
+    return DoesNotPlace(
         f"the layer's {len(kernels)} kernels do not fit on the {mesh.rows} x {mesh.cols} mesh ({why}): "
         f"they need {need} PEs, {have} are usable{dead}; use smaller kernel rectangles",
         need, have,

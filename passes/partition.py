@@ -178,6 +178,7 @@ class Partition:
     reserved_bytes: int = 8192
 
     def __call__(self, program: Program) -> Program:
+        program.fill = self.fill
         mapped: dict[str, Layer] = {}
         areas = layer_areas(program, self.reserved_bytes)
         for layer in program.layers:

@@ -85,3 +85,26 @@ def test_pipelined_mode_refuses_weights_that_do_not_fit(gpt_module):
     with pytest.raises(WscError, match=r"pipelined mode keeps every weight on the wafer: 25\.71 GB of fp16 "
                                        r"weights, but cs2-sim has 30\.54 GB of SRAM free.*--mode weight-streaming"):
         compile_model(model, gpt_module.example_inputs("13B"), load_target("cs2-sim"), mode="pipelined")
+
+
+def test_kernels_get_the_largest_share_of_the_mesh_that_places(small_target, monkeypatch):
+    from wsc.errors import DoesNotPlace
+    from wsc.passes.place import Place
+    from wsc.pipeline import FILLS
+
+    model, inputs = tiny_gpt(layers=1)
+    assert compile_model(model, inputs, small_target, strategy="greedy").program.fill == FILLS[0]
+    original = Place.__call__
+
+    def crowded(self, program):  # as if the larger shares' rectangles could not be packed
+        if program.fill > FILLS[-1]:
+            raise DoesNotPlace("no room", needed=2, offered=1)
+        return original(self, program)
+
+    monkeypatch.setattr(Place, "__call__", crowded)
+    program = compile_model(model, inputs, small_target, strategy="greedy").program
+    assert program.fill == FILLS[-1] and program.estimate["step_seconds"] > 0
+    budget = int(small_target.usable_pes * FILLS[-1])
+    assert all(sum(p.active_pes for p in layer.kernels.values()) <= budget for layer in program.layers)
+    with pytest.raises(DoesNotPlace):
+        compile_model(model, inputs, small_target, strategy="greedy", fill=FILLS[0])

@@ -15,3 +15,8 @@ class DoesNotFit(WscError):
     def __init__(self, message: str, needed: int = 0, offered: int = 0):
         super().__init__(message)
         self.needed, self.offered = needed, offered
+
+
+class DoesNotPlace(DoesNotFit):
+    """Every kernel's tiles fit its PEs, but the kernels' rectangles could not be packed onto the mesh: giving
+    the kernels a smaller share of the mesh (Partition.fill) leaves the placer more room."""

@@ -104,6 +104,7 @@ class Program:
     batched_inputs: tuple[str, ...] = ()
     weights: Mapping[str, Any] | None = None  # store key -> tensor, when a pass must read a weight's values
     estimate: dict[str, Any] = field(default_factory=dict)
+    fill: float = 0.0  # the share of the usable PEs the partitioner handed to each layer's kernels
     timeline: list[Any] = field(default_factory=list)  # weight streaming: wsc.passes.schedule.Slot per layer pass
 
     @property

@@ -54,6 +54,7 @@ def placement_summary(program: Program) -> dict[str, Any]:
         "strategy": program.strategy,
         "router": ",".join(sorted(routers)),
         "mode": program.mode,
+        "fill": program.fill,
         "pes_used": pes_used,
         "utilization": pes_used / program.target.usable_pes,
         "wirelength": sum(p.wirelength for p in placements),
