@@ -57,7 +57,8 @@ def main() -> None:
             f"| {size} | {batch} | {sequences} x {one['micro_batches']} | {t1['step_seconds']:.3f} | "
             f"{t1['tokens_per_second']:,.0f} | {t1['compute_utilization']:.1%} | {t1['bottleneck']} | "
             f"{t1['bound_seconds']:.3f} | {systems} | {many['micro_batch_tokens'] // SEQ} x "
-            f"{many['passes_per_system']} | {tn['tokens_per_second']:,.0f} | {tn['scaling_efficiency']:.1%} |")
+            f"{many['passes_per_system']} | {tn['tokens_per_second']:,.0f} | {tn['scaling_efficiency']:.1%} | "
+            f"{tn['tokens_per_second'] / t1['tokens_per_second']:.1f}x |")
         inference_rows.append(
             f"| {size} | {infer['step_seconds'] * 1e3:.3f} | {infer['tokens_per_second']:,.0f} | "
             f"{infer['compute_utilization']:.2%} | {infer['bottleneck']} | {infer['bound_seconds'] * 1e3:.3f} |")
@@ -76,11 +77,13 @@ def main() -> None:
         "streams the weights again). *Bound* is the roofline: the larger of all FLOPs at the wafer's peak and",
         "all streamed bytes at the I/O rate. *Systems* is the most systems, up to Andromeda's 16, that divide",
         "the batch; each takes an equal share of it (SwarmX broadcasts the weights and reduces the gradients).",
-        "*Scaling* = one system's step / (systems x their step), at the same micro-batch.",
+        "*Scaling* = one system's step / (systems x their step), at the same micro-batch; *x one system* =",
+        "their tokens/s over the one-system column's, whose micro-batch may differ (a share of the batch",
+        "has fewer divisors to choose from).",
         "",
         "| size | batch | micro-batch | step (s) | tokens/s | utilisation | bottleneck | bound (s) "
-        "| systems | micro-batch per system | tokens/s | scaling |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| systems | micro-batch per system | tokens/s | scaling | x one system |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *training_rows,
         "",
         f"## Single-sequence inference (batch 1, {SEQ} tokens, forward only)",
