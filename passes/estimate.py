@@ -32,8 +32,8 @@ from wsc.targets import Target
 def imbalance(plan: KernelPlan) -> float:
     """The busiest PE's share of the work over the average PE's: tiles differ by up to one row or column,
     and the kernel is done when its largest tile is."""
-    block = math.ceil(plan.rows / plan.row_blocks) * math.ceil(plan.cols / plan.col_blocks)
-    return block * plan.row_blocks * plan.col_blocks / max(plan.rows * plan.cols, 1)
+    tr, tc = plan.largest_tile
+    return tr * tc * plan.row_blocks * plan.col_blocks / max(plan.rows * plan.cols, 1)
 
 
 def kernel_seconds(flops: int, plan: KernelPlan, rate: float, target: Target, sram: float = 0.0) -> float:
@@ -41,7 +41,8 @@ def kernel_seconds(flops: int, plan: KernelPlan, rate: float, target: Target, sr
     reduction: a binary tree over the slices, each level moving one fp32 block over a link and adding it."""
     seconds = max(flops * imbalance(plan) / (plan.active_pes * rate), sram)
     if plan.k_splits > 1:
-        block = math.ceil(plan.rows / plan.row_blocks) * math.ceil(plan.cols / plan.col_blocks)
+        tr, tc = plan.largest_tile
+        block = tr * tc
         levels = math.ceil(math.log2(plan.k_splits))
         cycles = block * 4 / target.link_bytes_per_cycle + target.hop_latency_cycles  # send one fp32 block
         seconds += levels * (cycles / target.clock_hz + block / rate)  # ... then add it
@@ -160,7 +161,8 @@ class Estimate:
         flops = sum(e["flops"] + e["backward_flops"] for e in layers)
         total_bytes = sum(e["weight_bytes"] for e in layers)
 
-        def step_on(passes: int, n_systems: int) -> tuple[float, str]:
+        def step_on(passes: int, n_systems: int) -> tuple[float, str, float]:
+            """The step, its bottleneck, and the SwarmX reduction's exposed tail within it."""
             if program.mode == "pipelined":  # weights and optimizer on the wafer; gradients leave only to reduce
                 terms = [{"compute": e["compute_seconds"] + e["backward_compute_seconds"],
                           "fabric": 2 * e["fabric_seconds"]} for e in layers]
@@ -170,15 +172,16 @@ class Estimate:
                         if n_systems > 1 else 0.0)
                 pass_tokens = program.tokens / program.micro_batches
                 step = passes * max(times) + sum(times) / max(pass_tokens, 1) + tail
-                return step, "stream" if tail > passes * max(times) else max(slowest, key=slowest.__getitem__)
+                bottleneck = "stream" if tail > passes * max(times) else max(slowest, key=slowest.__getitem__)
+                return step, bottleneck, 0.0  # reported as 0: the whole gradient exchange is in `tail` above
             step, _, by_term = schedule.run(schedule.training_phases(layers, passes))
-            step += swarmx_seconds(n_systems, layers[0]["weight_bytes"], io)
-            return step, max(by_term, key=by_term.__getitem__)
+            tail = swarmx_seconds(n_systems, layers[0]["weight_bytes"], io)
+            return step + tail, max(by_term, key=by_term.__getitem__), tail
 
         if not layers:
             return {}
         passes = program.passes_per_system
-        step, bottleneck = step_on(passes, systems)
+        step, bottleneck, swarmx = step_on(passes, systems)
         single = step_on(program.micro_batches, 1)[0] if systems > 1 else step
         bounds = {"compute": passes * flops / peak,
                   "stream": passes * 2 * total_bytes / io if program.mode != "pipelined" else 0.0}
@@ -189,8 +192,7 @@ class Estimate:
             "bottleneck": bottleneck,
             "tokens_per_second": program.tokens / step if step > 0 else 0.0,
             "compute_utilization": passes * flops / (step * peak) if step > 0 else 0.0,
-            "swarmx_seconds": swarmx_seconds(systems, layers[0]["weight_bytes"], io)
-            if program.mode != "pipelined" else 0.0,
+            "swarmx_seconds": swarmx,
             "single_system_step_seconds": single,
             "scaling_efficiency": single / (systems * step) if step > 0 else 0.0,
         }

@@ -50,7 +50,7 @@ MODELLED_OPS = ("matmul", "attention", "embedding", "softmax", "layernorm") + EL
 def sram_traffic(graph: Graph, node: Node, plan: KernelPlan, size: int) -> tuple[int, int]:
     """(bytes read, bytes written) by the SRAM of the kernel's busiest PE in one step; `size` is the dtype's
     bytes per element."""
-    tr, tc = math.ceil(plan.rows / plan.row_blocks), math.ceil(plan.cols / plan.col_blocks)
+    tr, tc = plan.largest_tile
     block = tr * tc
     if node.op == "matmul":
         k = math.ceil(reduction_dim(graph, node) / plan.k_splits)

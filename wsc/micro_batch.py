@@ -3,9 +3,10 @@ too big for the wafer's SRAM (each micro-batch goes through every layer; gradien
 
 The batch is the first dimension of the inputs that carry it (a language model's [batch, seq] token ids). A
 micro-batch is a whole number of sequences that divides each system's share of the batch evenly, so every pass
-has the same shapes and one compiled graph serves them all. `choose` picks the largest micro-batch that fits:
-the partitioner's refusal says how many PEs the layer needed against those it had, and the working set
-shrinks about in proportion to the tokens per pass, so the next try is scaled by that ratio.
+has the same shapes and one compiled graph serves them all. `choose` first finds the largest micro-batch that
+fits (a refusal says how many PEs a layer needed against those it had, and the working set shrinks about in
+proportion to the tokens per pass, so the next try is scaled by that ratio), then keeps the fastest of it and
+its halvings.
 """
 
 from __future__ import annotations

@@ -86,8 +86,7 @@ def compile_model(model: torch.nn.Module, example_inputs: tuple, target: Target,
 
     The step's batch (the inputs' first dimension) is split over `systems` wafers, and each system's share is
     run as passes of `micro_batch` sequences: by default the one with the fastest training step of those that
-    fit (see micro_batch.choose),
-    each micro-batch size captured anew so the graph's shapes are one pass's."""
+    fit (see micro_batch.choose), each size captured anew so the graph's shapes are one pass's."""
     tokens = count_tokens(example_inputs)
     batch = micro_batch_lib.batch_size(example_inputs)
     if batch is None:

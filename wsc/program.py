@@ -49,6 +49,11 @@ class KernelPlan:
         return self.h * self.w
 
     @property
+    def largest_tile(self) -> tuple[int, int]:
+        """(rows, cols) of the largest output block: blocks differ by at most one row or column."""
+        return -(-self.rows // self.row_blocks), -(-self.cols // self.col_blocks)
+
+    @property
     def active_pes(self) -> int:
         """PEs that compute: one per block and K slice."""
         return self.row_blocks * self.col_blocks * self.k_splits
