@@ -116,8 +116,9 @@ class Estimate:
             backward.append(kernel_seconds(backward_flops(node), plan, rate, target, 2 * sram))
             waves.append(plan.row_blocks / max(plan.rows, 1))  # one token row per row block: a wave's share
         layer_kernel_seconds = dict(zip(layer.kernels, forward, strict=True))
-        fill = sum(t * w for t, w in zip(forward, waves, strict=True)) - max(
-            (t * w for t, w in zip(forward, waves, strict=True)), default=0.0)
+        # The slowest kernel sets the pace once every other kernel has passed it the first wave.
+        slowest = forward.index(max(forward)) if forward else 0
+        fill = sum(t * w for i, (t, w) in enumerate(zip(forward, waves, strict=True)) if i != slowest)
         fabric = 0.0
         if layer.routes is not None:
             fabric = (layer.routes.max_link_load / (target.link_bytes_per_cycle * target.clock_hz)
