@@ -1,0 +1,87 @@
+"""Are two compiles' artifacts the same? Compares report.json and placement.json of two output folders.
+
+A refactoring that keeps behaviour must leave both files identical, except for the keys that measure the run
+itself (how long it took, how much memory it used, how many kernels the on-disk cache already held, and the
+verification's own measured error, which depends on the thread split of the kernels and on nothing the
+compiler decides). Everything else, every PE, route, byte and second of the estimate, must match exactly.
+
+    python benchmarks/same_artifacts.py BEFORE_DIR AFTER_DIR     # exit 0 when the same, 1 with each difference
+
+Typical use: compile the demo and 1.3B (`--no-verify`) at the commit before a change and at the change, then
+compare the folders.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+# Keys that measure the run, as paths from the document's root; a prefix matches everything under it.
+MEASURED = (
+    ("timings",),
+    ("placement", "solver", "seconds"),
+    ("memory", "peak_rss_bytes"),
+    ("runtime", "kernel_cache"),
+    ("verification", "max_abs_err"),
+)
+FILES = ("report.json", "placement.json")
+
+
+def measured(path: tuple[str, ...]) -> bool:
+    return any(path[: len(prefix)] == prefix for prefix in MEASURED)
+
+
+def differences(before: Any, after: Any, path: tuple[str, ...] = ()) -> list[str]:
+    """Every place the two documents differ, outside the measured keys, one line each."""
+    if measured(path):
+        return []
+    where = ".".join(path) or "(root)"
+    if isinstance(before, dict) and isinstance(after, dict):
+        lines = []
+        for key in sorted(set(before) | set(after)):
+            if measured((*path, key)):
+                continue
+            if key not in after:
+                lines.append(f"{where}.{key}: removed")
+            elif key not in before:
+                lines.append(f"{where}.{key}: added")
+            else:
+                lines += differences(before[key], after[key], (*path, key))
+        return lines
+    if isinstance(before, list) and isinstance(after, list):
+        if len(before) != len(after):
+            return [f"{where}: {len(before)} items before, {len(after)} after"]
+        return [line for i, (b, a) in enumerate(zip(before, after, strict=True))
+                for line in differences(b, a, (*path, str(i)))]
+    if before != after:
+        return [f"{where}: {before!r} before, {after!r} after"]
+    return []
+
+
+def compare(before_dir: Path, after_dir: Path) -> list[str]:
+    lines = []
+    for name in FILES:
+        before = json.loads((before_dir / name).read_text())
+        after = json.loads((after_dir / name).read_text())
+        lines += [f"{name}: {line}" for line in differences(before, after)]
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python benchmarks/same_artifacts.py BEFORE_DIR AFTER_DIR", file=sys.stderr)
+        return 2
+    lines = compare(Path(argv[0]), Path(argv[1]))
+    for line in lines[:50]:
+        print(line)
+    if len(lines) > 50:
+        print(f"... and {len(lines) - 50} more")
+    print(f"same: {', '.join(FILES)} match outside the measured keys" if not lines
+          else f"different: {len(lines)} differences")
+    return 1 if lines else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
