@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from wsc import ops
 from wsc.ir import Node
 from wsc.passes import schedule
 from wsc.passes.sram_traffic import sram_seconds
@@ -50,12 +51,9 @@ def kernel_seconds(flops: int, plan: KernelPlan, rate: float, target: Target, sr
 
 
 def backward_flops(node: Node) -> int:
-    """FLOPs of a kernel's backward pass, from its forward count: a matmul needs two (the gradients of both
-    operands, each a matmul of the same size); an embedding scatter-adds its output gradient into the table;
-    elementwise, norm and softmax kernels take about twice their forward work."""
-    if node.op == "embedding":
-        return node.numel
-    return 2 * node.flops
+    """FLOPs of a kernel's backward pass (the op table's rule: about twice the forward; an embedding
+    scatter-adds its output gradient into the table)."""
+    return ops.kernel(node.op).backward_flops(node)
 
 
 def swarmx_seconds(systems: int, gradient_bytes: int, io_bytes_per_second: float) -> float:

@@ -13,15 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from wsc import ops
 from wsc.ir import Graph, Node
 from wsc.program import Program
 
 
 @dataclass(frozen=True)
 class FuseEpilogues:
+    """Which ops may fuse is the op table's: an op says how a kernel feeding it could compute it
+    (`epilogue`), and the kernel whether it can take that on (`accepts_epilogue`)."""
+
     name: ClassVar[str] = "fuse-epilogues"
-    gelu: bool = True
-    residual: bool = True
 
     def __call__(self, program: Program) -> Program:
         graph = program.graph
@@ -29,20 +31,16 @@ class FuseEpilogues:
         absorbed: set[str] = set()
         for node in graph:
             current[node.name] = node
-            if self.gelu and node.op == "gelu":
-                found = self.sole_matmul(graph, current, node.inputs[0])
-                if found and found[0].attrs.get("epilogue", "none") == "none" and not found[0].attrs.get("residual"):
-                    attrs = {"epilogue": "gelu", "approximate": node.attrs.get("approximate", "none")}
-                    current[node.name] = fused(found[0], node, attrs)
+            if not node.is_kernel:
+                continue
+            op = ops.kernel(node.op)
+            for position in range(len(node.inputs)):
+                how = op.epilogue(graph, node, position)
+                found = self.sole_kernel(graph, current, node.inputs[position]) if how else None
+                if how and found and ops.kernel(found[0].op).accepts_epilogue(found[0], how[0]):
+                    current[node.name] = fused(found[0], node, how[0], extra_input=how[1])
                     absorbed.update(found[1])
-            elif self.residual and node.op == "add":
-                for position in (0, 1):
-                    found = self.sole_matmul(graph, current, node.inputs[position])
-                    other = node.inputs[1 - position]
-                    if found and not found[0].attrs.get("residual") and graph[other].shape == node.shape:
-                        current[node.name] = fused(found[0], node, {"residual": True}, extra_input=other)
-                        absorbed.update(found[1])
-                        break
+                    break
         out = Graph()
         for name in graph.g.nodes:
             if name not in absorbed:
@@ -52,24 +50,24 @@ class FuseEpilogues:
         return program
 
     @staticmethod
-    def sole_matmul(graph: Graph, current: dict[str, Node], name: str) -> tuple[Node, list[str]] | None:
-        """The matmul whose value `name` is (directly, or through a reshape that keeps the last dim) and
+    def sole_kernel(graph: Graph, current: dict[str, Node], name: str) -> tuple[Node, list[str]] | None:
+        """The kernel whose value `name` is (directly, or through a reshape that keeps the last dim) and
         that nothing else reads; with the names it would absorb."""
         chain = [name]
         node = current[name]
         if node.op == "reshape" and graph[node.inputs[0]].shape[-1:] == node.shape[-1:]:
             chain.append(node.inputs[0])
             node = current[node.inputs[0]]
-        if node.op != "matmul" or node.dtype != "float32":
+        if not node.is_kernel:
             return None
         if any(len(graph.users(step)) != 1 for step in chain) or name in graph.outputs:
             return None
         return node, chain
 
 
-def fused(matmul: Node, op: Node, attrs: dict, extra_input: str | None = None) -> Node:
-    """`matmul` computing `op` too, under `op`'s name and shape (so its readers need no change)."""
-    inputs = list(matmul.inputs) + ([extra_input] if extra_input else [])
-    return Node(op.name, "matmul", tuple(inputs), op.shape, op.dtype, {**matmul.attrs, **attrs},
-                flops=matmul.flops + op.flops, bytes=matmul.bytes + op.bytes, layer=matmul.layer,
-                module=matmul.module, source=matmul.source)
+def fused(kernel: Node, op: Node, attrs: dict, extra_input: str | None = None) -> Node:
+    """`kernel` computing `op` too, under `op`'s name and shape (so its readers need no change)."""
+    inputs = list(kernel.inputs) + ([extra_input] if extra_input else [])
+    return Node(op.name, kernel.op, tuple(inputs), op.shape, op.dtype, {**kernel.attrs, **attrs},
+                flops=kernel.flops + op.flops, bytes=kernel.bytes + op.bytes, layer=kernel.layer,
+                module=kernel.module, source=kernel.source)

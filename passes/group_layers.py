@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from wsc import ops
 from wsc.ir import Graph
 from wsc.passes.place import Flow
 from wsc.program import DTYPE_SIZE, Layer, Program
@@ -74,7 +75,7 @@ def kernel_flows(graph: Graph, layer: Layer, element_bytes: int) -> list[Flow]:
             continue
         for src in node.inputs:
             producer = graph[src]
-            while producer.op in ("reshape", "permute", "slice") and producer.name in members:
+            while ops.is_layout(producer.op) and producer.name in members:
                 producer = graph[producer.inputs[0]]
             if producer.is_kernel and producer.name in members:
                 key = (producer.name, name)

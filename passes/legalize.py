@@ -1,4 +1,4 @@
-"""legalize: rewrite ATen nodes into the wsc op set (wsc.ir.WSC_OPS), recording FLOPs and bytes.
+"""legalize: rewrite ATen nodes into the ops of the op table (wsc/ops/), recording FLOPs and bytes.
 
 Each ATen op has one rule, registered with `@legalizes(...)`; a rule emits wsc nodes and returns the node
 that now holds the ATen node's value. Ops with no rule are the unsupported ones: the error names the op, the
@@ -15,15 +15,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from wsc import ops
 from wsc.errors import WscError
-from wsc.ir import Graph, Node, Ref
+from wsc.ir import SOURCE_OPS, Graph, Node, Ref
 from wsc.program import Program
 
 _RULES: dict[str, Callable[[Rewriter, Node], str]] = {}
-
-# FLOPs per output element of the elementwise-like kernels; matmul is counted exactly (2 per multiply-add).
-FLOPS_PER_ELEMENT = {"layernorm": 8, "softmax": 5, "gelu": 8, "add": 1, "mul": 1, "embedding": 0}
-
 
 def legalizes(*aten_ops: str):
     def register(rule):
@@ -39,14 +36,8 @@ def supported_aten_ops() -> list[str]:
 
 
 def node_flops(op: str, shape: tuple[int, ...], in_shapes: list[tuple[int, ...]], attrs: dict) -> int:
-    numel = int(np.prod(shape, dtype=np.int64))
-    if op == "matmul":
-        k = in_shapes[0][-1]
-        return 2 * numel * k + (numel if attrs.get("bias") else 0)
-    if op == "attention":  # the two matmuls over the full square of scores, and the softmax between them
-        keys = in_shapes[1][-2]
-        return 4 * numel * keys + FLOPS_PER_ELEMENT["softmax"] * (numel // shape[-1]) * keys
-    return FLOPS_PER_ELEMENT.get(op, 0) * numel
+    """The op table's FLOP count for one node."""
+    return ops.get(op).flops(shape, in_shapes, attrs)
 
 
 class Rewriter:
@@ -70,11 +61,9 @@ class Rewriter:
         shape = tuple(int(d) for d in shape)
         node = Node(name, op, tuple(inputs), shape, dtype or origin.dtype, attrs, module=origin.module,
                     source=origin.source)
-        if node.is_kernel:
+        if op not in SOURCE_OPS:
             node.flops = node_flops(op, shape, [n.shape for n in in_nodes], attrs)
-            node.bytes = sum(n.nbytes for n in in_nodes) + node.nbytes
-        elif op in ("reshape", "permute", "slice"):
-            node.bytes = node.nbytes
+            node.bytes = ops.get(op).bytes_moved(in_nodes, node)
         self.out.add(node)
         return name
 
@@ -112,7 +101,7 @@ class Legalize:
         rw = Rewriter(graph, weights, self.fused_attention)
         for node in graph:
             rw.origin, rw.count = node, 0
-            if node.op in ("input", "param", "const"):
+            if node.op in SOURCE_OPS:
                 rw.out.add(Node(node.name, node.op, (), node.shape, node.dtype, dict(node.attrs),
                                 module=node.module, source=node.source))
                 rw.value[node.name] = node.name

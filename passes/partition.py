@@ -11,86 +11,40 @@ left operand whole: a K split trades SRAM for a partial-sum reduction across PEs
 grid itself when it fits the mesh (PE (i, j) computes block (i, j)), else the blocks fold row-major into a
 rectangle as tall as the mesh allows (see KernelPlan for the PE numbering).
 
-Per-PE SRAM model (weight-streaming dataflow, output-stationary blocks), in the target's precision: a matmul
-PE keeps its rows of the left operand over its K slice, fp32 accumulators for its block, a double buffer for
-the streamed right operand's column, and, when K is split, a buffer for the partial sums it reduces; an
-elementwise PE keeps its input and output tiles. `reserved_bytes` per PE is held back for code, the stack and
-the router's buffers.
+Per-PE SRAM: each op's own rule, in the target's precision (`sram_bytes` in its file of wsc/ops/: a matmul PE
+keeps its rows of the left operand over its K slice, fp32 accumulators and a double buffer for the streamed
+operand; an elementwise PE its input and output tiles). `reserved_bytes` per PE is held back for code, the stack
+and the router's buffers. The cut is recorded once, as a KernelPlan's `cut`; its tiles derive from it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
 
+from wsc import ops
 from wsc.errors import DoesNotFit, WscError
 from wsc.ir import Graph, Node
 from wsc.passes.place import mesh_of
-from wsc.program import DTYPE_SIZE, KernelPlan, Layer, Program
-
-ACCUMULATOR_BYTES = 4
-# Kernels each of whose PEs needs whole rows of its inputs to compute any output column (attention's scores
-# take every element of a query row): cutting their columns would repeat that work, so they are cut by rows.
-WHOLE_ROW_OPS = ("attention",)
-
-
-@dataclass(frozen=True)
-class Cut:
-    """A kernel's iteration space cut: output blocks and K slices."""
-
-    row_blocks: int
-    col_blocks: int
-    k_splits: int = 1
-
-    @property
-    def pes(self) -> int:
-        return self.row_blocks * self.col_blocks * self.k_splits
+from wsc.program import DTYPE_SIZE, Cut, KernelPlan, Layer, Program
 
 
 def output_view(shape: tuple[int, ...]) -> tuple[int, int]:
     """Every kernel's output is tiled as 2-D [rows, cols]: cols is the last dim."""
-    cols = shape[-1] if shape else 1
-    return int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1, cols
+    return ops.output_view(shape)
 
 
 def reduction_dim(graph: Graph, node: Node) -> int:
-    return graph[node.inputs[0]].shape[-1] if node.op == "matmul" else 1
+    return ops.kernel(node.op).reduction_dim(graph, node)
 
 
 def sram_bytes(graph: Graph, node: Node, cut: Cut, size: int, resident: bool = False) -> int:
-    """Bytes one PE holds for its tile; with `resident` (pipelined mode) a matmul's weight tile stays in SRAM
-    instead of streaming past."""
-    rows, cols = output_view(node.shape)
-    tr, tc = math.ceil(rows / cut.row_blocks), math.ceil(cols / cut.col_blocks)
-    if node.op == "matmul":
-        k = math.ceil(reduction_dim(graph, node) / cut.k_splits)
-        bias = tc * size if node.attrs.get("bias") else 0
-        partials = tr * tc * ACCUMULATOR_BYTES if cut.k_splits > 1 else 0
-        weights = tc * k * size if resident and graph[node.inputs[1]].op == "param" else 2 * tc * size
-        return tr * k * size + tr * tc * ACCUMULATOR_BYTES + weights + bias + partials
-    if node.op == "embedding":
-        return tr * tc * size + tr * 8 + 2 * tc * size
-    if node.op == "attention":
-        # Its query rows whole (scores need all of D), fp32 accumulators for its output block, a running max
-        # and sum per row, and one streamed key and value row, double-buffered: the scores are never stored.
-        d = graph[node.inputs[0]].shape[-1]
-        return tr * d * size + tr * tc * ACCUMULATOR_BYTES + tr * 2 * ACCUMULATOR_BYTES + 2 * 2 * d * size
-    tensors = sum(1 for i in node.inputs if graph[i].numel > 1)
-    params = 2 * tc * size if node.op == "layernorm" else 0
-    return (tensors + 1) * tr * tc * size + params
-
-
-def tile_table(rows: int, cols: int, row_blocks: int, col_blocks: int) -> np.ndarray:
-    """(r0, r1, c0, c1) of block (i, j) at index i * col_blocks + j; blocks differ by at most one row or
-    column."""
-    r = np.arange(row_blocks + 1, dtype=np.int64) * rows // row_blocks
-    c = np.arange(col_blocks + 1, dtype=np.int64) * cols // col_blocks
-    i = np.repeat(np.arange(row_blocks), col_blocks)
-    j = np.tile(np.arange(col_blocks), row_blocks)
-    return np.stack([r[i], r[i + 1], c[j], c[j + 1]], axis=1)
+    """Bytes one PE holds for its tile (the op table's rule); with `resident` (pipelined mode) a weight tile
+    stays in SRAM instead of streaming past."""
+    return ops.kernel(node.op).sram_bytes(graph, node, cut, size, resident)
 
 
 def grid_for_area(rows: int, cols: int, area: int, max_h: int | None = None,
@@ -185,10 +139,8 @@ class Partition:
             twin = mapped.get(key := layer.signature(program.graph))
             if twin is not None:  # an identical layer: same cuts, so the same tile tables serve both
                 kernels = [n for n in layer.nodes if program.graph[n].is_kernel]
-                layer.kernels = {
-                    name: KernelPlan(**{**plan.__dict__, "node": name})
-                    for name, plan in zip(kernels, twin.kernels.values(), strict=True)
-                }
+                layer.kernels = {name: replace(plan, node=name)
+                                 for name, plan in zip(kernels, twin.kernels.values(), strict=True)}
                 continue
             try:
                 self.partition_layer(program, layer, areas[layer.index])
@@ -237,20 +189,15 @@ class Partition:
                 # tall least cut and a wide share grid must not multiply into a rectangle of both.
                 h = max(h, cut.row_blocks)
                 w = max(cut.col_blocks, min(w, shares[k.name] // (h * splits)))
-                if k.op in WHOLE_ROW_OPS:  # more PEs can only mean more row blocks (folded into the area)
+                if ops.kernel(k.op).whole_rows:  # more PEs can only mean more row blocks (folded into the area)
                     h, w = min(rows, max(shares[k.name], cut.row_blocks)), 1
                 wider = Cut(h, w, splits)
                 if sram_bytes(graph, k, wider, size, resident) <= capacity and rectangle(wider, area):
                     cut = wider
                     break
             h, w = rectangle(cut, area) or rectangle(least[k.name], area)  # type: ignore[misc]
-            k_dim = reduction_dim(graph, k)
-            layer.kernels[k.name] = KernelPlan(
-                k.name, rows, cols, h, w, tile_table(rows, cols, cut.row_blocks, cut.col_blocks),
-                sram_bytes(graph, k, cut, size, resident), work[k.name], cut.row_blocks, cut.col_blocks,
-                cut.k_splits,
-                np.arange(cut.k_splits + 1, dtype=np.int64) * k_dim // cut.k_splits,
-            )
+            layer.kernels[k.name] = KernelPlan(k.name, rows, cols, cut, h, w, sram_bytes(graph, k, cut, size, resident),
+                                               reduction_dim(graph, k))
 
     def lanes_needed(self, program: Program, layer: Layer) -> int:
         """Rows of PEs each kernel should span so the layer's traffic, even if it all shared one bundle of
@@ -298,7 +245,7 @@ class Partition:
         """The fewest column blocks whose tiles fit beside `row_blocks` x `splits` (a PE's bytes only fall
         as its columns do), or None if even one column each is too much."""
         cols = output_view(node.shape)[1]
-        if node.op in WHOLE_ROW_OPS:
+        if ops.kernel(node.op).whole_rows:
             cols = 1
         if sram_bytes(graph, node, Cut(row_blocks, cols, splits), size, resident) > capacity:
             return None

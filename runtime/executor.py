@@ -3,7 +3,8 @@
 Activations stay resident between layers (as they stay on the wafer); a layer's weights are streamed in just
 before it runs and released right after. Every kernel runs through its JIT-compiled LLVM function over exactly
 the tiles the partitioner chose; outputs start as NaN, so an element no tile computed cannot pass for a value.
-Layout ops (reshape, permute, slice) only move data, as the fabric does.
+Layout ops (reshape, permute, slice) only move data, as the fabric does. What each op does is the op table's
+(`wsc/ops/`): its ABI shapes, its kernel, how it runs with a split reduction.
 """
 
 from __future__ import annotations
@@ -14,42 +15,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from wsc import progress
+from wsc import ops, progress
 from wsc.errors import WscError
-from wsc.ir import Graph, Node
+from wsc.ir import Node
 from wsc.program import KernelPlan, Program
 from wsc.runtime.lowering import compile_kernel
 from wsc.runtime.weight_store import WeightStore
-
-
-def kernel_shapes(graph: Graph, node: Node) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
-    """The shapes each kernel's ABI takes (see wsc.runtime.lowering): the node's tensors folded to 2-D/3-D."""
-    ins = [graph[i].shape for i in node.inputs]
-    out = node.shape
-    rows = int(np.prod(out[:-1], dtype=np.int64))
-    if node.op == "matmul":
-        a, b = ins[0], ins[1]
-        if len(b) == 2:
-            g, m = 1, rows
-            shapes = [(1, m, a[-1]), (1, *b)]
-        else:
-            g, m = int(np.prod(a[:-2], dtype=np.int64)), a[-2]
-            shapes = [(g, m, a[-1]), (int(np.prod(b[:-2], dtype=np.int64)), b[-2], b[-1])]
-        extra = [tuple(s) for s in ins[2:]]
-        if node.attrs.get("residual", False):  # a fused residual is added element-wise to the output
-            extra[-1] = (g, m, out[-1])
-        return (g, m, out[-1]), shapes + extra
-    if node.op == "embedding":
-        return (rows, out[-1]), [ins[0], (int(np.prod(ins[1], dtype=np.int64)),)]
-    if node.op == "attention":  # queries as rows; keys and values per group of rows (batch x heads)
-        groups = int(np.prod(ins[1][:-2], dtype=np.int64))
-        return (rows, out[-1]), [(rows, out[-1]), (groups, *ins[1][-2:]), (groups, *ins[2][-2:])]
-    if node.op in ("add", "mul"):
-        b = (1,) * (len(out) - len(ins[1])) + tuple(ins[1])
-        return (rows, out[-1]), [(rows, out[-1]), (int(np.prod(b[:-1], dtype=np.int64)), b[-1])]
-    if node.op == "layernorm":
-        return (rows, out[-1]), [(rows, out[-1]), ins[1], ins[2]]
-    return (rows, out[-1]), [(rows, out[-1])]
 
 
 def column_runs(tiles: np.ndarray) -> np.ndarray:
@@ -102,7 +73,7 @@ class Executor:
             for name in layer.nodes:
                 node = self.graph[name]
                 if node.is_kernel and layer.kernels[name].k_splits == 1:
-                    out, ins = kernel_shapes(self.graph, node)
+                    out, ins = ops.kernel(node.op).abi(self.graph, node)
                     self.kernels[name] = compile_kernel(node.op, out, ins, kernel_attrs(node))
         self.last_use = self._last_use()
         self.stats = RunStats()
@@ -185,58 +156,18 @@ class Executor:
     def _execute(self, node: Node, plan: KernelPlan | None, env: dict[str, np.ndarray]) -> np.ndarray:
         if node.op == "const":
             return node.attrs["value"]
-        if node.op == "reshape":
-            return env[node.inputs[0]].reshape(node.shape)
-        if node.op == "permute":
-            return np.ascontiguousarray(env[node.inputs[0]].transpose(node.attrs["dims"]))
-        if node.op == "slice":
-            index = [slice(None)] * len(node.shape)
-            index[node.attrs["dim"]] = slice(node.attrs["start"], node.attrs["end"])
-            return np.ascontiguousarray(env[node.inputs[0]][tuple(index)])
-        assert plan is not None, f"kernel {node.name} has no tile plan"
-        out_shape, in_shapes = kernel_shapes(self.graph, node)
-        out = np.full(out_shape, np.nan, dtype=np.float32)
+        op = ops.get(node.op)
+        if isinstance(op, ops.LayoutOp):
+            return op.move(node, env[node.inputs[0]])
+        assert isinstance(op, ops.KernelOp) and plan is not None, f"kernel {node.name} has no tile plan"
+        out_shape, in_shapes = op.abi(self.graph, node)
         args = [np.ascontiguousarray(env[i]).reshape(s) for i, s in zip(node.inputs, in_shapes, strict=True)]
         t = time.perf_counter()
+        tiles = self._ordered_tiles(plan)
         if plan.k_splits > 1:
-            out = self._split_matmul(node, plan, out_shape, args)
+            out = op.run_k_split(node, plan, args, out_shape, tiles, compile_kernel, self.threads)
         else:
-            self.kernels[node.name](out, args, self._ordered_tiles(plan), threads=self.threads)
+            out = np.full(out_shape, np.nan, dtype=np.float32)
+            self.kernels[node.name](out, args, tiles, threads=self.threads)
         self.stats.kernel_seconds += time.perf_counter() - t
         return out.reshape(node.shape)
-
-    def _split_matmul(self, node: Node, plan: KernelPlan, out_shape: tuple[int, ...],
-                      args: list[np.ndarray]) -> np.ndarray:
-        """A matmul whose K the partitioner split: each K slice's partial sums (the PEs of one slice), then
-        their reduction across PEs as a binary tree, then the epilogue (bias, GELU, residual) on the reduced
-        block. Every step runs its JIT kernel over the same tiles."""
-        assert plan.k_bounds is not None
-        tiles, shape2d = self._ordered_tiles(plan), (plan.rows, plan.cols)
-        a, b, extras = args[0], args[1], list(args[2:])
-        partials = []
-        for k0, k1 in zip(plan.k_bounds[:-1], plan.k_bounds[1:], strict=True):
-            a_s, b_s = np.ascontiguousarray(a[..., k0:k1]), np.ascontiguousarray(b[..., k0:k1])
-            partial = np.full(out_shape, np.nan, dtype=np.float32)
-            compile_kernel("matmul", out_shape, [a_s.shape, b_s.shape], {})(partial, [a_s, b_s], tiles,
-                                                                           threads=self.threads)
-            partials.append(partial.reshape(shape2d))
-        while len(partials) > 1:
-            pairs = [self._elementwise("add", partials[i], partials[i + 1], tiles)
-                     for i in range(0, len(partials) - 1, 2)]
-            partials = pairs + partials[len(pairs) * 2:]
-        y = partials[0]
-        if node.attrs.get("bias"):
-            y = self._elementwise("add", y, extras.pop(0).reshape(1, plan.cols), tiles)
-        if node.attrs.get("epilogue", "none") == "gelu":
-            out = np.full(shape2d, np.nan, dtype=np.float32)
-            kernel = compile_kernel("gelu", shape2d, [shape2d], {"approximate": node.attrs.get("approximate")})
-            kernel(out, [y], tiles, threads=self.threads)
-            y = out
-        if node.attrs.get("residual"):
-            y = self._elementwise("add", y, extras.pop(0).reshape(shape2d), tiles)
-        return y.reshape(out_shape)
-
-    def _elementwise(self, op: str, x: np.ndarray, y: np.ndarray, tiles: np.ndarray) -> np.ndarray:
-        out = np.full(x.shape, np.nan, dtype=np.float32)
-        compile_kernel(op, x.shape, [x.shape, y.shape], {})(out, [x, y], tiles, threads=self.threads)
-        return out

@@ -110,12 +110,6 @@ def store(key: str, payload: bytes) -> None:
 
 
 def stats() -> dict[str, int]:
-    """Counters since process start (or the last reset): hits, misses, stores, corrupt entries, I/O errors."""
+    """Counters since process start: hits, misses, stores, corrupt entries, I/O errors."""
     with _lock:
         return dict(_stats)
-
-
-def reset_stats() -> None:
-    with _lock:
-        for k in _stats:
-            _stats[k] = 0

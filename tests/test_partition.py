@@ -10,8 +10,8 @@ from wsc.capture import capture
 from wsc.errors import WscError
 from wsc.passes.group_layers import GroupLayers
 from wsc.passes.legalize import Legalize
-from wsc.passes.partition import Partition, grid_for_area, tile_table
-from wsc.program import Program
+from wsc.passes.partition import Partition, grid_for_area
+from wsc.program import Program, tile_table
 from wsc.targets import load_target
 
 

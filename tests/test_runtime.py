@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -52,20 +53,29 @@ def test_prefetch_holds_at_most_two_layers(compiled_tiny):
     assert verify(model, inputs, run.outputs)["status"] == "pass"
 
 
+@contextmanager
+def derived(plan, **values):
+    """A plan whose derived tables (tiles, k_bounds) are replaced for the duration: a plan cannot hold a table
+    that disagrees with its cut, so this writes past the derivation, to show the executor runs exactly the
+    tables the plan hands it."""
+    saved = {name: getattr(plan, name) for name in values}
+    vars(plan).update(values)
+    try:
+        yield
+    finally:
+        vars(plan).update(saved)
+
+
 def test_corrupted_tile_fails_verification(compiled_tiny):
     """The executed numbers come from the partitioner's tiles: move one tile and verification must fail."""
     model, inputs, compiled = compiled_tiny
     head = compiled.program.layers[-1]
     plan = head.kernels[[n for n in head.kernels if compiled.program.graph[n].op == "matmul"][0]]
-    original = plan.tiles
-    corrupted = original.copy()
+    corrupted = plan.tiles.copy()
     corrupted[0, 3] = max(corrupted[0, 2], corrupted[0, 3] - 1)  # PE 0 stops one column short
-    plan.tiles = corrupted
-    try:
+    with derived(plan, tiles=corrupted):
         result = run_compiled(compiled, inputs)
         check = verify(model, inputs, result.outputs)
-    finally:
-        plan.tiles = original
     assert check["status"] == "fail"
     assert check["max_abs_err"] is None  # the element no PE computed is still NaN
 
@@ -75,14 +85,10 @@ def test_overlapping_tiles_in_wrong_place_fail_too(compiled_tiny):
     block = compiled.program.layers[1]
     plan = max(block.kernels.values(), key=lambda p: p.pes)
     assert plan.pes > 1
-    original = plan.tiles
-    corrupted = original.copy()
+    corrupted = plan.tiles.copy()
     corrupted[-1] = corrupted[0]  # the last PE recomputes the first PE's tile; its own is never computed
-    plan.tiles = corrupted
-    try:
+    with derived(plan, tiles=corrupted):
         check = verify(model, inputs, run_compiled(compiled, inputs).outputs)
-    finally:
-        plan.tiles = original
     assert check["status"] == "fail"
 
 
@@ -148,13 +154,9 @@ def test_k_split_reduction_is_executed(tmp_path):
                for p in layer.kernels.values())
     assert verify(model, inputs, run_compiled(compiled, inputs).outputs)["status"] == "pass"
     plan = split[0]
-    original = plan.k_bounds
-    assert original is not None
-    plan.k_bounds = original.copy()
+    bounds = plan.k_bounds.copy()
     # Slice 0 now reaches 3 columns into slice 2 and slice 1 is empty: those columns are summed twice.
-    plan.k_bounds[1] = plan.k_bounds[2] + 3
-    try:
+    bounds[1] = bounds[2] + 3
+    with derived(plan, k_bounds=bounds):
         check = verify(model, inputs, run_compiled(compiled, inputs).outputs)
-    finally:
-        plan.k_bounds = original
     assert check["status"] == "fail"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -18,30 +19,67 @@ from wsc.targets import Target
 DTYPE_SIZE = {"fp16": 2, "fp32": 4}  # bytes per element of the precision the target computes in
 
 
-@dataclass
+@dataclass(frozen=True)
+class Cut:
+    """A kernel's iteration space cut: row_blocks x col_blocks output blocks, and K in k_splits slices."""
+
+    row_blocks: int
+    col_blocks: int
+    k_splits: int = 1
+
+    @property
+    def pes(self) -> int:
+        return self.row_blocks * self.col_blocks * self.k_splits
+
+
+@dataclass(frozen=True)
 class KernelPlan:
     """How one kernel is cut into PE tiles, and the h x w rectangle of PEs that computes them.
 
-    The kernel's output, viewed as [rows, cols], is cut into row_blocks x col_blocks blocks; `tiles[b]` =
-    (r0, r1, c0, c1) is block b. A matmul may also cut its reduction dimension K into `k_splits` slices
-    (`k_bounds[s]` .. `k_bounds[s+1]`): each block is then computed as k_splits partial sums on different
-    PEs and reduced across them. PE p of the rectangle (p = y * w + x, counted from its top-left corner)
-    computes block p // k_splits over K slice p % k_splits; PEs past row_blocks * col_blocks * k_splits idle.
-    The executor runs exactly these tiles and slices, so the plan is what the numbers depend on.
+    The kernel's output, viewed as [rows, cols], is cut into `cut.row_blocks` x `cut.col_blocks` blocks, and a
+    matmul's reduction dimension K (`k_dim`) into `cut.k_splits` slices: each block is then computed as
+    k_splits partial sums on different PEs and reduced across them. The cut is the one source of truth: the
+    tile table (`tiles[b]` = (r0, r1, c0, c1) of block b) and the K slice bounds are derived from it, so what
+    the executor runs and what the estimate charges cannot disagree. PE p of the rectangle (p = y * w + x,
+    counted from its top-left corner) computes block p // k_splits over K slice p % k_splits; PEs past
+    cut.pes idle.
     """
 
     node: str
     rows: int
     cols: int
+    cut: Cut
     h: int
     w: int
-    tiles: np.ndarray
     sram_bytes_per_pe: int
-    work: int  # FLOPs (or elements moved, for a kernel without arithmetic): what the areas balance
-    row_blocks: int = 1
-    col_blocks: int = 1
-    k_splits: int = 1
-    k_bounds: np.ndarray | None = None
+    k_dim: int = 1
+
+    @cached_property
+    def tiles(self) -> np.ndarray:
+        """(r0, r1, c0, c1) of block (i, j) at index i * col_blocks + j; blocks differ by at most one row or
+        column. Read-only: a plan is changed by cutting it again, never by editing its tiles."""
+        table = tile_table(self.rows, self.cols, self.cut.row_blocks, self.cut.col_blocks)
+        table.flags.writeable = False
+        return table
+
+    @cached_property
+    def k_bounds(self) -> np.ndarray:
+        """K slice s is k_bounds[s] .. k_bounds[s + 1]; slices differ by at most one."""
+        bounds = np.arange(self.cut.k_splits + 1, dtype=np.int64) * self.k_dim // self.cut.k_splits
+        bounds.flags.writeable = False
+        return bounds
+
+    @property
+    def row_blocks(self) -> int:
+        return self.cut.row_blocks
+
+    @property
+    def col_blocks(self) -> int:
+        return self.cut.col_blocks
+
+    @property
+    def k_splits(self) -> int:
+        return self.cut.k_splits
 
     @property
     def pes(self) -> int:
@@ -54,9 +92,24 @@ class KernelPlan:
         return -(-self.rows // self.row_blocks), -(-self.cols // self.col_blocks)
 
     @property
+    def k_slice(self) -> int:
+        """K elements of the largest slice."""
+        return -(-self.k_dim // self.k_splits)
+
+    @property
     def active_pes(self) -> int:
         """PEs that compute: one per block and K slice."""
-        return self.row_blocks * self.col_blocks * self.k_splits
+        return self.cut.pes
+
+
+def tile_table(rows: int, cols: int, row_blocks: int, col_blocks: int) -> np.ndarray:
+    """(r0, r1, c0, c1) of block (i, j) at index i * col_blocks + j; blocks differ by at most one row or
+    column."""
+    r = np.arange(row_blocks + 1, dtype=np.int64) * rows // row_blocks
+    c = np.arange(col_blocks + 1, dtype=np.int64) * cols // col_blocks
+    i = np.repeat(np.arange(row_blocks), col_blocks)
+    j = np.tile(np.arange(col_blocks), row_blocks)
+    return np.stack([r[i], r[i + 1], c[j], c[j + 1]], axis=1)
 
 
 @dataclass
@@ -131,12 +184,14 @@ class Program:
                 if name not in self.graph:
                     raise AssertionError(f"layer {layer.name} names missing node {name}")
             for name, plan in layer.kernels.items():
-                covered = int(((plan.tiles[:, 1] - plan.tiles[:, 0]) * (plan.tiles[:, 3] - plan.tiles[:, 2])).sum())
+                if plan.rows * plan.cols != self.graph[name].numel:
+                    raise AssertionError(f"kernel {name}: plan of {plan.rows} x {plan.cols} for "
+                                         f"{self.graph[name].numel} outputs")
+                tiles = plan.tiles
+                covered = int(((tiles[:, 1] - tiles[:, 0]) * (tiles[:, 3] - tiles[:, 2])).sum())
                 if covered != plan.rows * plan.cols:
                     raise AssertionError(f"kernel {name}: tiles cover {covered} of {plan.rows * plan.cols}")
-                if plan.k_splits > 1:
-                    k_dim = self.graph[self.graph[name].inputs[0]].shape[-1]
-                    bounds = plan.k_bounds
-                    if bounds is None or len(bounds) != plan.k_splits + 1 or bounds[0] != 0 \
-                            or bounds[-1] != k_dim or (np.diff(bounds) < 0).any():
-                        raise AssertionError(f"kernel {name}: K slices {bounds} do not cover K = {k_dim}")
+                bounds = plan.k_bounds
+                if len(bounds) != plan.k_splits + 1 or bounds[0] != 0 or bounds[-1] != plan.k_dim \
+                        or (np.diff(bounds) < 0).any():
+                    raise AssertionError(f"kernel {name}: K slices {bounds} do not cover K = {plan.k_dim}")

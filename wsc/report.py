@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from wsc.passes.estimate import backward_flops
+from wsc import ops
 from wsc.passes.route import route_json
 from wsc.program import Program
 
@@ -86,7 +86,7 @@ def build_report(compiled, *, verification: dict[str, Any], memory: dict[str, An
     graph, target = program.graph, program.target
     # The graph is one pass (one micro-batch); a step runs micro_batches of them.
     forward = program.micro_batches * sum(n.flops for n in graph if n.is_kernel)
-    backward = program.micro_batches * sum(backward_flops(n) for n in graph if n.is_kernel)
+    backward = program.micro_batches * sum(ops.kernel(n.op).backward_flops(n) for n in graph if n.is_kernel)
     tokens = max(program.tokens, 1)
     layer_weights = [sum(graph[w].nbytes for w in layer.weights) for layer in program.layers]
     return {

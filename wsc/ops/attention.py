@@ -21,9 +21,16 @@ into tiles (spanning groups or not) produces the same values.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
 from llvmlite import ir
 
-from wsc.runtime.lowering import (
+from wsc.ir import Graph, Node
+from wsc.ops.base import ACCUMULATOR_BYTES, KernelOp, Shape, output_view, register
+from wsc.ops.codegen import (
     CONTRACT,
     FAST,
     KernelBuilder,
@@ -34,9 +41,11 @@ from wsc.runtime.lowering import (
     i64,
     load_at,
     loop,
-    register_lowering,
     store_at,
 )
+from wsc.ops.softmax import FLOPS_PER_ELEMENT as SOFTMAX_FLOPS_PER_ELEMENT
+from wsc.ops.softmax import causal_visible
+from wsc.program import Cut, KernelPlan
 
 
 def _check(spec: KernelSpec) -> tuple[int, int, int, int, float, bool]:
@@ -64,7 +73,6 @@ def _check(spec: KernelSpec) -> tuple[int, int, int, int, float, bool]:
     return g, m, n, d, float(spec.attrs.get("scale", 1.0)), causal
 
 
-@register_lowering("attention")
 def lower_attention(spec: KernelSpec) -> KernelIR:
     _, m, n, d, scale, causal = _check(spec)
     kb = KernelBuilder(spec, ["f32", "f32", "f32"])
@@ -115,3 +123,59 @@ def lower_attention(spec: KernelSpec) -> KernelIR:
             with for_range(b, c0, c1, "norm") as c:
                 store_at(b, b.fdiv(load_at(b, o_row, c), total), o_row, c)
     return kb.finish()
+
+
+@register
+class Attention(KernelOp):
+    """softmax(scale * q k^T, causal) v in one kernel whose PEs hold query rows while keys and values stream
+    past; the scores are never stored.
+
+    Cost: the two matmuls over the full square of scores (4 * outputs * keys) and the softmax between them
+    (5 per score). Cut by query rows only (`whole_rows`): every output column needs the whole query row.
+    SRAM per PE: its query rows whole (tr * D), fp32 accumulators for its output block, a running max and sum
+    per row, and one streamed key and value row, double-buffered. SRAM traffic per query row and key: the
+    score's dot product reads the query's D elements (the key arrives over the fabric), the weighted sum's tc
+    multiply-adds read and write the output's partials (the value arrives), and the softmax reads its max,
+    exp and sum (3) and writes 2.
+    """
+
+    name = "attention"
+    whole_rows = True
+
+    def flops(self, out_shape: Shape, in_shapes: Sequence[Shape], attrs: Mapping[str, Any]) -> int:
+        numel, keys = math.prod(out_shape), in_shapes[1][-2]
+        return 4 * numel * keys + SOFTMAX_FLOPS_PER_ELEMENT * (numel // out_shape[-1]) * keys
+
+    def sram_bytes(self, graph: Graph, node: Node, cut: Cut, size: int, resident: bool = False) -> int:
+        tr, tc = self.tile(node, cut)
+        d = graph[node.inputs[0]].shape[-1]
+        return tr * d * size + tr * tc * ACCUMULATOR_BYTES + tr * 2 * ACCUMULATOR_BYTES + 2 * 2 * d * size
+
+    def sram_traffic(self, graph: Graph, node: Node, plan: KernelPlan, size: int) -> tuple[int, int]:
+        tr, tc = plan.largest_tile
+        keys, d = graph[node.inputs[1]].shape[-2], graph[node.inputs[0]].shape[-1]
+        pairs = tr * keys
+        return (pairs * (d + tc + 3)) * size, (pairs * (tc + 2)) * size
+
+    def abi(self, graph: Graph, node: Node) -> tuple[Shape, list[Shape]]:
+        """Queries as rows [R, D]; keys and values per group of rows (batch x heads) [G, N, D]."""
+        ins = [graph[i].shape for i in node.inputs]
+        rows, cols = output_view(node.shape)
+        groups = math.prod(ins[1][:-2])
+        return (rows, cols), [(rows, cols), (groups, *ins[1][-2:]), (groups, *ins[2][-2:])]
+
+    def lower(self, spec: KernelSpec) -> KernelIR:
+        return lower_attention(spec)
+
+    def reference(self, inputs: Sequence[np.ndarray], attrs: Mapping[str, Any], out_shape: Shape) -> np.ndarray:
+        """out[r] = softmax_j(scale * q[r] . k[g, j]) @ v[g] over the visible keys, g = r // M."""
+        q, k, v = (x.astype(np.float64) for x in inputs)
+        rows, d = q.shape
+        g, n, _ = k.shape
+        m = int(attrs.get("group_rows", rows // g if g else 1))
+        s = np.einsum("gmd,gnd->gmn", q.reshape(g, m, d), k) * float(attrs.get("scale", 1.0))
+        visible = causal_visible(m, n) if attrs.get("causal", False) else np.ones((m, n), dtype=bool)
+        s = np.where(visible, s, -np.inf)
+        e = np.where(visible, np.exp(s - s.max(axis=-1, keepdims=True)), 0.0)
+        p = e / e.sum(axis=-1, keepdims=True)
+        return np.einsum("gmn,gnd->gmd", p, v).reshape(rows, d)

@@ -12,10 +12,15 @@ computed and selected so the loop stays straight-line code.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import numpy as np
 from llvmlite import ir
 
-from wsc.runtime.lowering import (
+from wsc.ir import Graph, Node
+from wsc.ops.base import KernelOp, Shape, register
+from wsc.ops.codegen import (
     CONTRACT,
     KernelBuilder,
     KernelIR,
@@ -24,7 +29,6 @@ from wsc.runtime.lowering import (
     for_range,
     i64,
     load_at,
-    register_lowering,
     store_at,
 )
 
@@ -97,7 +101,6 @@ def emit_gelu(kb: KernelBuilder, x: ir.Value, approximate: str) -> ir.Value:
     return b.fmul(b.fmul(x, f32(0.5)), b.fadd(f32(1.0), s))
 
 
-@register_lowering("gelu")
 def lower_gelu(spec: KernelSpec) -> KernelIR:
     if len(spec.out_shape) != 2 or spec.in_shapes != (spec.out_shape,):
         raise ValueError(f"gelu: expected out [R, C] and one input of the same shape; got {spec}")
@@ -114,3 +117,30 @@ def lower_gelu(spec: KernelSpec) -> KernelIR:
                 idx = b.add(base, c)
                 store_at(b, emit_gelu(kb, load_at(b, x_ptr, idx), approximate), kb.out, idx)
     return kb.finish()
+
+
+def gelu_reference(x: np.ndarray, approximate: str) -> np.ndarray:
+    """gelu in float64: 0.5 x (1 + erf(x / sqrt 2)), or with the tanh approximation."""
+    x = x.astype(np.float64)
+    if approximate == "tanh":
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    erf = np.vectorize(math.erf, otypes=[np.float64])
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+@register
+class Gelu(KernelOp):
+    """gelu(x), 8 FLOPs an element; SRAM: the input and output tiles; traffic: read and write each once (as a
+    matmul's epilogue it is computed on the way through and adds nothing, see matmul.py)."""
+
+    name = "gelu"
+    flops_per_element = 8
+
+    def lower(self, spec: KernelSpec) -> KernelIR:
+        return lower_gelu(spec)
+
+    def reference(self, inputs: Sequence[np.ndarray], attrs: Mapping[str, Any], out_shape: Shape) -> np.ndarray:
+        return gelu_reference(inputs[0], attrs.get("approximate", "none"))
+
+    def epilogue(self, graph: Graph, node: Node, position: int) -> tuple[dict[str, Any], str | None] | None:
+        return {"epilogue": "gelu", "approximate": node.attrs.get("approximate", "none")}, None

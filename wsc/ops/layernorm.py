@@ -7,9 +7,15 @@ variance of x - mean) rather than sum / sum-of-squares, which cancels badly when
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
 from llvmlite import ir
 
-from wsc.runtime.lowering import (
+from wsc.ir import Graph, Node
+from wsc.ops.base import KernelOp, Shape, output_view, register
+from wsc.ops.codegen import (
     CONTRACT,
     FAST,
     KernelBuilder,
@@ -20,12 +26,11 @@ from wsc.runtime.lowering import (
     i64,
     load_at,
     loop,
-    register_lowering,
     store_at,
 )
+from wsc.program import Cut, KernelPlan
 
 
-@register_lowering("layernorm")
 def lower_layernorm(spec: KernelSpec) -> KernelIR:
     if len(spec.out_shape) != 2 or len(spec.in_shapes) != 3:
         raise ValueError(f"layernorm: expected out [R, D] and inputs x, weight, bias; got {spec}")
@@ -62,3 +67,34 @@ def lower_layernorm(spec: KernelSpec) -> KernelIR:
                 y = b.fmul(y, load_at(b, w_ptr, c), flags=CONTRACT)
                 store_at(b, b.fadd(y, load_at(b, bias_ptr, c), flags=CONTRACT), o_row, c)
     return kb.finish()
+
+
+@register
+class LayerNorm(KernelOp):
+    """Layer norm over the last dim, 8 FLOPs an element. SRAM: input and output tiles plus the tile's columns
+    of scale and shift. Traffic: reads 3 * tile (mean, variance, normalise) + 2 * tc (scale, shift), writes the
+    tile."""
+
+    name = "layernorm"
+    flops_per_element = 8
+
+    def sram_bytes(self, graph: Graph, node: Node, cut: Cut, size: int, resident: bool = False) -> int:
+        tr, tc = self.tile(node, cut)
+        return super().sram_bytes(graph, node, cut, size, resident) + 2 * tc * size
+
+    def sram_traffic(self, graph: Graph, node: Node, plan: KernelPlan, size: int) -> tuple[int, int]:
+        tr, tc = plan.largest_tile
+        return (3 * tr * tc + 2 * tc) * size, tr * tc * size
+
+    def abi(self, graph: Graph, node: Node) -> tuple[Shape, list[Shape]]:
+        view = output_view(node.shape)
+        return view, [view, graph[node.inputs[1]].shape, graph[node.inputs[2]].shape]
+
+    def lower(self, spec: KernelSpec) -> KernelIR:
+        return lower_layernorm(spec)
+
+    def reference(self, inputs: Sequence[np.ndarray], attrs: Mapping[str, Any], out_shape: Shape) -> np.ndarray:
+        x, w, b = (v.astype(np.float64) for v in inputs)
+        mean = x.mean(axis=-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + float(attrs.get("eps", 1e-5))) * w + b

@@ -18,12 +18,17 @@ element of b also feeds two rows.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 from llvmlite import ir
 
-from wsc.runtime.kernels.gelu import check_approximate, emit_gelu
-from wsc.runtime.lowering import (
+from wsc.ir import Graph, Node
+from wsc.ops.base import ACCUMULATOR_BYTES, KernelFactory, KernelOp, Shape, register
+from wsc.ops.codegen import (
     FAST,
     KernelBuilder,
     KernelIR,
@@ -33,10 +38,11 @@ from wsc.runtime.lowering import (
     i64,
     load_at,
     loop,
-    register_lowering,
     smin,
     store_at,
 )
+from wsc.ops.gelu import check_approximate, emit_gelu, gelu_reference
+from wsc.program import Cut, KernelPlan
 
 BLOCK = 4
 ROWS = 2
@@ -88,7 +94,6 @@ def _check(spec: KernelSpec) -> _Matmul:
     return _Matmul(g, m, n, k, b_shape[0], bias, residual, str(epilogue), approximate)
 
 
-@register_lowering("matmul")
 def lower_matmul(spec: KernelSpec) -> KernelIR:
     mm = _check(spec)
     g_dim, m_dim, n_dim, k_dim, gb = mm.g, mm.m, mm.n, mm.k, mm.gb
@@ -161,3 +166,115 @@ def lower_matmul(spec: KernelSpec) -> KernelIR:
             with for_range(b, rest, r1, "r") as r:
                 emit_rows([r], cs, ce)
     return kb.finish()
+
+
+@register
+class Matmul(KernelOp):
+    """out = residual + act(a @ b^T + bias) over the output viewed as [rows, N], reducing over K.
+
+    Cost: 2 FLOPs per multiply-add, plus the bias adds; a fused epilogue's FLOPs are added by the fusion.
+    SRAM per PE (weight streaming, output-stationary blocks; a tile tr x tc over a K slice of k): its rows of
+    the left operand over the slice (tr * k), fp32 accumulators for its block, a double buffer for the
+    streamed right operand's column (2 * tc), the bias row, and when K is split a buffer for the fp32 partial
+    sums it reduces. In pipelined mode a weight operand stays resident (tc * k) instead of streaming past.
+    SRAM traffic of the busiest PE, in elements:
+    - multiply-adds: reads 2 * tr * tc * k (one operand element and one partial sum each), writes tr * tc * k;
+    - epilogue (bias, gelu, residual), when there is one: reads tr * tc * (1 + [bias] + [residual]), writes
+      tr * tc; a fused GELU is computed on the way through and adds no traffic.
+    Only one operand is read per multiply-add: the other arrives over the fabric (the streamed weight, or the
+    neighbour's activation) and is used straight from the router. Partial sums move at the compute precision:
+    4 fp16 FMACs a cycle then read 16 B and write 8 B, exactly a CS-2 PE's ports, which is how the published
+    dense rate is reachable. A split K's reduction is the estimate's own term (after the kernel).
+    """
+
+    name = "matmul"
+
+    def flops(self, out_shape: Shape, in_shapes: Sequence[Shape], attrs: Mapping[str, Any]) -> int:
+        numel = math.prod(out_shape)
+        return 2 * numel * in_shapes[0][-1] + (numel if attrs.get("bias") else 0)
+
+    def reduction_dim(self, graph: Graph, node: Node) -> int:
+        return graph[node.inputs[0]].shape[-1]
+
+    def sram_bytes(self, graph: Graph, node: Node, cut: Cut, size: int, resident: bool = False) -> int:
+        tr, tc = self.tile(node, cut)
+        k = math.ceil(self.reduction_dim(graph, node) / cut.k_splits)
+        bias = tc * size if node.attrs.get("bias") else 0
+        partials = tr * tc * ACCUMULATOR_BYTES if cut.k_splits > 1 else 0
+        weights = tc * k * size if resident and graph[node.inputs[1]].op == "param" else 2 * tc * size
+        return tr * k * size + tr * tc * ACCUMULATOR_BYTES + weights + bias + partials
+
+    def sram_traffic(self, graph: Graph, node: Node, plan: KernelPlan, size: int) -> tuple[int, int]:
+        tr, tc = plan.largest_tile
+        block, k = tr * tc, plan.k_slice
+        reads, writes = 2 * block * k, block * k
+        bias, residual = bool(node.attrs.get("bias")), bool(node.attrs.get("residual"))
+        if bias or residual or node.attrs.get("epilogue", "none") != "none":
+            reads += block * (1 + bias + residual)
+            writes += block
+        return reads * size, writes * size
+
+    def abi(self, graph: Graph, node: Node) -> tuple[Shape, list[Shape]]:
+        """a as [G, M, K], b as [Gb, N, K] (Gb 1 for a weight), then bias [N] and residual [G, M, N]."""
+        ins = [graph[i].shape for i in node.inputs]
+        out = node.shape
+        a, b = ins[0], ins[1]
+        if len(b) == 2:
+            g, m = 1, math.prod(out[:-1])
+            shapes: list[Shape] = [(1, m, a[-1]), (1, *b)]
+        else:
+            g, m = math.prod(a[:-2]), a[-2]
+            shapes = [(g, m, a[-1]), (math.prod(b[:-2]), b[-2], b[-1])]
+        extra = [tuple(s) for s in ins[2:]]
+        if node.attrs.get("residual", False):
+            extra[-1] = (g, m, out[-1])
+        return (g, m, out[-1]), shapes + extra
+
+    def accepts_epilogue(self, node: Node, attrs: Mapping[str, Any]) -> bool:
+        """The epilogue is act, then the residual add: nothing follows a residual, and there is one act."""
+        if node.dtype != "float32" or node.attrs.get("residual"):
+            return False
+        return "epilogue" not in attrs or node.attrs.get("epilogue", "none") == "none"
+
+    def lower(self, spec: KernelSpec) -> KernelIR:
+        return lower_matmul(spec)
+
+    def reference(self, inputs: Sequence[np.ndarray], attrs: Mapping[str, Any], out_shape: Shape) -> np.ndarray:
+        a, b = (x.astype(np.float64) for x in inputs[:2])
+        out = np.einsum("gmk,gnk->gmn", a, np.broadcast_to(b, (a.shape[0],) + b.shape[1:]))
+        if attrs.get("bias", False):
+            out = out + inputs[2].astype(np.float64)
+        if attrs.get("epilogue", "none") == "gelu":
+            out = gelu_reference(out, attrs.get("approximate", "none"))
+        if attrs.get("residual", False):
+            out = inputs[-1].astype(np.float64) + out
+        return out
+
+    def run_k_split(self, node: Node, plan: KernelPlan, args: list[np.ndarray], out_shape: Shape,
+                    tiles: np.ndarray, kernel_for: KernelFactory, threads: int) -> np.ndarray:
+        """Each K slice's partial sums (the PEs of one slice), then their reduction across PEs as a binary
+        tree, then the epilogue (bias, GELU, residual) on the reduced block, every step a JIT kernel over the
+        same tiles."""
+        shape2d = (plan.rows, plan.cols)
+
+        def run(op: str, shape: Shape, inputs: list[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
+            out = np.full(shape, np.nan, dtype=np.float32)
+            kernel_for(op, shape, [x.shape for x in inputs], attrs)(out, inputs, tiles, threads=threads)
+            return out
+
+        a, b, extras = args[0], args[1], list(args[2:])
+        partials = []
+        for k0, k1 in zip(plan.k_bounds[:-1], plan.k_bounds[1:], strict=True):
+            a_s, b_s = np.ascontiguousarray(a[..., k0:k1]), np.ascontiguousarray(b[..., k0:k1])
+            partials.append(run("matmul", out_shape, [a_s, b_s], {}).reshape(shape2d))
+        while len(partials) > 1:
+            pairs = [run("add", shape2d, [partials[i], partials[i + 1]], {}) for i in range(0, len(partials) - 1, 2)]
+            partials = pairs + partials[len(pairs) * 2:]
+        y = partials[0]
+        if node.attrs.get("bias"):
+            y = run("add", shape2d, [y, extras.pop(0).reshape(1, plan.cols)], {})
+        if node.attrs.get("epilogue", "none") == "gelu":
+            y = run("gelu", shape2d, [y], {"approximate": node.attrs.get("approximate")})
+        if node.attrs.get("residual"):
+            y = run("add", shape2d, [y, extras.pop(0).reshape(shape2d)], {})
+        return y.reshape(out_shape)

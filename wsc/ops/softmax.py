@@ -9,9 +9,15 @@ Row statistics cover the whole row whatever columns a tile writes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
 from llvmlite import ir
 
-from wsc.runtime.lowering import (
+from wsc.ir import Graph, Node
+from wsc.ops.base import KernelOp, Shape, register
+from wsc.ops.codegen import (
     FAST,
     KernelBuilder,
     KernelIR,
@@ -21,14 +27,13 @@ from wsc.runtime.lowering import (
     i64,
     load_at,
     loop,
-    register_lowering,
     smax,
     smin,
     store_at,
 )
+from wsc.program import KernelPlan
 
 
-@register_lowering("softmax")
 def lower_softmax(spec: KernelSpec) -> KernelIR:
     if len(spec.out_shape) != 2 or spec.in_shapes != (spec.out_shape,):
         raise ValueError(f"softmax: expected out [R, N] and one input of the same shape; got {spec}")
@@ -72,3 +77,41 @@ def lower_softmax(spec: KernelSpec) -> KernelIR:
             with for_range(b, split, c1, "cm") as j:
                 store_at(b, f32(0.0), o_row, j)
     return kb.finish()
+
+
+FLOPS_PER_ELEMENT = 5  # scale, max, subtract-exp, sum, normalise
+
+
+def causal_visible(m: int, n: int) -> np.ndarray:
+    """[m, n] bool: query i of a group of m sees key j <= i + (n - m) (the last m keys are the causal square,
+    earlier ones a prefix every query sees)."""
+    return np.arange(n)[None, :] <= np.arange(m)[:, None] + (n - m)
+
+
+@register
+class Softmax(KernelOp):
+    """Row softmax of scale * x, optionally causal over groups of `group_rows` rows; 5 FLOPs an element.
+    SRAM: the input and output tiles. Traffic: reads 3 * tile (max, exp-sum, normalise), writes 2 * tile
+    (exp, normalised)."""
+
+    name = "softmax"
+    flops_per_element = FLOPS_PER_ELEMENT
+
+    def sram_traffic(self, graph: Graph, node: Node, plan: KernelPlan, size: int) -> tuple[int, int]:
+        tr, tc = plan.largest_tile
+        return 3 * tr * tc * size, 2 * tr * tc * size
+
+    def lower(self, spec: KernelSpec) -> KernelIR:
+        return lower_softmax(spec)
+
+    def reference(self, inputs: Sequence[np.ndarray], attrs: Mapping[str, Any], out_shape: Shape) -> np.ndarray:
+        x = inputs[0].astype(np.float64) * float(attrs.get("scale", 1.0))
+        rows, n = x.shape
+        if attrs.get("causal", False):
+            m = int(attrs.get("group_rows", rows))
+            visible = np.tile(causal_visible(m, n), (rows // m, 1))
+        else:
+            visible = np.ones_like(x, dtype=bool)
+        x = np.where(visible, x, -np.inf)
+        e = np.where(visible, np.exp(x - x.max(axis=-1, keepdims=True)), 0.0)
+        return e / e.sum(axis=-1, keepdims=True)

@@ -1,0 +1,49 @@
+"""The op table: one file per kernel family, each defining everything its ops mean.
+
+    wsc/ops/matmul.py      matmul (with its fused bias, GELU and residual epilogue, and its split K)
+    wsc/ops/attention.py   fused attention (queries held, keys and values streamed past)
+    wsc/ops/layernorm.py   layernorm
+    wsc/ops/softmax.py     row softmax, optionally causal
+    wsc/ops/gelu.py        gelu (erf or tanh)
+    wsc/ops/elementwise.py add, mul (second operand broadcast)
+    wsc/ops/relu.py        relu
+    wsc/ops/embedding.py   embedding lookup
+    wsc/ops/layout.py      reshape, permute, slice: data movement only
+
+For each op: its ABI shapes, FLOPs and backward FLOPs, the SRAM a PE needs for a tile and whether it needs whole
+rows, its SRAM traffic, how it may be cut (a reduction that can be split), its LLVM lowering and its numpy
+reference (see `base.py` for the methods and their defaults). Every module of this package is loaded, so adding
+an op is adding a file here (and, for the ATen ops that produce it, a rule in passes/legalize.py).
+`docs/architecture.md` walks through adding one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from wsc.ops.base import (
+    KernelOp,
+    LayoutOp,
+    Op,
+    get,
+    is_layout,
+    kernel,
+    kernel_names,
+    layout,
+    layout_names,
+    output_view,
+    register,
+    unregister,
+)
+
+__all__ = [
+    "KernelOp", "LayoutOp", "Op", "get", "is_layout", "kernel", "kernel_names", "layout", "layout_names",
+    "output_view", "register", "unregister",
+]
+
+_NOT_OPS = ("base", "codegen")
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _NOT_OPS:
+        importlib.import_module(f"{__name__}.{_module.name}")
