@@ -183,6 +183,11 @@ def _gelu(rw: Rewriter, node: Node) -> str:
     return rw.emit("gelu", [x], node.shape, final=True, approximate=approximate)
 
 
+@legalizes("aten.relu.default")
+def _relu(rw: Rewriter, node: Node) -> str:
+    return rw.emit("relu", [rw.arg(node, 0, "self")], node.shape, final=True)
+
+
 @legalizes("aten.softmax.int", "aten._softmax.default")
 def _softmax(rw: Rewriter, node: Node) -> str:
     x, dim = rw.arg(node, 0, "self"), rw.arg(node, 1, "dim")

@@ -30,15 +30,15 @@ from wsc.ops.base import (
     is_layout,
     kernel,
     kernel_names,
-    layout,
     layout_names,
+    layout_op,
     output_view,
     register,
     unregister,
 )
 
 __all__ = [
-    "KernelOp", "LayoutOp", "Op", "get", "is_layout", "kernel", "kernel_names", "layout", "layout_names",
+    "KernelOp", "LayoutOp", "Op", "get", "is_layout", "kernel", "kernel_names", "layout_op", "layout_names",
     "output_view", "register", "unregister",
 ]
 

@@ -197,7 +197,7 @@ def kernel(name: str) -> KernelOp:
     return op
 
 
-def layout(name: str) -> LayoutOp:
+def layout_op(name: str) -> LayoutOp:
     op = get(name)
     if not isinstance(op, LayoutOp):
         raise KeyError(f"op {name!r} is a {op.kind} op, not a layout op")
