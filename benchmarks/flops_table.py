@@ -25,7 +25,7 @@ from wsc.passes.legalize import Legalize
 ROOT = Path(__file__).resolve().parent.parent
 SEQ = 2048
 
-# From the model card (shared/seed): parameters, training tokens, training FLOPs.
+# From the Cerebras-GPT model card (Dey et al., 2023): parameters, training tokens, training FLOPs.
 CARD = {
     "111M": (111e6, 2.22e9, 2.6e18),
     "256M": (256e6, 5.12e9, 1.3e19),

@@ -185,13 +185,10 @@ def test_fused_attention_by_hand() -> None:
 SHIPPED = Path(wsc.targets.__file__).parent
 
 
-def test_shipped_targets_carry_the_cs2_ports_and_say_where_they_come_from() -> None:
+def test_shipped_targets_carry_the_cs2_ports() -> None:
     for name in wsc.targets.available_targets():
         t = load_target(name)
         assert (t.sram_read_bytes_per_cycle, t.sram_write_bytes_per_cycle) == (16.0, 8.0), name
-        text = (SHIPPED / f"{name}.yaml").read_text()
-        assert "sram_read_bytes_per_cycle: 16" in text and "Hot Chips 34" in text, name
-    assert "same PE memory design is assumed" in (SHIPPED / "cs3-sim.yaml").read_text()
 
 
 def target_file(tmp_path: Path, **pe) -> str:
