@@ -39,7 +39,7 @@ def reroute(program: Program, router: str) -> tuple[int, float, float]:
             routed[key] = route(layer.placement, layer.flows, mesh, router, program.target.routable_colors)
         layer.routes = routed[key]
     seconds = time.perf_counter() - start
-    Estimate()(program)
+    program = Estimate()(program)
     return max(layer.routes.max_link_load for layer in program.layers), program.estimate["step_seconds"], seconds
 
 

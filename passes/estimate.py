@@ -19,7 +19,7 @@ over the I/O rate. Each term of the step is at least its share of the matching b
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from wsc import ops
@@ -76,14 +76,15 @@ class Estimate:
         pass_bytes = sum(e["weight_bytes"] for e in layers)
         streaming = program.mode != "pipelined"
         peak = target.usable_pes * rate
+        timeline: list[schedule.Slot] = []
         if streaming:
-            step, program.timeline, by_term = schedule.run(schedule.forward_phases(layers, passes))
-            summarize(layers, program.timeline, layers[0]["stream_seconds"] if layers else 0.0)
+            step, timeline, by_term = schedule.run(schedule.forward_phases(layers, passes))
+            summarize(layers, timeline, layers[0]["stream_seconds"] if layers else 0.0)
         else:
             step, by_term = self.pipelined(layers, passes, program.tokens / program.micro_batches)
         bounds = {"compute": passes * pass_flops / peak,
                   "stream": passes * pass_bytes / target.io_bytes_per_second if streaming else 0.0}
-        program.estimate = {
+        estimate = {
             "mode": program.mode,
             "dtype": program.dtype,
             "step_seconds": step,
@@ -99,7 +100,7 @@ class Estimate:
             "training": self.training(program, layers, rate),
             "layers": layers,
         }
-        return program
+        return replace(program, estimate=estimate, timeline=timeline)
 
     @staticmethod
     def layer_terms(program: Program, layer: Layer, rate: float) -> dict[str, Any]:
@@ -148,7 +149,7 @@ class Estimate:
         if not layers:
             return 0.0, {}
         slowest = max(layers, key=lambda e: e["seconds"])
-        step = passes * slowest["seconds"] + sum(e["seconds"] for e in layers) / max(pass_tokens, 1)
+        step, _ = schedule.pipelined([e["seconds"] for e in layers], passes, pass_tokens)
         return step, {slowest["bound"]: step}
 
     def training(self, program: Program, layers: list[dict], rate: float) -> dict[str, Any]:
@@ -169,8 +170,7 @@ class Estimate:
                 slowest = terms[times.index(max(times))]
                 tail = (total_bytes / io + swarmx_seconds(n_systems, max(e["weight_bytes"] for e in layers), io)
                         if n_systems > 1 else 0.0)
-                pass_tokens = program.tokens / program.micro_batches
-                step = passes * max(times) + sum(times) / max(pass_tokens, 1) + tail
+                step = schedule.pipelined(times, passes, program.tokens / program.micro_batches)[0] + tail
                 bottleneck = "stream" if tail > passes * max(times) else max(slowest, key=slowest.__getitem__)
                 return step, bottleneck, 0.0  # reported as 0: the whole gradient exchange is in `tail` above
             step, _, by_term = schedule.run(schedule.training_phases(layers, passes))

@@ -10,7 +10,7 @@ a reshape between them that keeps the last dimension (Hugging Face's Conv1D view
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from wsc import ops
@@ -46,8 +46,7 @@ class FuseEpilogues:
             if name not in absorbed:
                 out.add(current[name])
         out.outputs = list(graph.outputs)
-        program.graph = out
-        return program
+        return replace(program, graph=out)
 
     @staticmethod
     def sole_kernel(graph: Graph, current: dict[str, Node], name: str) -> tuple[Node, list[str]] | None:

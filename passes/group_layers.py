@@ -9,7 +9,7 @@ blocks is one layer. This is the `split_module` cut of torch.fx, done on the wsc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from wsc import ops
@@ -50,18 +50,22 @@ class GroupLayers:
         order = list(dict.fromkeys(names))
         layers = [Layer(index, name, [], []) for index, name in enumerate(order)]
         by_name = {layer.name: layer for layer in layers}
+        index_of: dict[str, int] = {}
         for node, name in zip(body, names, strict=True):
             layer = by_name[name]
-            node.layer = layer.index
+            index_of[node.name] = layer.index
             layer.nodes.append(node.name)
             for src in node.inputs:
                 if graph[src].op == "param" and src not in layer.weights:
                     layer.weights.append(src)
+        grouped = Graph()
+        for node in graph:
+            grouped.add(replace(node, layer=index_of.get(node.name, node.layer)))
+        grouped.outputs = list(graph.outputs)
         element_bytes = DTYPE_SIZE[program.dtype]
         for layer in layers:
-            layer.flows = kernel_flows(graph, layer, element_bytes)
-        program.layers = layers
-        return program
+            layer.flows = kernel_flows(grouped, layer, element_bytes)
+        return replace(program, graph=grouped, layers=layers)
 
 
 def kernel_flows(graph: Graph, layer: Layer, element_bytes: int) -> list[Flow]:

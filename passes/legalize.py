@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -94,8 +94,7 @@ class Legalize:
     fused_attention: bool = True
 
     def __call__(self, program: Program) -> Program:
-        program.graph = self.run(program.graph, program.weights)
-        return program
+        return replace(program, graph=self.run(program.graph, program.weights))
 
     def run(self, graph: Graph, weights: Mapping[str, Any] | None = None) -> Graph:
         rw = Rewriter(graph, weights, self.fused_attention)

@@ -64,6 +64,7 @@ class Area:
     rows: int
     cols: int
     pes: int
+    region: tuple[int, int] | None = None  # pipelined mode: the band of mesh rows (first, count) of the layer
 
 
 def rectangle(cut: Cut, area: Area) -> tuple[int, int] | None:
@@ -79,7 +80,7 @@ def rectangle(cut: Cut, area: Area) -> tuple[int, int] | None:
 
 def layer_areas(program: Program, reserved_bytes: int) -> list[Area]:
     """Weight streaming: every layer has the whole mesh in turn. Pipelined: every layer is resident at once,
-    each in its own band of rows (its `region`), as many rows as the others. Dead PEs and what a dead row or
+    each in its own band of rows (the area's `region`, which becomes the layer's). Dead PEs and what a dead row or
     column cuts off (see place.mesh_of) are not counted."""
     mesh = mesh_of(program.target)
     dead = np.zeros((mesh.rows, mesh.cols), dtype=bool)
@@ -103,10 +104,9 @@ def layer_areas(program: Program, reserved_bytes: int) -> list[Area]:
         )
     bands = band_rows(program, len(live_rows))
     areas, first = [], 0
-    for layer, count in zip(program.layers, bands, strict=True):
+    for count in bands:
         rows = live_rows[first : first + count]
-        layer.region = (int(rows[0]), count)
-        areas.append(Area(count, len(live_cols), int((~dead[rows]).sum())))
+        areas.append(Area(count, len(live_cols), int((~dead[rows]).sum()), (int(rows[0]), count)))
         first += count
     return areas
 
@@ -132,28 +132,30 @@ class Partition:
     reserved_bytes: int = 8192
 
     def __call__(self, program: Program) -> Program:
-        program.fill = self.fill
-        mapped: dict[str, Layer] = {}
+        mapped: dict[str, dict[str, KernelPlan]] = {}
         areas = layer_areas(program, self.reserved_bytes)
+        layers = []
         for layer in program.layers:
+            area = areas[layer.index]
             twin = mapped.get(key := layer.signature(program.graph))
-            if twin is not None:  # an identical layer: same cuts, so the same tile tables serve both
+            if twin is not None:  # an identical layer: the same cuts serve both
                 kernels = [n for n in layer.nodes if program.graph[n].is_kernel]
-                layer.kernels = {name: replace(plan, node=name)
-                                 for name, plan in zip(kernels, twin.kernels.values(), strict=True)}
-                continue
-            try:
-                self.partition_layer(program, layer, areas[layer.index])
-            except DoesNotFit as error:
-                if program.mode != "pipelined":
-                    raise
-                raise DoesNotFit(f"pipelined mode cannot hold layer {layer.name} in its band of "
-                                 f"{areas[layer.index].rows} rows: {str(error).split(';')[0]}; use --mode "
-                                 "weight-streaming", error.needed, error.offered) from None
-            mapped[key] = layer
-        return program
+                plans = {name: replace(plan, node=name) for name, plan in zip(kernels, twin.values(), strict=True)}
+            else:
+                try:
+                    plans = self.partition_layer(program, layer, area)
+                except DoesNotFit as error:
+                    if program.mode != "pipelined":
+                        raise
+                    raise DoesNotFit(f"pipelined mode cannot hold layer {layer.name} in its band of "
+                                     f"{area.rows} rows: {str(error).split(';')[0]}; use --mode "
+                                     "weight-streaming", error.needed, error.offered) from None
+                mapped[key] = plans
+            layers.append(replace(layer, kernels=plans, region=area.region))
+        return replace(program, layers=layers, fill=self.fill)
 
-    def partition_layer(self, program: Program, layer: Layer, area: Area) -> None:
+    def partition_layer(self, program: Program, layer: Layer, area: Area) -> dict[str, KernelPlan]:
+        """Each kernel's plan: its cut and its rectangle."""
         graph, target = program.graph, program.target
         size = DTYPE_SIZE[program.dtype]
         resident = program.mode == "pipelined"
@@ -161,7 +163,7 @@ class Partition:
         capacity = target.sram_bytes_per_pe - self.reserved_bytes
         kernels = [graph[n] for n in layer.nodes if graph[n].is_kernel]
         if not kernels:
-            return
+            return {}
         work = {k.name: max(k.flops, k.numel) for k in kernels}
         least = {k.name: self.smallest_cut(graph, k, size, capacity, area, resident) for k in kernels}
         needed = sum(c.pes for c in least.values())
@@ -175,6 +177,7 @@ class Partition:
         shares = water_fill(work, {n: c.pes for n, c in least.items()}, budget)
         # Lanes square to area: cap them so that every kernel at the floor still fits the budget.
         lanes = min(self.lanes_needed(program, layer), math.isqrt(budget // len(kernels))) if not resident else 1
+        plans: dict[str, KernelPlan] = {}
         for k in kernels:
             rows, cols = output_view(k.shape)
             cut = least[k.name]
@@ -196,8 +199,9 @@ class Partition:
                     cut = wider
                     break
             h, w = rectangle(cut, area) or rectangle(least[k.name], area)  # type: ignore[misc]
-            layer.kernels[k.name] = KernelPlan(k.name, rows, cols, cut, h, w, sram_bytes(graph, k, cut, size, resident),
-                                               reduction_dim(graph, k))
+            plans[k.name] = KernelPlan(k.name, rows, cols, cut, h, w, sram_bytes(graph, k, cut, size, resident),
+                                       reduction_dim(graph, k))
+        return plans
 
     def lanes_needed(self, program: Program, layer: Layer) -> int:
         """Rows of PEs each kernel should span so the layer's traffic, even if it all shared one bundle of

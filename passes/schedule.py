@@ -82,3 +82,18 @@ def run(phases: list[Phase]) -> tuple[float, list[Slot], dict[str, float]]:
     t += phases[-1].stream_out
     by_term["stream"] += phases[-1].stream_out
     return t, slots, by_term
+
+
+def pipelined(layer_seconds: list[float], passes: int, pass_tokens: float) -> tuple[float, list[tuple[float, float]]]:
+    """Pipelined mode: every layer resident, tokens flowing through them one after another. The slowest layer
+    sets the pace of every pass, and the pipeline fills once per step: layer i starts when the first token
+    reaches it (the earlier layers' share of one token) and runs for `passes` x the slowest layer's time plus
+    its own share of one token. Returns the step and each layer's (start, duration)."""
+    tokens = max(pass_tokens, 1)
+    slowest = max(layer_seconds, default=0.0)
+    spans, start = [], 0.0
+    for seconds in layer_seconds:
+        share = seconds / tokens
+        spans.append((start, passes * slowest + share))
+        start += share
+    return passes * slowest + sum(layer_seconds) / tokens, spans

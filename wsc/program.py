@@ -1,7 +1,8 @@
 """The program the passes build up: the legal graph, cut into streaming layers, each mapped onto the mesh.
 
 The graph stays the single source of shapes; a Layer only names its nodes and adds the mapping decisions
-(tile grids, rectangles, routes) that the later passes make.
+(tile grids, rectangles, routes) that the later passes make. A pass returns a new Program (and new Layers for
+what it decides) rather than editing the one it was given, so a program can be mapped again from any stage.
 """
 
 from __future__ import annotations
@@ -9,12 +10,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from wsc.ir import Graph
 from wsc.targets import Target
+
+if TYPE_CHECKING:  # the passes' own types; the program only holds them
+    from wsc.passes.layout import Flow, Placement
+    from wsc.passes.route import Routes
+    from wsc.passes.schedule import Slot
 
 DTYPE_SIZE = {"fp16": 2, "fp32": 4}  # bytes per element of the precision the target computes in
 
@@ -120,11 +126,11 @@ class Layer:
     name: str
     nodes: list[str]
     weights: list[str]  # param nodes this layer reads, streamed in before it runs
-    kernels: dict[str, KernelPlan] = field(default_factory=dict)
-    flows: list[Any] = field(default_factory=list)  # wsc.passes.place.Flow between this layer's kernels
-    region: tuple[int, int] | None = None  # pipelined mode: the band of mesh rows (first, count) it owns
-    placement: Any = None  # wsc.passes.place.Placement
-    routes: Any = None  # wsc.passes.route.Routes
+    kernels: dict[str, KernelPlan] = field(default_factory=dict)  # partition's
+    flows: list[Flow] = field(default_factory=list)  # group-layers': the traffic between this layer's kernels
+    region: tuple[int, int] | None = None  # partition's, pipelined mode: the band of mesh rows (first, count)
+    placement: Placement | None = None  # place's
+    routes: Routes | None = None  # route's
 
     def streamed_bytes(self, graph: Graph, element_bytes: int) -> int:
         """Bytes of this layer's weights streamed in at `element_bytes` per element."""
@@ -163,7 +169,7 @@ class Program:
     weights: Mapping[str, Any] | None = None  # store key -> tensor, when a pass must read a weight's values
     estimate: dict[str, Any] = field(default_factory=dict)
     fill: float = 0.0  # the share of the usable PEs the partitioner handed to each layer's kernels
-    timeline: list[Any] = field(default_factory=list)  # weight streaming: wsc.passes.schedule.Slot per layer pass
+    timeline: list[Slot] = field(default_factory=list)  # weight streaming: the estimate's slot per layer pass
 
     @property
     def passes_per_system(self) -> int:

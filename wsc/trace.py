@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from wsc.passes import schedule
 from wsc.program import Program
 
 PID = 1
@@ -32,15 +33,10 @@ def layer_slots(program: Program) -> list[tuple[int, str, float, float]]:
     estimate = program.estimate
     layers = estimate.get("layers", [])
     if estimate.get("mode") == "pipelined":
-        passes = estimate.get("passes_per_system", 1)
-        slowest = max((e["seconds"] for e in layers), default=0.0)
-        pass_tokens = max(program.tokens / max(program.micro_batches, 1), 1)
-        slots, offset = [], 0.0
-        for i, entry in enumerate(layers):
-            share = entry["seconds"] / pass_tokens
-            slots.append((i, entry["layer"], offset, passes * slowest + share))
-            offset += share
-        return slots
+        _, spans = schedule.pipelined([e["seconds"] for e in layers], estimate.get("passes_per_system", 1),
+                                      program.tokens / max(program.micro_batches, 1))
+        return [(i, entry["layer"], start, seconds)
+                for i, (entry, (start, seconds)) in enumerate(zip(layers, spans, strict=True))]
     drawn = [s for s in program.timeline if s.phase.pass_index < MAX_PASSES]
     many = estimate.get("passes_per_system", 1) > 1
     return [(s.phase.layer, f"{layers[s.phase.layer]['layer']}" + (f" (pass {s.phase.pass_index})" if many else ""),
