@@ -50,11 +50,13 @@ class FuseEpilogues:
 
     @staticmethod
     def sole_kernel(graph: Graph, current: dict[str, Node], name: str) -> tuple[Node, list[str]] | None:
-        """The kernel whose value `name` is (directly, or through a reshape that keeps the last dim) and
+        """The kernel whose value `name` is (directly, or through a reshape that keeps the last dim: the
+        same elements in the same order, so the same output blocks) and
         that nothing else reads; with the names it would absorb."""
         chain = [name]
         node = current[name]
-        if node.op == "reshape" and graph[node.inputs[0]].shape[-1:] == node.shape[-1:]:
+        if ops.is_layout(node.op) and ops.layout_op(node.op).keeps_order \
+                and graph[node.inputs[0]].shape[-1:] == node.shape[-1:]:
             chain.append(node.inputs[0])
             node = current[node.inputs[0]]
         if not node.is_kernel:

@@ -60,6 +60,9 @@ class LayoutOp(Op):
     """An op that only moves data: no PEs of its own, no arithmetic; on the wafer it is how values route."""
 
     kind: ClassVar[str] = "layout"
+    # True when the output holds the input's elements in the same order (a reshape): a kernel's output block
+    # is then still its block when the last dimension is kept, so what reads it may be fused through it.
+    keeps_order: ClassVar[bool] = False
 
     def bytes_moved(self, in_nodes: Sequence[Node], node: Node) -> int:
         return node.nbytes

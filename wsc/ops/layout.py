@@ -15,6 +15,7 @@ class Reshape(LayoutOp):
     """The same elements in the same order, another shape."""
 
     name = "reshape"
+    keeps_order = True
 
     def move(self, node: Node, value: np.ndarray) -> np.ndarray:
         return value.reshape(node.shape)
