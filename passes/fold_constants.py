@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from wsc import dtypes
 from wsc.ir import Graph, Node, Ref
 from wsc.program import Program
 
@@ -25,8 +26,7 @@ SHAPE_ONLY_OPS = {
     "aten.ones_like.default", "aten.zeros_like.default", "aten.full_like.default", "aten.empty_like.default",
 }
 NEVER_FOLD = ("rand", "dropout", "bernoulli", "normal", "uniform", "_assert")
-TORCH_DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-               "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
+TORCH_DTYPE = dtypes.name_to_torch()  # IR name -> torch dtype (the table is wsc/dtypes.py)
 
 
 def aten_op(name: str) -> Any | None:

@@ -11,10 +11,12 @@ rectangle may cover up to `w * h - pes` dead PEs (its `slack`); its tiles go to 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
-from wsc.errors import DoesNotPlace
+from wsc.errors import DoesNotPlace, WscError
+from wsc.mesh_grid import dead_grid, row_runs
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,17 @@ class Mesh:
     rows: int
     cols: int
     dead: frozenset[tuple[int, int]] = frozenset()
+
+    @cached_property
+    def dead_grid(self) -> np.ndarray:
+        """Bool [rows, cols], True where a PE is dead; built once per mesh and read-only (it is shared).
+        Raises WscError when a dead PE lies outside the mesh."""
+        try:
+            grid = dead_grid(self.rows, self.cols, self.dead)
+        except ValueError as error:
+            raise WscError(f"{error}; fix the defect map") from None
+        grid.flags.writeable = False
+        return grid
 
 
 @dataclass(frozen=True)
@@ -135,10 +148,7 @@ class Grid:
 
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
-        dead = np.zeros((mesh.rows, mesh.cols), dtype=np.int32)
-        for r, c in mesh.dead:
-            dead[r, c] = 1
-        self.dead_sat = summed_area(dead)
+        self.dead_sat = summed_area(mesh.dead_grid)
         self.taken = np.zeros((mesh.rows, mesh.cols), dtype=np.int32)
         self.taken_sat = summed_area(self.taken)
 
@@ -169,19 +179,10 @@ def cut_off(mesh: Mesh) -> frozenset[tuple[int, int]]:
     """
     if not mesh.dead:
         return frozenset()
-    dead = np.zeros((mesh.rows, mesh.cols), dtype=bool)
-    for r, c in mesh.dead:
-        dead[r, c] = True
-    runs: list[tuple[int, int, int]] = []  # (row, first col, last col)
-    row_runs: list[list[int]] = []
-    for r in range(mesh.rows):
-        padded = np.concatenate([[True], dead[r], [True]])
-        edges = np.flatnonzero(np.diff(padded.astype(np.int8)))
-        ids = []
-        for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
-            ids.append(len(runs))
-            runs.append((r, a, b - 1))
-        row_runs.append(ids)
+    runs = [(r, a, a + n - 1) for r, a, n in row_runs(~mesh.dead_grid)]  # (row, first col, last col)
+    by_row: list[list[int]] = [[] for _ in range(mesh.rows)]
+    for i, (r, _, _) in enumerate(runs):
+        by_row[r].append(i)
     parent = list(range(len(runs)))
 
     def find(i: int) -> int:
@@ -191,7 +192,7 @@ def cut_off(mesh: Mesh) -> frozenset[tuple[int, int]]:
         return i
 
     for r in range(1, mesh.rows):
-        above, below = row_runs[r - 1], row_runs[r]
+        above, below = by_row[r - 1], by_row[r]
         i = j = 0
         while i < len(above) and j < len(below):
             _, a0, a1 = runs[above[i]]

@@ -132,11 +132,7 @@ def check_placement(placement: Placement, kernels: list[KernelRect], mesh: Mesh)
 def _validate(kernels: list[KernelRect], flows: list[Flow], mesh: Mesh) -> None:
     if mesh.rows <= 0 or mesh.cols <= 0:
         raise WscError(f"mesh must have positive size, got {mesh.rows} x {mesh.cols}")
-    for r, c in mesh.dead:
-        if not (0 <= r < mesh.rows and 0 <= c < mesh.cols):
-            raise WscError(
-                f"dead PE ({r}, {c}) is outside the {mesh.rows} x {mesh.cols} mesh; fix the defect map"
-            )
+    _ = mesh.dead_grid  # raises when a dead PE lies outside the mesh
     names = set()
     for k in kernels:
         if k.name in names:
@@ -193,9 +189,7 @@ def scattered_density(mesh: Mesh) -> float:
     them (the placer sees them exactly) or pays for them in full."""
     if not mesh.dead:
         return 0.0
-    dead = np.zeros((mesh.rows, mesh.cols), dtype=bool)
-    for r, c in mesh.dead:
-        dead[r, c] = True
+    dead = mesh.dead_grid
     rows, cols = ~dead.all(axis=1), ~dead.all(axis=0)
     inner = dead[np.ix_(rows, cols)]
     return float(inner.mean()) if inner.size else 1.0

@@ -24,6 +24,7 @@ import numpy as np
 from ortools.sat.python import cp_model
 
 from wsc.errors import WscError
+from wsc.mesh_grid import row_runs
 from wsc.passes.layout import Flow, Grid, KernelRect, Mesh, Placement, Rect, no_fit, traffic, wirelength
 from wsc.passes.place_heuristics import anneal, greedy, row_major, snake
 
@@ -59,12 +60,7 @@ def best_hint(
 def dead_boxes(mesh: Mesh) -> list[tuple[int, int, int, int]]:
     """Dead PEs as maximal boxes (row, col, height, width): runs along each row, then equal runs on
     consecutive rows merged."""
-    runs: list[tuple[int, int, int]] = []
-    for r, c in sorted(mesh.dead):
-        if runs and runs[-1][0] == r and runs[-1][1] + runs[-1][2] == c:
-            runs[-1] = (r, runs[-1][1], runs[-1][2] + 1)
-        else:
-            runs.append((r, c, 1))
+    runs = row_runs(mesh.dead_grid)
     open_boxes: dict[tuple[int, int], list[int]] = {}  # (col, width) -> [row, height]
     boxes: list[tuple[int, int, int, int]] = []
     for r, c, w in runs:

@@ -73,7 +73,7 @@ class Routes:
 
 def route_xy(placement: Placement, flows: list[Flow], mesh: Mesh, colors: int | None = None) -> Routes:
     """Route every flow with XY lanes, detouring around dead PEs; color within `colors` (None: no limit)."""
-    dead = _dead_grid(mesh)
+    dead = mesh.dead_grid
     bundles = [_bundle(f, placement, mesh, dead, "xy") for f in flows]
     return _finish(bundles, mesh, colors, "xy")
 
@@ -82,7 +82,7 @@ def route_congestion_aware(
     placement: Placement, flows: list[Flow], mesh: Mesh, colors: int | None = None
 ) -> Routes:
     """Route every flow choosing each bundle's shape by negotiated congestion (see the module docstring)."""
-    dead = _dead_grid(mesh)
+    dead = mesh.dead_grid
     options = [[_bundle(f, placement, mesh, dead, shape) for shape in SHAPES] for f in flows]
     # Identical shapes (e.g. XY and YX of a straight bundle) are one option.
     options = [_distinct(opts) for opts in options]
@@ -158,17 +158,6 @@ class _Bundle:
     @property
     def byte_hops(self) -> int:
         return int((self.hops * self.val).sum())
-
-
-def _dead_grid(mesh: Mesh) -> np.ndarray:
-    dead = np.zeros((mesh.rows, mesh.cols), dtype=bool)
-    for r, c in mesh.dead:
-        if not (0 <= r < mesh.rows and 0 <= c < mesh.cols):
-            raise WscError(
-                f"dead PE ({r}, {c}) is outside the {mesh.rows} x {mesh.cols} mesh; fix the defect map"
-            )
-        dead[r, c] = True
-    return dead
 
 
 def _distinct(options: list[_Bundle]) -> list[_Bundle]:

@@ -30,15 +30,17 @@ from typing import Any
 
 import numpy as np
 
+from wsc.dtypes import BY_SHORT, DTYPES
 from wsc.errors import WscError
 
-SAFETENSORS_DTYPES: dict[str, Any] = {
-    "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+# The safetensors codes a store may hold, as the numpy dtype that views their bytes: the IR's dtypes (the
+# table is wsc/dtypes.py; bf16 is viewed as its raw uint16 bits), plus a few the store only converts from.
+SAFETENSORS_DTYPES: dict[str, np.dtype] = {d.safetensors: d.numpy for d in DTYPES} | {
+    "F64": np.dtype(np.float64), "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8),
 }
 _NUMPY_TO_SAFETENSORS = {np.dtype(v): k for k, v in SAFETENSORS_DTYPES.items() if k != "BF16"}
 INDEX_NAME = "model.safetensors.index.json"
-STORE_DTYPES = ("fp32", "fp16")
+STORE_DTYPES = ("fp32", "fp16")  # short names in wsc/dtypes.py of floats numpy can write (not bf16)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -47,7 +49,7 @@ STORE_DTYPES = ("fp32", "fp16")
 
 def _stored_dtype(source: np.dtype, dtype: str) -> np.dtype:
     if np.issubdtype(source, np.floating):
-        return np.dtype(np.float16 if dtype == "fp16" else np.float32)
+        return BY_SHORT[dtype].numpy
     if source not in _NUMPY_TO_SAFETENSORS:
         raise WscError(f"cannot store a tensor of dtype {source} in safetensors")
     return source
@@ -107,7 +109,7 @@ def write_store(
     if shard_bytes is None:
         _write_safetensors(path, tensors, dtype)
         return path
-    itemsize = 2 if dtype == "fp16" else 4
+    itemsize = BY_SHORT[dtype].bytes
     groups: list[list[str]] = [[]]
     size = 0
     for key in tensors:

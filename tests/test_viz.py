@@ -84,7 +84,7 @@ def test_dead_pes_are_drawn_as_runs(out, tmp_path):
     root = ET.parse(faulty / "map.svg").getroot()
     (dead,) = [p for p in root.iter(f"{SVG}path") if p.get("class") == "dead"]
     assert dead.get("d") == "M3 2h3v1h-3zM0 7h1v1h-1zM9 9h1v1h-1z"
-    assert dead_runs([[0, 1], [0, 0], [1, 0]]) == [(0, 0, 2), (1, 0, 1)]
+    assert dead_runs({"rows": 2, "cols": 3, "dead_pes": [[0, 1], [0, 0], [1, 0]]}) == [(0, 0, 2), (1, 0, 1)]
 
 
 def test_link_load_counts_each_pe_of_a_lane_once():

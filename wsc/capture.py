@@ -26,18 +26,11 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils._pytree import tree_leaves
 
-from wsc import progress
+from wsc import dtypes, progress
 from wsc.errors import WscError
 from wsc.ir import Graph, Node, Ref
 
-TORCH_DTYPES = {
-    torch.float32: "float32",
-    torch.float16: "float16",
-    torch.bfloat16: "bfloat16",
-    torch.int64: "int64",
-    torch.int32: "int32",
-    torch.bool: "bool",
-}
+TORCH_DTYPES = dtypes.torch_to_name()  # torch dtype -> IR name (the table is wsc/dtypes.py)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """`wsc check OUT`: prove from placement.json alone that a compiled mapping is legal.
 
 Independent of the placer and router on purpose: it reads only the JSON and uses plain numpy slices over
-the mesh, so a bug in `passes/place.py` or `passes/route.py` cannot hide itself. It checks, per layer:
+the mesh (the dead-PE grid is `wsc.mesh_grid.dead_grid`, geometry only, built once the JSON's pairs are
+checked here), so a bug in `passes/place.py` or `passes/route.py` cannot hide itself. It checks, per layer:
 
 - every kernel's rectangle lies inside the mesh and no two rectangles overlap;
 - dead PEs (the defect model of `passes/place.py`): a kernel with `pes` (working PEs its tiles need) keeps
@@ -25,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from wsc.mesh_grid import dead_grid
+
 
 class Malformed(Exception):
     """placement.json is missing or does not have the documented shape."""
@@ -37,13 +40,13 @@ def check_output(out_dir: str | Path) -> list[str]:
     doc = _load(Path(out_dir) / "placement.json")
     mesh = _field(doc, "mesh", dict)
     rows, cols = _field(mesh, "rows", int), _field(mesh, "cols", int)
-    dead = np.zeros((rows, cols), dtype=bool)
-    for pe in _field(mesh, "dead_pes", list):
+    dead_pes = _field(mesh, "dead_pes", list)
+    for pe in dead_pes:
         if not (isinstance(pe, list) and len(pe) == 2 and all(isinstance(v, int) for v in pe)):
             raise Malformed(f"mesh.dead_pes holds {pe!r}, not a [row, col] pair")
         if not (0 <= pe[0] < rows and 0 <= pe[1] < cols):
             raise Malformed(f"mesh.dead_pes holds {pe}, outside the {rows} x {cols} mesh")
-        dead[pe[0], pe[1]] = True
+    dead = dead_grid(rows, cols, dead_pes)
     problems: list[str] = []
     sram = _target_sram(doc, mesh, problems)
     colors = mesh.get("routable_colors")

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from wsc.errors import WscError
+from wsc.mesh_grid import dead_grid, row_runs
 
 # Distinct, colour-blind-friendly fills (Okabe-Ito, then Tableau): kernels of a layer are told apart by colour.
 PALETTE = ["#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#4e79a7",
@@ -43,16 +44,15 @@ def choose_layer(placement: dict[str, Any], index: int | None) -> dict[str, Any]
     raise WscError(f"--layer {index} is not a layer of this compile; give one of 0..{len(layers) - 1}")
 
 
-def dead_runs(dead_pes: list[list[int]]) -> list[tuple[int, int, int]]:
-    """Dead PEs as (row, first col, length) runs along each row: thousands of scattered defects become as
-    few shapes as their layout allows."""
-    runs: list[tuple[int, int, int]] = []
-    for r, c in sorted((int(r), int(c)) for r, c in dead_pes):
-        if runs and runs[-1][0] == r and runs[-1][1] + runs[-1][2] == c:
-            runs[-1] = (r, runs[-1][1], runs[-1][2] + 1)
-        else:
-            runs.append((r, c, 1))
-    return runs
+def dead_pe_grid(mesh: dict[str, Any]) -> np.ndarray:
+    """Bool [rows, cols] of placement.json's `mesh`: True where a PE is dead (ValueError if one lies outside)."""
+    return dead_grid(mesh["rows"], mesh["cols"], mesh.get("dead_pes", []))
+
+
+def dead_runs(mesh: dict[str, Any]) -> list[tuple[int, int, int]]:
+    """The dead PEs of placement.json's `mesh` as (row, first col, length) runs along each row: thousands of
+    scattered defects become as few shapes as their layout allows."""
+    return row_runs(dead_pe_grid(mesh))
 
 
 def heat_cell(rows: int, cols: int) -> int:

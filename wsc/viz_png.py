@@ -33,9 +33,7 @@ def render_png(placement: dict[str, Any], report: dict[str, Any], layer: dict[st
                  f"layer {layer['index']} {layer['name']}", fontsize=14)
 
     ax = fig.add_subplot(grid[0, 0])
-    dead = np.zeros((rows, cols))
-    for r, c, n in vd.dead_runs(mesh.get("dead_pes", [])):
-        dead[r, c:c + n] = 1
+    dead = vd.dead_pe_grid(mesh).astype(float)
     ax.imshow(dead, cmap="Greys", vmin=0, vmax=1, extent=(0, cols, rows, 0), interpolation="nearest")
     for i, k in enumerate(layer["kernels"]):
         ax.add_patch(Rectangle((k["x"], k["y"]), k["w"], k["h"], facecolor=vd.kernel_colour(i), alpha=0.85,

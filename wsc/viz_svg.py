@@ -52,7 +52,7 @@ def placement_panel(placement: dict[str, Any], layer: dict[str, Any]) -> list[st
     out = [f'<g class="placement" transform="scale({_num(s)})">',
            f'<rect class="mesh" x="0" y="0" width="{cols}" height="{rows}" fill="#f4f4f4" stroke="#444" '
            f'stroke-width="{_num(1 / s)}"/>']
-    runs = vd.dead_runs(mesh.get("dead_pes", []))
+    runs = vd.dead_runs(mesh)
     if runs:
         d = "".join(f"M{c} {r}h{n}v1h-{n}z" for r, c, n in runs)
         out.append(f'<path class="dead" d="{d}" fill="#000"><title>{len(mesh["dead_pes"])} dead PEs</title></path>')
