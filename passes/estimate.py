@@ -69,13 +69,13 @@ class Estimate:
 
     def __call__(self, program: Program) -> Program:
         target = program.target
-        rate = target.flops_per_cycle_per_pe[program.dtype] * target.clock_hz  # FLOP/s of one PE
+        rate = target.pe_flops(program.dtype)
         layers = [self.layer_terms(program, layer, rate) for layer in program.layers]
         passes = program.passes_per_system
         pass_flops = sum(e["flops"] for e in layers)
         pass_bytes = sum(e["weight_bytes"] for e in layers)
         streaming = program.mode != "pipelined"
-        peak = target.usable_pes * rate
+        peak = target.peak_flops(program.dtype)
         timeline: list[schedule.Slot] = []
         if streaming:
             step, timeline, by_term = schedule.run(schedule.forward_phases(layers, passes))
@@ -157,7 +157,7 @@ class Estimate:
         the micro-batches, and how well that scales against one wafer running them all."""
         target, systems = program.target, program.systems
         io = target.io_bytes_per_second
-        peak = target.usable_pes * rate
+        peak = target.peak_flops(program.dtype)
         flops = sum(e["flops"] + e["backward_flops"] for e in layers)
         total_bytes = sum(e["weight_bytes"] for e in layers)
 

@@ -12,7 +12,7 @@ Runs on the captured graph, before legalize; folded nodes become `const` nodes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -46,8 +46,7 @@ class FoldConstants:
     max_elements: int = 1 << 24
 
     def __call__(self, program: Program) -> Program:
-        program.graph = self.run(program.graph, program.weights or {})
-        return program
+        return replace(program, graph=self.run(program.graph, program.weights or {}))
 
     def run(self, graph: Graph, weights: Mapping[str, Any] | None = None) -> Graph:
         values: dict[str, torch.Tensor] = {}

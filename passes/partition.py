@@ -83,9 +83,7 @@ def layer_areas(program: Program, reserved_bytes: int) -> list[Area]:
     each in its own band of rows (the area's `region`, which becomes the layer's). Dead PEs and what a dead row or
     column cuts off (see place.mesh_of) are not counted."""
     mesh = mesh_of(program.target)
-    dead = np.zeros((mesh.rows, mesh.cols), dtype=bool)
-    for r, c in mesh.dead:
-        dead[r, c] = True
+    dead = mesh.dead_grid
     live_rows = np.flatnonzero(~dead.all(axis=1))
     live_cols = np.flatnonzero(~dead.all(axis=0))
     if program.mode == "weight-streaming":

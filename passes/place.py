@@ -43,6 +43,7 @@ from wsc.errors import WscError
 from wsc.passes import place_cpsat
 from wsc.passes.layout import Flow, KernelRect, Mesh, Placement, Rect, cut_off, no_fit, wirelength
 from wsc.passes.place_heuristics import anneal, greedy, random_placement, row_major, snake
+from wsc.program import Program
 
 __all__ = [
     "STRATEGIES", "Flow", "KernelRect", "Mesh", "Place", "Placement", "Rect", "check_placement", "mesh_of",
@@ -219,11 +220,12 @@ class Place:
     workers: int = 1  # one worker: reproducible placements (see place_cpsat)
     time_limit: float = 2.0  # deterministic seconds per distinct layer
 
-    def __call__(self, program):
+    def __call__(self, program: Program) -> Program:
         if self.strategy not in STRATEGIES:
             raise WscError(f"unknown placement strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
         whole = mesh_of(program.target)
         placed: dict[str, tuple[list[str], Placement, int]] = {}
+        layers = []
         for layer in progress.track(program.layers, lambda each: f"placing {each.name} ({self.strategy})"):
             names = list(layer.kernels)
             # Pipelined mode gives each layer a band of rows (its region): it is placed inside the band,
@@ -240,7 +242,7 @@ class Place:
                 rename = dict(zip(twin_names, names, strict=True))
                 shift = top - twin_top
                 rects = {rename[n]: replace(r, name=rename[n], y=r.y + shift) for n, r in twin.rects.items()}
-                layer.placement = replace(twin, rects=rects, seconds=0.0)
+                layers.append(replace(layer, placement=replace(twin, rects=rects, seconds=0.0)))
                 continue
             density = scattered_density(mesh)
             kernels = [self.kernel_rect(n, plan.h, plan.w, mesh, density) for n, plan in layer.kernels.items()]
@@ -248,9 +250,9 @@ class Place:
                               workers=self.workers, time_limit=self.time_limit)
             if top:
                 placement.rects = {n: replace(r, y=r.y + top) for n, r in placement.rects.items()}
-            layer.placement = placement
+            layers.append(replace(layer, placement=placement))
             placed[key] = (names, placement, top)
-        return program
+        return replace(program, layers=layers)
 
     @staticmethod
     def kernel_rect(name: str, h: int, w: int, mesh: Mesh, density: float) -> KernelRect:

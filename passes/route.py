@@ -35,7 +35,7 @@ so a straight 1700-hop lane costs O(1) numpy work.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import networkx as nx
@@ -496,13 +496,14 @@ class Route:
         mesh = mesh_of(program.target)
         limit = getattr(program.target, "routable_colors", program.target.colors)
         routed: dict[str, Routes] = {}
+        layers = []
         for layer in program.layers:
             # Layers placed in bands of their own (pipelined mode) sit elsewhere on the mesh: route each.
             key = layer.signature(program.graph) + (f"@{layer.region}" if layer.region else "")
             if key not in routed:
                 routed[key] = route(layer.placement, layer.flows, mesh, self.router, limit)
-            layer.routes = routed[key]
-        return program
+            layers.append(replace(layer, routes=routed[key]))
+        return replace(program, layers=layers)
 
 
 def route_json(routes: Routes, index: int) -> dict:

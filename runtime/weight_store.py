@@ -263,11 +263,6 @@ class WeightStore:
         self.streamed_bytes = 0  # bytes read out of the store, in the stored precision
         self.prefetched_layers = 0
 
-    @property
-    def _map(self) -> np.ndarray:
-        """The first shard's memory map (a single-file store has only that one)."""
-        return self.shards[0].map
-
     def keys(self) -> list[str]:
         return list(self._where)
 

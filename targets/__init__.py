@@ -69,12 +69,17 @@ class Target:
         return self.rows * self.cols - len(self.dead_pes)
 
     def peak_flops(self, dtype: str) -> float:
-        """Peak FLOP/s of the usable PEs for `dtype` ("fp16" or "fp32")."""
+        """Peak FLOP/s of the usable PEs for `dtype` ("fp16" or "fp32"): what the estimate's compute bound and
+        utilisation divide by."""
         if dtype not in self.flops_per_cycle_per_pe:
             raise WscError(
                 f"target {self.name!r} has no peak rate for dtype {dtype!r}; use one of {', '.join(DTYPES)}"
             )
-        return self.usable_pes * self.flops_per_cycle_per_pe[dtype] * self.clock_hz
+        return self.usable_pes * self.pe_flops(dtype)
+
+    def pe_flops(self, dtype: str) -> float:
+        """FLOP/s of one PE for `dtype`."""
+        return self.flops_per_cycle_per_pe[dtype] * self.clock_hz
 
 
 def available_targets() -> list[str]:

@@ -217,7 +217,7 @@ def test_route_pass_router_option_and_unknown_router(small_target) -> None:
     program = compile_model(model, inputs, small_target, time_limit=0.5).program
     assert Route().router == "congestion"
     assert all(layer.routes.router == "congestion" for layer in program.layers)
-    Route(router="xy")(program)
+    program = Route(router="xy")(program)
     assert all(layer.routes.router == "xy" for layer in program.layers)
     with pytest.raises(WscError, match="unknown router 'manhattan'"):
         Route(router="manhattan")(program)

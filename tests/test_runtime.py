@@ -97,7 +97,7 @@ def test_store_round_trip_and_memory_map(tmp_path: Path):
     write_store(tmp_path / "w.safetensors", tensors)
     store = WeightStore(tmp_path / "w.safetensors")
     assert sorted(store.keys()) == ["a", "b"]
-    assert isinstance(store._map, np.memmap)
+    assert isinstance(store.shards[0].map, np.memmap)
     got = store.stream_in("layer0", ["a", "b"])
     np.testing.assert_array_equal(got["a"], tensors["a"])
     assert got["b"].dtype == np.float32

@@ -23,11 +23,12 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from wsc.dtypes import BYTES as DTYPE_BYTES
+
 SOURCE_OPS = ("input", "param", "const")
 KERNEL_OPS: set[str] = set()  # filled by wsc.ops.register
 LAYOUT_OPS: set[str] = set()
 
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "bool": 1}
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from wsc.dtypes import SHORT_BYTES
 from wsc.ir import Graph
-from wsc.targets import Target
+from wsc.targets import DTYPES, Target
 
 if TYPE_CHECKING:  # the passes' own types; the program only holds them
     from wsc.passes.layout import Flow, Placement
     from wsc.passes.route import Routes
     from wsc.passes.schedule import Slot
 
-DTYPE_SIZE = {"fp16": 2, "fp32": 4}  # bytes per element of the precision the target computes in
+DTYPE_SIZE = {d: SHORT_BYTES[d] for d in DTYPES}  # bytes per element of each precision a target computes in
 
 
 @dataclass(frozen=True)
