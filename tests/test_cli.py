@@ -181,3 +181,63 @@ def test_weights_from_a_checkpoint_fp32_and_fp16(tmp_path, capsys):
         assert v["status"] == "pass" and v["tolerance"] == tolerance and v["weights_dtype"] == dtype
     assert reports["fp32"]["verification"]["max_abs_err"] < 1e-5
     assert reports["fp16"]["memory"]["streamed_bytes"] * 2 == reports["fp32"]["memory"]["streamed_bytes"]
+
+
+BAD_OPTIONS = [
+    (["--tolerance", "-1"], "--tolerance -1.0 is not an error bound"),
+    (["--time-limit", "0"], "--time-limit 0.0 is not a time"),
+    (["--micro-batch", "0"], "--micro-batch 0 is not a number of sequences"),
+    (["--systems", "0"], "--systems 0 is not a number of wafers"),
+    (["--seed", "-1"], "--seed -1 is out of range"),
+    (["--strategy", "best"], "unknown placement strategy 'best'; use one of cpsat"),
+    (["--router", "manhattan"], "unknown router 'manhattan'; use one of congestion, xy"),
+    (["--mode", "streaming"], "unknown mode 'streaming'; use one of weight-streaming, pipelined"),
+    (["--weights-dtype", "bf16"], "unknown weights dtype 'bf16'; use one of fp32, fp16"),
+]
+
+
+@pytest.mark.parametrize(("flags", "message"), BAD_OPTIONS, ids=[" ".join(f) for f, _ in BAD_OPTIONS])
+def test_a_bad_option_is_one_line_exit_2_and_nothing_is_built(flags, message, tmp_path, capsys, monkeypatch):
+    import wsc.modelfile
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the model was built before its options were checked")
+
+    monkeypatch.setattr(wsc.modelfile, "build", no_build)
+    proc = wsc_in_process(capsys, "compile", str(MODELS / "tiny_gpt.py"), "--target", "mesh-16x16",
+                          "--out", str(tmp_path / "out"), *flags)
+    one_line_error(proc, message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_hands_one_checked_options_object_to_wsc_compile(tmp_path, capsys, monkeypatch):
+    import wsc.api
+    from wsc.errors import WscError
+    from wsc.options import FP16_TOLERANCE, CompileOptions
+
+    given = []
+
+    def compile_(model, inputs, target, options, **keywords):
+        given.append(options)
+        raise WscError("stop here")
+
+    monkeypatch.setattr(wsc.api, "compile", compile_)
+    one_line_error(wsc_in_process(capsys, "compile", str(MODELS / "tiny_gpt.py"), "--target", "mesh-16x16",
+                                  "--strategy", "greedy", "--weights-dtype", "fp16", "--seed", "7", "--no-verify",
+                                  "--out", str(tmp_path / "out")), "stop here")
+    assert given == [CompileOptions(strategy="greedy", weights_dtype="fp16", seed=7, verify=False)]
+    assert given[0].verify_tolerance == FP16_TOLERANCE  # the same default rule as wsc.compile's
+
+
+def test_the_cli_builds_the_weights_only_when_they_fit(tmp_path, capsys, monkeypatch):
+    """Whether the weights fit is the API's one rule (api.weights_fit), asked of the weightless build."""
+    import wsc.api
+
+    asked = []
+    monkeypatch.setattr(wsc.api, "weights_fit", lambda module: asked.append(module) or False)
+    proc = wsc_in_process(capsys, "compile", str(MODELS / "tiny_gpt.py"), "--target", "mesh-16x16",
+                          "--model-arg", "layers=1", "--strategy", "greedy", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert asked and all(p.is_meta for p in asked[0].parameters())
+    v = json.loads((tmp_path / "report.json").read_text())["verification"]
+    assert v["status"] == "skipped" and "built without weights" in v["note"]

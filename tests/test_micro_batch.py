@@ -147,3 +147,44 @@ def test_choose_finds_the_largest_that_fits_then_the_fastest_halving():
     # 120 * 3000 / 12000 = 30 fits; then the largest divisor of 120 at most half the last: 15, 6, 3, 1.
     assert tried == [120, 30, 15, 6, 3, 1]
     assert choose(120, 24, attempt, step.get) == 24
+
+
+def counting_captures(monkeypatch) -> list[tuple[int, ...]]:
+    import wsc.pipeline
+
+    shapes: list[tuple[int, ...]] = []
+    original = wsc.pipeline.capture
+
+    def capture(model, inputs):
+        shapes.append(tuple(inputs[0].shape))
+        return original(model, inputs)
+
+    monkeypatch.setattr(wsc.pipeline, "capture", capture)
+    return shapes
+
+
+def test_the_search_captures_and_groups_each_size_once(tight_target, monkeypatch):
+    shapes = counting_captures(monkeypatch)
+    runs: list[str] = []
+    _, _, compiled = compiled_for(tight_target, batch=8, on_pass=lambda name, seconds: runs.append(name))
+    # 8 sequences do not fit; 4 do, then 2 and 1 are tried: each captured and put through legalize once.
+    assert shapes == [(8, 32), (4, 32), (2, 32), (1, 32)]
+    assert runs.count("legalize") == runs.count("group-layers") == len(shapes)
+    assert compiled.program.micro_batches == 2
+
+
+def test_a_size_tried_again_reuses_its_capture_and_grouped_program(tight_target, monkeypatch):
+    import wsc.micro_batch
+
+    shapes = counting_captures(monkeypatch)
+    runs: list[str] = []
+
+    def twice(per_system, requested, attempt, seconds):  # a search that comes back to a size it tried
+        first = attempt(4)
+        return min(first, attempt(4), attempt(2), key=seconds)
+
+    monkeypatch.setattr(wsc.micro_batch, "choose", twice)
+    _, _, compiled = compiled_for(tight_target, batch=8, on_pass=lambda name, seconds: runs.append(name))
+    assert shapes == [(4, 32), (2, 32)]
+    assert runs.count("legalize") == runs.count("group-layers") == 2 and runs.count("estimate") == 3
+    assert compiled.program.micro_batches in (2, 4) and compiled.program.estimate["step_seconds"] > 0

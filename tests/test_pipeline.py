@@ -119,3 +119,51 @@ def test_fill_is_the_other_kernels_first_wave(small_target):
         expected = sum(times[n] * plan.row_blocks / plan.rows for n, plan in layer.kernels.items() if n != slowest)
         assert entry["fill_seconds"] == pytest.approx(expected, rel=1e-12, abs=0)
         assert entry["compute_seconds"] == pytest.approx(times[slowest] + expected, rel=1e-12)
+
+
+SHAPE_PASSES = ["fold-constants", "legalize", "fuse-epilogues", "group-layers"]
+FILL_PASSES = ["partition", "place", "route", "estimate"]
+
+
+def test_a_fill_retry_reruns_only_partition_place_route_and_estimate(small_target, monkeypatch):
+    from wsc.errors import DoesNotPlace
+    from wsc.passes.place import Place
+    from wsc.pipeline import FILLS
+
+    original = Place.__call__
+    fresh = []
+
+    def crowded(self, program):  # places, then finds the larger shares' rectangles do not pack after all
+        fresh.append(all(layer.placement is None and layer.routes is None for layer in program.layers))
+        program = original(self, program)
+        if program.fill > FILLS[-1]:
+            raise DoesNotPlace("no room", needed=2, offered=1)
+        return program
+
+    monkeypatch.setattr(Place, "__call__", crowded)
+    runs: list[str] = []
+    model, inputs = tiny_gpt(layers=1)
+    compiled = compile_model(model, inputs, small_target, strategy="greedy", verify_ir=True,
+                             on_pass=lambda name, seconds: runs.append(name))
+    assert compiled.program.fill == FILLS[-1]
+    # The shape passes ran once; the second fill started from the grouped program, not the first try's layers.
+    assert [runs.count(name) for name in SHAPE_PASSES] == [1, 1, 1, 1]
+    assert runs.count("partition") == 2 and fresh == [True, True]
+    # Each pass's seconds are reported under its name, in pass order, as before the split.
+    assert list(compiled.pass_seconds) == SHAPE_PASSES + FILL_PASSES
+
+
+def test_default_passes_are_the_shape_passes_then_the_fill_passes():
+    import inspect
+
+    from wsc.options import CompileOptions
+    from wsc.pipeline import default_passes, fill_passes, shape_passes
+
+    options = CompileOptions(strategy="greedy", router="xy", fused_attention=False)
+    assert [p.name for p in shape_passes(options)] == SHAPE_PASSES
+    assert [p.name for p in fill_passes(options, 0.5)] == FILL_PASSES
+    passes = default_passes(options, fill=0.5)
+    assert [p.name for p in passes] == SHAPE_PASSES + FILL_PASSES
+    assert (passes[1].fused_attention, passes[4].fill, passes[5].strategy, passes[6].router) == \
+        (False, 0.5, "greedy", "xy")
+    assert "mode" not in inspect.signature(default_passes).parameters  # the mode is the Program's

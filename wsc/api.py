@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from wsc.atomic import write_atomic
 from wsc.capture import TORCH_DTYPES, to_numpy
 from wsc.errors import WscError
 from wsc.meta import physical_memory_bytes, weight_bytes
+from wsc.options import CompileOptions
 from wsc.report import build_report, dumps, placement_json
 from wsc.runtime.executor import Executor
 from wsc.runtime.weight_store import WeightStore, write_store
@@ -102,41 +104,48 @@ def check_inputs(program, inputs: tuple) -> list[np.ndarray]:
     return arrays
 
 
-def compile(module: torch.nn.Module, example_inputs: tuple, target: str | Target = "cs2-sim", *,
-            strategy: str = "cpsat", router: str = "congestion", mode: str = "weight-streaming",
-            verify: bool = True, tolerance: float = pipeline.DEFAULT_TOLERANCE,
-            seed: int = 0, time_limit: float = 2.0, model_name: str | None = None,
-            weights: str | Path | None = None, weights_dtype: str = "fp32",
-            model_info: dict[str, Any] | None = None, on_pass=None, micro_batch: int | None = None,
-            systems: int = 1) -> CompiledModel:
-    """Compile `module` for `target`; with `verify`, run it and compare with eager PyTorch.
+def weights_fit(module: torch.nn.Module) -> bool:
+    """Whether verifying `module` fits in memory: the eager model's weights and the store's copy (twice its
+    weight bytes) within VERIFY_MEMORY_SHARE of the machine's RAM. Meta-device parameters count their size,
+    so a model built without weights tells whether it may be built with them."""
+    return weight_bytes(module) * 2 <= VERIFY_MEMORY_SHARE * physical_memory_bytes()
+
+
+def compile(module: torch.nn.Module, example_inputs: tuple, target: str | Target = "cs2-sim",
+            options: CompileOptions | None = None, *, model_name: str | None = None,
+            model_info: dict[str, Any] | None = None, on_pass: Callable[[str, float], None] | None = None,
+            **keywords: Any) -> CompiledModel:
+    """Compile `module` for `target` with `options` (a wsc.options.CompileOptions), or the defaults changed
+    by `keywords` (its field names: strategy, router, mode, micro_batch, systems, verify, tolerance, weights,
+    weights_dtype, seed, time_limit, fused_attention, fill); with `verify`, run it and compare with eager
+    PyTorch.
 
     `weights` names a store to run from (a safetensors file, a sharded checkpoint folder or its index); the
     module may then be built without weights (wsc.meta.empty_weights): the eager reference loads them from
     the store after the compiled run, whose peak memory is measured first. `weights_dtype` fp16 streams half
-    the bytes (the kernels still compute in fp32). The batch is split over `systems` wafers (data parallel),
-    and each one's share is run in passes of `micro_batch` sequences (default: the most that fit)."""
+    the bytes (the kernels still compute in fp32) and is verified to FP16_TOLERANCE unless a tolerance is
+    given. The batch is split over `systems` wafers (data parallel), and each one's share is run in passes of
+    `micro_batch` sequences (default: the most that fit)."""
     start = time.perf_counter()
+    options = CompileOptions.of(options, **keywords)
     target = load_target(target) if isinstance(target, str) else target
     example_inputs = tuple(example_inputs)
     name = model_name or type(module).__name__
-    compiled = pipeline.compile_model(module, example_inputs, target, model_name=name, on_pass=on_pass,
-                                      strategy=strategy, router=router, mode=mode, seed=seed,
-                                      time_limit=time_limit, micro_batch=micro_batch, systems=systems)
+    compiled = pipeline.compile_model(module, example_inputs, target, options, model_name=name, on_pass=on_pass)
     result = CompiledModel(compiled, {})
+    tolerance = options.verify_tolerance
     verification: dict[str, Any] = {"status": "skipped", "max_abs_err": None, "tolerance": tolerance}
     memory: dict[str, Any] = {"peak_rss_bytes": None}
     run_seconds = 0.0
-    on_meta = any(t.is_meta for t in compiled.weights.values()) and weights is None
-    too_big = weight_bytes(module) * 2 > VERIFY_MEMORY_SHARE * physical_memory_bytes()
-    if verify and on_meta:
+    on_meta = any(t.is_meta for t in compiled.weights.values()) and options.weights is None
+    if options.verify and on_meta:
         verification["note"] = "the model was built without weights (meta device): give --weights to run it"
-    elif verify and too_big:
+    elif options.verify and not weights_fit(module):
         verification["note"] = (f"{weight_bytes(module) / 1e9:.1f} GB of weights are too many to verify in "
                                 f"{physical_memory_bytes() / 1e9:.0f} GB of memory")
-    elif verify:
-        store = Path(weights) if weights is not None else None
-        run = pipeline.run_compiled(compiled, example_inputs, store, weights_dtype)
+    elif options.verify:
+        store = options.weights
+        run = pipeline.run_compiled(compiled, example_inputs, store, options.weights_dtype)
         run_seconds = run.executor.stats.seconds
         memory = {"peak_rss_bytes": run.peak_rss_bytes,  # measured before the eager reference below
                   "peak_resident_layers": run.executor.store.peak_resident_layers,
@@ -145,7 +154,7 @@ def compile(module: torch.nn.Module, example_inputs: tuple, target: str | Target
         if store is not None:
             pipeline.load_weights(module, compiled.captured, store)
         verification = pipeline.verify(module, example_inputs, run.outputs, tolerance)
-        verification["weights_dtype"] = weights_dtype
+        verification["weights_dtype"] = options.weights_dtype
     result.report = build_report(compiled, verification=verification, memory=memory, run_seconds=run_seconds,
                                  total_seconds=time.perf_counter() - start, model_info=model_info or {})
     return result

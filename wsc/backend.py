@@ -19,14 +19,22 @@ from typing import Any
 import torch
 
 from wsc.errors import WscError
+from wsc.options import CompileOptions
 
 
-def make_backend(target: str = "cs2-sim", *, verify: bool = False, **options: Any) -> Callable:
+def make_backend(target: str = "cs2-sim", options: CompileOptions | None = None, **keywords: Any) -> Callable:
+    """A backend compiling every graph for `target` with `options` (a CompileOptions), or the defaults changed
+    by `keywords` (CompileOptions' field names). Unlike `wsc.compile`, the backend does not verify unless
+    told to (`verify=True`, or options that say so). The options are checked here, once, not per graph."""
+    if options is None:
+        keywords.setdefault("verify", False)
+    options = CompileOptions.of(options, **keywords)
+
     def backend(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable:
         from wsc import api
 
         inputs = tuple(example_inputs)
-        compiled = api.compile(gm, inputs, target, verify=verify, model_name="torch.compile graph", **options)
+        compiled = api.compile(gm, inputs, target, options, model_name="torch.compile graph")
         if compiled.report["verification"]["status"] == "fail":
             v = compiled.report["verification"]
             raise WscError(f"compiled graph differs from eager by {v['max_abs_err']} (tolerance {v['tolerance']})")

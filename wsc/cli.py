@@ -9,8 +9,12 @@ import argparse
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wsc.errors import WscError
+
+if TYPE_CHECKING:
+    from wsc.options import CompileOptions
 
 EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_INTERNAL = 1, 2, 3
 
@@ -45,24 +49,24 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="passed to build_model and example_inputs (repeatable)")
     c.add_argument("--out", help="output folder (default wsc_out/<model>)")
-    c.add_argument("--strategy", default="cpsat",
-                   help="placement: cpsat (default), greedy, row-major, snake, random or anneal")
-    c.add_argument("--router", default="congestion", help="routing: congestion (default) or xy")
-    c.add_argument("--mode", default="weight-streaming", choices=["weight-streaming", "pipelined"],
-                   help="weight-streaming (default: one layer on the wafer at a time) or pipelined (all resident)")
-    c.add_argument("--micro-batch", type=int, default=None, metavar="N",
+    # The compile options default to None here: CompileOptions holds the defaults and checks every value.
+    c.add_argument("--strategy", help="placement: cpsat (default), greedy, row-major, snake, random or anneal")
+    c.add_argument("--router", help="routing: congestion (default) or xy")
+    c.add_argument("--mode", help="weight-streaming (default: one layer on the wafer at a time) or pipelined "
+                                  "(all resident)")
+    c.add_argument("--micro-batch", type=int, metavar="N",
                    help="sequences per pass: a step runs its batch in passes of N (default: the most that fit)")
-    c.add_argument("--systems", type=int, default=1, metavar="N",
+    c.add_argument("--systems", type=int, metavar="N",
                    help="wafers working data parallel, each on 1/N of the batch (SwarmX; default 1)")
     c.add_argument("--no-verify", action="store_true", help="skip running the program and eager PyTorch")
-    c.add_argument("--tolerance", type=float, default=None,
+    c.add_argument("--tolerance", type=float,
                    help="max abs error allowed per unit of the outputs' scale (default 1e-3; 1e-2 with fp16 weights)")
     c.add_argument("--weights", help="run on these weights: a safetensors file, a sharded checkpoint folder "
                                      "or its index (the model is then built without weights)")
-    c.add_argument("--weights-dtype", default="fp32", choices=["fp32", "fp16"],
+    c.add_argument("--weights-dtype", metavar="{fp32,fp16}",
                    help="precision the weight store holds and streams (default fp32)")
-    c.add_argument("--seed", type=int, default=0, help="placement seed")
-    c.add_argument("--time-limit", type=float, default=2.0,
+    c.add_argument("--seed", type=int, help="placement seed (default 0)")
+    c.add_argument("--time-limit", type=float,
                    help="CP-SAT deterministic seconds per distinct layer (default 2; reproducible)")
     c.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     c.set_defaults(run=_compile)
@@ -95,13 +99,25 @@ def _ops(args: argparse.Namespace) -> int:
     return 0
 
 
+def compile_options(args: argparse.Namespace) -> CompileOptions:
+    """The one CompileOptions of a `wsc compile`: the options given on the command line, checked."""
+    from wsc.options import CompileOptions
+
+    given = {"strategy": args.strategy, "router": args.router, "mode": args.mode, "micro_batch": args.micro_batch,
+             "systems": args.systems, "verify": not args.no_verify, "tolerance": args.tolerance,
+             "weights": args.weights, "weights_dtype": args.weights_dtype, "seed": args.seed,
+             "time_limit": args.time_limit}
+    return CompileOptions(**{name: value for name, value in given.items() if value is not None})
+
+
 def _compile(args: argparse.Namespace) -> int:
-    from wsc import api, capture, pipeline, progress
-    from wsc.meta import empty_weights, physical_memory_bytes, weight_bytes
+    from wsc import api, capture, progress
+    from wsc.meta import empty_weights
     from wsc.modelfile import build, load_exported, parse_model_args
     from wsc.targets import load_target
 
     capture.VERBOSE = args.debug
+    options = compile_options(args)  # a bad option is refused before anything is built
     target = load_target(args.target)
     model_name = Path(args.model).stem
     out = Path(args.out) if args.out else Path("wsc_out") / model_name
@@ -116,20 +132,10 @@ def _compile(args: argparse.Namespace) -> int:
         # weights can be made (and the program verified) at all.
         with empty_weights():
             model, inputs, info["args"] = build(args.model, model_args)
-        fits = weight_bytes(model) * 2 <= api.VERIFY_MEMORY_SHARE * physical_memory_bytes()
-        if not args.no_verify and fits and not args.weights:
+        if options.verify and options.weights is None and api.weights_fit(model):
             with progress.stage(f"building {model_name} with its weights"):  # random init of 1B weights takes seconds
                 model, inputs, info["args"] = build(args.model, model_args)
-    if args.weights and not Path(args.weights).exists():
-        raise WscError(f"--weights {args.weights} does not exist; give a safetensors file or checkpoint folder")
-    default = pipeline.FP16_TOLERANCE if args.weights_dtype == "fp16" else pipeline.DEFAULT_TOLERANCE
-    tolerance = args.tolerance if args.tolerance is not None else default
-    compiled = api.compile(model, inputs, target, strategy=args.strategy, router=args.router, mode=args.mode,
-                           verify=not args.no_verify,
-                           tolerance=tolerance, seed=args.seed, time_limit=args.time_limit,
-                           weights=args.weights, weights_dtype=args.weights_dtype,
-                           micro_batch=args.micro_batch, systems=args.systems,
-                           model_name=model_name, model_info=info)
+    compiled = api.compile(model, inputs, target, options, model_name=model_name, model_info=info)
     with progress.stage(f"writing {out}"):
         compiled.save(out)
     _print_summary(compiled.report, out)

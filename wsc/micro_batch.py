@@ -55,9 +55,10 @@ def choose(per_system: int, requested: int | None, attempt: Callable[[int], T],
     or else with the fastest of those that fit by `seconds`. The largest that fits is found first; each halving
     of it streams the weights twice as often but frees PEs that the largest kept at their SRAM minimum, and
     which wins is not monotonic, so every halving down to one sequence is tried (a log2 of the batch of
-    compiles). A refusal at one sequence per pass is the model's own: it is passed on."""
+    compiles). A refusal at one sequence per pass is the model's own: it is passed on. `requested` is a valid
+    micro-batch (at least 1: see wsc.options); whether it divides the batch is checked here."""
     if requested is not None:
-        if requested < 1 or per_system % requested:
+        if per_system % requested:
             raise WscError(f"--micro-batch {requested} does not divide the {per_system} sequences each system "
                            "runs per step; give a divisor of it")
         return attempt(requested)

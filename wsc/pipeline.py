@@ -11,6 +11,10 @@
     estimate     time per step on the target, its roofline bound and the bottleneck
     run          JIT-compiled kernels execute the layers, weights streamed from the store
     verify       compare with eager PyTorch
+
+The passes up to group-layers depend on the graph's shapes only and run once per capture (shape_passes);
+partition and what follows depend on the share of the mesh the kernels get, and are what the search for a
+share that places re-runs (fill_passes). The options of a compile are one CompileOptions (wsc.options).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from wsc import micro_batch as micro_batch_lib
 from wsc import progress
 from wsc.capture import Captured, capture, to_numpy
 from wsc.errors import DoesNotPlace, WscError
+from wsc.options import DEFAULT_TOLERANCE, CompileOptions
 from wsc.passes.estimate import Estimate
 from wsc.passes.fold_constants import FoldConstants
 from wsc.passes.fuse_epilogues import FuseEpilogues
@@ -43,15 +48,6 @@ from wsc.runtime.executor import Executor
 from wsc.runtime.weight_store import WeightStore, write_store
 from wsc.targets import Target
 
-# Max abs error allowed on the fp32 outputs (logits), per unit of their scale (see verify). The kernels sum
-# in another order than PyTorch's BLAS; on Cerebras-GPT 111M the difference is ~2e-6 on logits of magnitude
-# ~3, so this leaves wide margin while still catching any real mistake (a wrong tile, mask or scale moves
-# logits by 1e-2 or more).
-DEFAULT_TOLERANCE = 1e-3
-# With weights stored in fp16 the outputs carry the weights' rounding (relative 2^-11 per weight); on
-# Cerebras-GPT 111M logits (scale ~3) move by ~2e-3, so fp16 runs are held to this instead.
-FP16_TOLERANCE = 1e-2
-
 
 @dataclass
 class Compiled:
@@ -64,55 +60,80 @@ class Compiled:
         return self.captured.weights
 
 
+@dataclass
+class Grouped:
+    """A capture after the shape passes (fold-constants .. group-layers): its program cut into layers, before
+    any kernel is partitioned or placed. Everything the fill search tries starts from here."""
+
+    captured: Captured
+    program: Program
+    pass_seconds: dict[str, float]
+
+
 # Shares of the mesh the partitioner may hand to a layer's kernels, tried in turn: more PEs run the kernels
 # faster, but past some share their rectangles no longer pack (Cerebras-GPT 1.3B at 16 sequences per pass
 # places at 65% and not at 80%), and the rest leaves the placer room.
 FILLS = (0.65, 0.5)
 
 
-def default_passes(strategy: str = "cpsat", seed: int = 0, time_limit: float = 2.0, router: str = "congestion",
-                   mode: str = "weight-streaming", fused_attention: bool = True, fill: float = FILLS[-1]) -> list:
-    """The passes in order. `mode` is read by the passes from the Program (see compile_captured)."""
-    return [FoldConstants(), Legalize(fused_attention=fused_attention), FuseEpilogues(), GroupLayers(),
-            Partition(fill=fill),
-            Place(strategy=strategy, seed=seed, time_limit=time_limit), Route(router=router), Estimate()]
+def shape_passes(options: CompileOptions) -> list:
+    """The passes that depend on the graph's shapes only: run once per capture."""
+    return [FoldConstants(), Legalize(fused_attention=options.fused_attention), FuseEpilogues(), GroupLayers()]
 
 
-def compile_model(model: torch.nn.Module, example_inputs: tuple, target: Target, *, model_name: str = "model",
-                  verify_ir: bool = False, on_pass: Callable[[str, float], None] | None = None,
-                  micro_batch: int | None = None, systems: int = 1, **options: Any) -> Compiled:
-    """Capture `model` and run the passes; `options` are default_passes' (strategy, seed, time_limit,
-    router, mode, fused_attention).
+def fill_passes(options: CompileOptions, fill: float) -> list:
+    """The passes that depend on the share of the mesh the kernels get: run once per fill tried."""
+    return [Partition(fill=fill), Place(strategy=options.strategy, seed=options.seed, time_limit=options.time_limit),
+            Route(router=options.router), Estimate()]
 
-    The step's batch (the inputs' first dimension) is split over `systems` wafers, and each system's share is
-    run as passes of `micro_batch` sequences: by default the one with the fastest training step of those that
-    fit (see micro_batch.choose), each size captured anew so the graph's shapes are one pass's."""
+
+def default_passes(options: CompileOptions | None = None, fill: float = FILLS[-1]) -> list:
+    """The passes in order. The mode, micro-batches and systems are read by the passes from the Program."""
+    options = options or CompileOptions()
+    return shape_passes(options) + fill_passes(options, fill)
+
+
+def compile_model(model: torch.nn.Module, example_inputs: tuple, target: Target,
+                  options: CompileOptions | None = None, *, model_name: str = "model", verify_ir: bool = False,
+                  on_pass: Callable[[str, float], None] | None = None, **keywords: Any) -> Compiled:
+    """Capture `model` and run the passes with `options` (CompileOptions; `keywords` change single options).
+
+    The step's batch (the inputs' first dimension) is split over `options.systems` wafers, and each system's
+    share is run as passes of `options.micro_batch` sequences: by default the one with the fastest training
+    step of those that fit (see micro_batch.choose). Each size tried is captured (so the graph's shapes are one
+    pass's) and put through the shape passes once, kept by the inputs' shapes; only partition, place, route
+    and the estimate are run for each fill of each size."""
+    options = CompileOptions.of(options, **keywords)
     tokens = count_tokens(example_inputs)
     batch = micro_batch_lib.batch_size(example_inputs)
     if batch is None:
-        if systems != 1 or micro_batch is not None:
+        if options.systems != 1 or options.micro_batch is not None:
             raise WscError("--systems and --micro-batch split the batch, but the model's first input has no "
                            "batch dimension ([batch, ...]); drop them")
         captured = capture(model, example_inputs)
-        return compile_captured(captured, tokens, target, model_name=model_name, verify_ir=verify_ir,
-                                on_pass=on_pass, **options)
-    if systems < 1 or batch % systems:
-        raise WscError(f"--systems {systems} does not divide the batch of {batch} sequences; give a divisor of it")
+        return compile_captured(captured, tokens, target, options, model_name=model_name, verify_ir=verify_ir,
+                                on_pass=on_pass)
+    if batch % options.systems:
+        raise WscError(f"--systems {options.systems} does not divide the batch of {batch} sequences; give a "
+                       "divisor of it")
+    carried = micro_batch_lib.batched(example_inputs, batch)
+    grouped_by_shape: dict[tuple, Grouped] = {}
 
     def attempt(rows: int) -> Compiled:
         inputs = micro_batch_lib.first_rows(example_inputs, batch, rows) if rows != batch else example_inputs
-        captured = capture(model, inputs)
-        carried = micro_batch_lib.batched(example_inputs, batch)
-        compiled = compile_captured(
-            captured, tokens, target, model_name=model_name, verify_ir=verify_ir, on_pass=on_pass,
-            micro_batches=batch // rows, systems=systems,
-            batched_inputs=tuple(n.name for n, c in zip(captured.graph.inputs, carried, strict=True) if c),
-            **options)
+        key = tuple((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else repr(t) for t in inputs)
+        grouped = grouped_by_shape.get(key)
+        if grouped is None:
+            captured = capture(model, inputs)
+            grouped = grouped_by_shape[key] = group(
+                captured, tokens, target, options, model_name=model_name, verify_ir=verify_ir, on_pass=on_pass,
+                micro_batches=batch // rows,
+                batched_inputs=tuple(n.name for n, c in zip(captured.graph.inputs, carried, strict=True) if c))
+        compiled = map_grouped(grouped, options, verify_ir=verify_ir, on_pass=on_pass)
         check_outputs_batched(compiled.program, rows)
         return compiled
 
-    return micro_batch_lib.choose(batch // systems, micro_batch, attempt,
-                                  training_step_seconds)
+    return micro_batch_lib.choose(batch // options.systems, options.micro_batch, attempt, training_step_seconds)
 
 
 def training_step_seconds(compiled: Compiled) -> float:
@@ -134,28 +155,48 @@ def check_outputs_batched(program: Program, rows: int) -> None:
                            "that fits in one pass")
 
 
-def compile_captured(captured: Captured, tokens: int, target: Target, *, model_name: str = "model",
-                     verify_ir: bool = False, on_pass: Callable[[str, float], None] | None = None,
-                     micro_batches: int = 1, systems: int = 1, batched_inputs: tuple[str, ...] = (),
-                     **options: Any) -> Compiled:
+def compile_captured(captured: Captured, tokens: int, target: Target, options: CompileOptions | None = None, *,
+                     model_name: str = "model", verify_ir: bool = False,
+                     on_pass: Callable[[str, float], None] | None = None, micro_batches: int = 1,
+                     batched_inputs: tuple[str, ...] = (), **keywords: Any) -> Compiled:
     """Run the passes on a captured model. Legalisation builds a new graph, so one capture can be mapped
     any number of times (other strategies, other targets) without tracing the model again. The capture is
-    one pass's (one micro-batch); `tokens` counts the whole step. Unless `fill` is given, the kernels get the
-    largest share of the mesh in FILLS whose rectangles the placer can pack."""
-    fills = [options.pop("fill")] if "fill" in options else list(FILLS)
+    one pass's (one micro-batch); `tokens` counts the whole step. Unless `options.fill` is given, the kernels
+    get the largest share of the mesh in FILLS whose rectangles the placer can pack."""
+    options = CompileOptions.of(options, **keywords)
+    grouped = group(captured, tokens, target, options, model_name=model_name, verify_ir=verify_ir, on_pass=on_pass,
+                    micro_batches=micro_batches, batched_inputs=batched_inputs)
+    return map_grouped(grouped, options, verify_ir=verify_ir, on_pass=on_pass)
+
+
+def group(captured: Captured, tokens: int, target: Target, options: CompileOptions, *, model_name: str,
+          verify_ir: bool, on_pass: Callable[[str, float], None] | None, micro_batches: int,
+          batched_inputs: tuple[str, ...]) -> Grouped:
+    """The shape passes on a fresh Program of the capture."""
+    program = Program(captured.graph, target, model_name=model_name, strategy=options.strategy, tokens=tokens,
+                      weights=captured.weights, mode=options.mode, micro_batches=micro_batches,
+                      systems=options.systems, batched_inputs=batched_inputs)
+    manager = PassManager(shape_passes(options), verify=verify_ir, on_pass=on_pass)
+    program = manager.run(program)
+    return Grouped(captured, program, dict(manager.seconds))
+
+
+def map_grouped(grouped: Grouped, options: CompileOptions, *, verify_ir: bool,
+                on_pass: Callable[[str, float], None] | None) -> Compiled:
+    """The fill passes on the grouped program: at `options.fill`, else at each share in FILLS in turn until
+    one places. Each try starts from the grouped program itself: the passes return a new Program (partition
+    new Layers) and leave theirs as it was. The pass seconds reported are the shape passes' and the fill
+    passes' of the try that placed."""
+    fills = [options.fill] if options.fill is not None else list(FILLS)
     for fill in fills:
-        program = Program(captured.graph, target, model_name=model_name,
-                          strategy=options.get("strategy", "cpsat"), tokens=tokens, weights=captured.weights,
-                          mode=options.get("mode", "weight-streaming"), micro_batches=micro_batches,
-                          systems=systems, batched_inputs=batched_inputs)
-        manager = PassManager(default_passes(fill=fill, **options), verify=verify_ir, on_pass=on_pass)
+        manager = PassManager(fill_passes(options, fill), verify=verify_ir, on_pass=on_pass)
         try:
-            manager.run(program)
+            program = manager.run(grouped.program)
         except DoesNotPlace:
             if fill == fills[-1]:
                 raise
             continue
-        return Compiled(program, captured, manager.seconds)
+        return Compiled(program, grouped.captured, {**grouped.pass_seconds, **manager.seconds})
     raise AssertionError("unreachable: the last fill returns or raises")
 
 

@@ -1,0 +1,120 @@
+"""Compile options: one frozen CompileOptions, built once by the CLI, `wsc.compile` and the torch.compile backend
+and handed down to the pipeline whole.
+
+Every option is checked here and nowhere else (names and ranges), so a bad value is refused with one line
+that names it and the fix before anything is captured. The one default that depends on another option, the
+verification tolerance on the weights' dtype, is `verify_tolerance`.
+
+    options = CompileOptions(strategy="greedy", weights_dtype="fp16")
+    options.verify_tolerance        # 1e-2: fp16 weights carry their rounding into the outputs
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from wsc.errors import WscError
+from wsc.passes.place import STRATEGIES
+from wsc.passes.route import ROUTERS
+from wsc.runtime.weight_store import STORE_DTYPES
+
+# Max abs error allowed on the fp32 outputs (logits), per unit of their scale (see pipeline.verify). The kernels
+# sum in another order than PyTorch's BLAS; on Cerebras-GPT 111M the difference is ~2e-6 on logits of magnitude
+# ~3, so this leaves wide margin while still catching any real mistake (a wrong tile, mask or scale moves
+# logits by 1e-2 or more).
+DEFAULT_TOLERANCE = 1e-3
+# With weights stored in fp16 the outputs carry the weights' rounding (relative 2^-11 per weight); on
+# Cerebras-GPT 111M logits (scale ~3) move by ~2e-3, so fp16 runs are held to this instead.
+FP16_TOLERANCE = 1e-2
+
+# weight-streaming: one layer on the wafer at a time, its weights streamed in; pipelined: every layer resident.
+MODES: tuple[str, ...] = ("weight-streaming", "pipelined")
+MAX_SEED = 2**31 - 1  # CP-SAT's random_seed is a 32-bit int; numpy's generators take no negative seed
+
+
+def default_tolerance(weights_dtype: str) -> float:
+    """The tolerance a run is held to unless one is given: wider for fp16 weights."""
+    return FP16_TOLERANCE if weights_dtype == "fp16" else DEFAULT_TOLERANCE
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """What a compile may be told, with its defaults. Construction validates; `CompileOptions.of` builds one
+    from keyword options (the API's and the backend's) on top of an optional base."""
+
+    strategy: str = "cpsat"  # placement: one of wsc.passes.place.STRATEGIES
+    router: str = "congestion"  # routing: one of wsc.passes.route.ROUTERS
+    mode: str = "weight-streaming"  # one of MODES
+    micro_batch: int | None = None  # sequences per pass; None: the fastest of those that fit
+    systems: int = 1  # wafers working data parallel, each on 1/systems of the batch (SwarmX)
+    verify: bool = True  # run the program and compare with eager PyTorch
+    tolerance: float | None = None  # per unit of the outputs' scale; None: default_tolerance(weights_dtype)
+    weights: Path | None = None  # a store to run from: a safetensors file, a sharded checkpoint folder or its index
+    weights_dtype: str = "fp32"  # precision the weight store holds and streams: one of STORE_DTYPES
+    seed: int = 0  # placement seed
+    time_limit: float = 2.0  # CP-SAT deterministic seconds per distinct layer
+    fused_attention: bool = True  # legalize attention into one kernel (else matmuls and a softmax)
+    fill: float | None = None  # share of the mesh for each layer's kernels; None: the largest of FILLS that places
+
+    def __post_init__(self) -> None:
+        _one_of("placement strategy", self.strategy, STRATEGIES)
+        _one_of("router", self.router, ROUTERS)
+        _one_of("mode", self.mode, MODES)
+        _one_of("weights dtype", self.weights_dtype, STORE_DTYPES)
+        if self.micro_batch is not None and not (_whole(self.micro_batch) and self.micro_batch >= 1):
+            raise WscError(f"--micro-batch {self.micro_batch} is not a number of sequences; give 1 or more, or "
+                           "leave it out for the fastest that fits")
+        if not (_whole(self.systems) and self.systems >= 1):
+            raise WscError(f"--systems {self.systems} is not a number of wafers; give 1 or more")
+        if self.tolerance is not None and not (_real(self.tolerance) and 0 <= self.tolerance < math.inf):
+            raise WscError(f"--tolerance {self.tolerance} is not an error bound; give a number of 0 or more "
+                           f"(default {DEFAULT_TOLERANCE:g}, {FP16_TOLERANCE:g} with fp16 weights)")
+        if not (_real(self.time_limit) and 0 < self.time_limit < math.inf):
+            raise WscError(f"--time-limit {self.time_limit} is not a time; give the placer's deterministic "
+                           "seconds per distinct layer, more than 0 (default 2)")
+        if not (_whole(self.seed) and 0 <= self.seed <= MAX_SEED):
+            raise WscError(f"--seed {self.seed} is out of range; give a whole number from 0 to {MAX_SEED}")
+        if self.fill is not None and not (_real(self.fill) and 0 < self.fill <= 1):
+            raise WscError(f"fill {self.fill} is not a share of the mesh; give a number above 0 and at most 1")
+        for name in ("verify", "fused_attention"):
+            if not isinstance(getattr(self, name), bool):
+                raise WscError(f"{name}={getattr(self, name)!r} is not a bool; give True or False")
+        if self.weights is not None:
+            object.__setattr__(self, "weights", Path(self.weights))  # a str from the CLI or the API
+            if not self.weights.exists():
+                raise WscError(f"--weights {self.weights} does not exist; give a safetensors file or checkpoint "
+                               "folder")
+
+    @property
+    def verify_tolerance(self) -> float:
+        """The tolerance the run is held to: the one given, else the weights dtype's default."""
+        return self.tolerance if self.tolerance is not None else default_tolerance(self.weights_dtype)
+
+    @classmethod
+    def of(cls, options: CompileOptions | None = None, **keywords: Any) -> CompileOptions:
+        """`options` (default: the defaults) with `keywords` changed, validated again. A keyword that names no
+        option is a TypeError, as for any function."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(keywords) - names)
+        if unknown:
+            raise TypeError(f"unknown compile option {unknown[0]!r}; the options are {', '.join(sorted(names))}")
+        if options is None:
+            return cls(**keywords)
+        return replace(options, **keywords) if keywords else options
+
+
+def _one_of(what: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise WscError(f"unknown {what} {value!r}; use one of {', '.join(allowed)}")
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
