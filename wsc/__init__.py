@@ -2,6 +2,7 @@
 
     import wsc
     compiled = wsc.compile(model, example_inputs, target="cs2-sim")   # a wsc.CompiledModel
+    options = wsc.CompileOptions(strategy="greedy", verify=False)       # every option, checked once
     outputs = compiled(*example_inputs)                                # runs on the simulated target
 """
 
@@ -9,11 +10,15 @@ from typing import Any
 
 import wsc.ops  # noqa: F401  (the op table names its ops in the IR as it loads; every stage asks it)
 
-__all__ = ["compile", "CompiledModel"]
+__all__ = ["compile", "CompiledModel", "CompileOptions"]
 
 
 def __getattr__(name: str) -> Any:
     # Imported on first use: `import wsc.targets` and the CLI's quick commands need not load torch.
+    if name == "CompileOptions":
+        from wsc.options import CompileOptions
+
+        return CompileOptions
     if name in __all__:
         from wsc import api
 

@@ -173,7 +173,7 @@ def group(captured: Captured, tokens: int, target: Target, options: CompileOptio
           verify_ir: bool, on_pass: Callable[[str, float], None] | None, micro_batches: int,
           batched_inputs: tuple[str, ...]) -> Grouped:
     """The shape passes on a fresh Program of the capture."""
-    program = Program(captured.graph, target, model_name=model_name, strategy=options.strategy, tokens=tokens,
+    program = Program(captured.graph, target, model_name=model_name, tokens=tokens,
                       weights=captured.weights, mode=options.mode, micro_batches=micro_batches,
                       systems=options.systems, batched_inputs=batched_inputs)
     manager = PassManager(shape_passes(options), verify=verify_ir, on_pass=on_pass)

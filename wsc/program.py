@@ -157,7 +157,6 @@ class Program:
     target: Target
     model_name: str = "model"
     layers: list[Layer] = field(default_factory=list)
-    strategy: str = "cpsat"
     dtype: str = "fp16"  # the precision the target computes and streams in (Cerebras trains in fp16)
     mode: str = "weight-streaming"  # or "pipelined": every layer resident on the wafer at once
     tokens: int = 0  # tokens per step, over every micro-batch and system: what tokens per second divides
@@ -169,7 +168,7 @@ class Program:
     batched_inputs: tuple[str, ...] = ()
     weights: Mapping[str, Any] | None = None  # store key -> tensor, when a pass must read a weight's values
     estimate: dict[str, Any] = field(default_factory=dict)
-    fill: float = 0.0  # the share of the usable PEs the partitioner handed to each layer's kernels
+    fill: float = 0.0  # partition's record: the share of the usable PEs it handed to each layer's kernels
     timeline: list[Slot] = field(default_factory=list)  # weight streaming: the estimate's slot per layer pass
 
     @property

@@ -51,7 +51,7 @@ def placement_summary(program: Program) -> dict[str, Any]:
     worst = max(placements, key=lambda p: p.gap, default=None)
     routers = {layer.routes.router for layer in program.layers if layer.routes is not None}
     return {
-        "strategy": program.strategy,
+        "strategy": ",".join(sorted({p.strategy for p in placements})),
         "router": ",".join(sorted(routers)),
         "mode": program.mode,
         "fill": program.fill,
