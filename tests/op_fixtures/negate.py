@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from wsc.ops import KernelOp, register
-from wsc.ops.codegen import KernelBuilder, KernelIR, KernelSpec, for_range, i64, load_at, store_at
+from wsc.ops.codegen import KernelIR, KernelSpec, lower_unary
 from wsc.passes.legalize import legalizes
 
 
@@ -22,15 +22,7 @@ class NegateFixture(KernelOp):
     flops_per_element = 1
 
     def lower(self, spec: KernelSpec) -> KernelIR:
-        cols = spec.out_shape[1]
-        kb = KernelBuilder(spec, ["f32"])
-        b = kb.b
-        with kb.for_tiles() as (r0, r1, c0, c1):
-            with for_range(b, r0, r1, "r") as r:
-                with for_range(b, c0, c1, "c") as c:
-                    idx = b.add(b.mul(r, i64(cols)), c)
-                    store_at(b, b.fneg(load_at(b, kb.inputs[0], idx)), kb.out, idx)
-        return kb.finish()
+        return lower_unary(spec, lambda kb, x: kb.b.fneg(x))
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: Mapping[str, Any], out_shape: tuple[int, ...]):
         return -inputs[0].astype(np.float64)

@@ -195,3 +195,20 @@ def load_at(b: ir.IRBuilder, ptr: ir.Value, index: ir.Value) -> ir.Value:
 
 def store_at(b: ir.IRBuilder, value: ir.Value, ptr: ir.Value, index: ir.Value) -> None:
     b.store(value, b.gep(ptr, [index], inbounds=True))
+
+
+def lower_unary(spec: KernelSpec, emit: Callable[[KernelBuilder, ir.Value], ir.Value]) -> KernelIR:
+    """An elementwise kernel of one input: out[r, c] = emit(x[r, c]) over the tiles (gelu, relu, ...)."""
+    if len(spec.out_shape) != 2 or spec.in_shapes != (spec.out_shape,):
+        raise ValueError(f"{spec.op}: expected out [R, C] and one input of the same shape; got {spec}")
+    cols = spec.out_shape[1]
+    kb = KernelBuilder(spec, ["f32"])
+    b = kb.b
+    (x_ptr,) = kb.inputs
+    with kb.for_tiles() as (r0, r1, c0, c1):
+        with for_range(b, r0, r1, "r") as r:
+            base = b.mul(r, i64(cols))
+            with for_range(b, c0, c1, "c") as c:
+                idx = b.add(base, c)
+                store_at(b, emit(kb, load_at(b, x_ptr, idx)), kb.out, idx)
+    return kb.finish()

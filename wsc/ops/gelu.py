@@ -26,10 +26,7 @@ from wsc.ops.codegen import (
     KernelIR,
     KernelSpec,
     f32,
-    for_range,
-    i64,
-    load_at,
-    store_at,
+    lower_unary,
 )
 
 _ERF_SMALL = (
@@ -102,21 +99,8 @@ def emit_gelu(kb: KernelBuilder, x: ir.Value, approximate: str) -> ir.Value:
 
 
 def lower_gelu(spec: KernelSpec) -> KernelIR:
-    if len(spec.out_shape) != 2 or spec.in_shapes != (spec.out_shape,):
-        raise ValueError(f"gelu: expected out [R, C] and one input of the same shape; got {spec}")
     approximate = check_approximate("gelu", spec.attrs.get("approximate", "none"))
-    cols = spec.out_shape[1]
-    kb = KernelBuilder(spec, ["f32"])
-    b = kb.b
-    (x_ptr,) = kb.inputs
-
-    with kb.for_tiles() as (r0, r1, c0, c1):
-        with for_range(b, r0, r1, "r") as r:
-            base = b.mul(r, i64(cols))
-            with for_range(b, c0, c1, "c") as c:
-                idx = b.add(base, c)
-                store_at(b, emit_gelu(kb, load_at(b, x_ptr, idx), approximate), kb.out, idx)
-    return kb.finish()
+    return lower_unary(spec, lambda kb, x: emit_gelu(kb, x, approximate))
 
 
 def gelu_reference(x: np.ndarray, approximate: str) -> np.ndarray:
