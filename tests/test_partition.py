@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import tiny_gpt
@@ -11,7 +13,7 @@ from wsc.errors import WscError
 from wsc.passes.group_layers import GroupLayers
 from wsc.passes.legalize import Legalize
 from wsc.passes.partition import Partition, grid_for_area
-from wsc.program import Program, tile_table
+from wsc.program import Cut, KernelPlan, Program, tile_table
 from wsc.targets import load_target
 
 
@@ -74,3 +76,26 @@ def test_layer_too_big_for_the_mesh_is_a_clear_error():
     message = r"kernel embedding \(embedding \(1, 64, 256\)\) does not fit: .* the 0 bytes a PE has free within 16x16"
     with pytest.raises(WscError, match=message):
         partitioned(model, inputs, reserved_bytes=48 * 1024)
+
+
+def test_a_plan_is_its_cut_the_tiles_and_k_slices_follow_from_it():
+    plan = KernelPlan("k", 7, 10, Cut(3, 4, 2), 6, 4, 0, k_dim=9)
+    assert plan.tiles.tolist() == tile_table(7, 10, 3, 4).tolist()
+    assert plan.k_bounds.tolist() == [0, 4, 9] and plan.k_slice == 5
+    assert (plan.row_blocks, plan.col_blocks, plan.k_splits, plan.active_pes) == (3, 4, 2, 24)
+    with pytest.raises(ValueError, match="read-only"):
+        plan.tiles[0, 1] = 5  # a plan changes by being cut again, never by editing its tables
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.cut = Cut(1, 1)  # type: ignore[misc]
+    recut = dataclasses.replace(plan, cut=Cut(7, 1))
+    assert recut.tiles.tolist() == tile_table(7, 10, 7, 1).tolist() and recut.k_bounds.tolist() == [0, 9]
+
+
+def test_partition_leaves_the_program_it_was_given_as_it_was():
+    model, inputs = tiny_gpt(layers=1)
+    program = Program(capture(model, inputs).graph, load_target("mesh-16x16"))
+    for step in (Legalize(), GroupLayers()):
+        program = step(program)
+    partitioned_once = Partition()(program)
+    assert all(not layer.kernels for layer in program.layers) and program.fill == 0.0
+    assert all(layer.kernels for layer in partitioned_once.layers[1:]) and partitioned_once.fill == 0.5
