@@ -2,7 +2,7 @@
 
     capture      torch.export (or symbolic_trace) -> wsc graph of ATen ops, shapes recorded once
     fold-constants  values computed from shapes alone (position ids, causal masks) -> constants
-    legalize     ATen ops -> wsc ops (matmul, attention, layernorm, softmax, gelu, add, mul, embedding, layout ops)
+    legalize     ATen ops -> ops of the op table (wsc/ops/: matmul, attention, layernorm, ..., layout ops)
     fuse-epilogues  GELU and residual adds folded into the matmul before them
     group-layers cut into streaming layers: embedding, each block, final norm + LM head
     partition    each kernel -> a grid of PE tiles that fit SRAM, areas balanced by work
