@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import tiny_gpt
 
+from wsc import ops
 from wsc.capture import capture
 from wsc.errors import WscError
 from wsc.passes.group_layers import GroupLayers
@@ -99,3 +100,15 @@ def test_partition_leaves_the_program_it_was_given_as_it_was():
     partitioned_once = Partition()(program)
     assert all(not layer.kernels for layer in program.layers) and program.fill == 0.0
     assert all(layer.kernels for layer in partitioned_once.layers[1:]) and partitioned_once.fill == 0.5
+
+
+def test_the_op_tables_check_catches_a_plan_over_the_wrong_reduction():
+    model, inputs = tiny_gpt(layers=1)
+    program = partitioned(model, inputs)
+    ops.verify_plans(program)
+    layer = program.layers[1]
+    name, plan = next((n, p) for n, p in layer.kernels.items() if p.k_dim > 1)
+    layer.kernels[name] = dataclasses.replace(plan, k_dim=plan.k_dim // 2)
+    program.verify()  # the core sees slices that cover the plan's own K ...
+    with pytest.raises(AssertionError, match=rf"kernel {name}: plan over rows, cols, K"):
+        ops.verify_plans(program)  # ... the op table knows the node's

@@ -6,6 +6,7 @@ import pytest
 from conftest import tiny_gpt
 
 from wsc.capture import capture
+from wsc.ir import Graph
 from wsc.passes.estimate import Estimate
 from wsc.passes.group_layers import GroupLayers, block_of
 from wsc.passes.legalize import Legalize
@@ -167,3 +168,15 @@ def test_default_passes_are_the_shape_passes_then_the_fill_passes():
     assert (passes[1].fused_attention, passes[4].fill, passes[5].strategy, passes[6].router) == \
         (False, 0.5, "greedy", "xy")
     assert "mode" not in inspect.signature(default_passes).parameters  # the mode is the Program's
+
+
+def test_a_pass_error_names_the_passes_that_made_the_program_it_was_given(small_target):
+    class Broken:
+        name = "broken"
+
+        def __call__(self, program):
+            raise RuntimeError("a compiler bug")
+
+    program = Program(Graph(), small_target)
+    with pytest.raises(PassError, match=r"pass broken failed \(passes run before it: legalize, group-layers\)"):
+        PassManager([Broken()], ran_before=["legalize", "group-layers"]).run(program)

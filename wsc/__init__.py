@@ -8,8 +8,6 @@
 
 from typing import Any
 
-import wsc.ops  # noqa: F401  (the op table names its ops in the IR as it loads; every stage asks it)
-
 __all__ = ["compile", "CompiledModel", "CompileOptions"]
 
 

@@ -62,6 +62,8 @@ class Node:
 
     @property
     def is_kernel(self) -> bool:
+        if not KERNEL_OPS:  # a silent False would make every kernel look like data
+            raise IRError("the op table is not loaded: import wsc.ops before asking a node's kind")
         return self.op in KERNEL_OPS
 
 
@@ -116,6 +118,8 @@ class Graph:
 
     def verify(self, legal: bool = False) -> None:
         """Check the invariants every pass must keep; `legal` also demands only wsc ops."""
+        if legal and not KERNEL_OPS:
+            raise IRError("the op table is not loaded: import wsc.ops before verifying a legal graph")
         if not nx.is_directed_acyclic_graph(self.g):
             raise IRError("graph has a cycle")
         seen: set[str] = set()

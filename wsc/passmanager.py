@@ -28,20 +28,27 @@ class PassError(Exception):
 
 class PassManager:
     def __init__(self, passes: Sequence[Pass], verify: bool = False,
-                 on_pass: Callable[[str, float], None] | None = None):
+                 on_pass: Callable[[str, float], None] | None = None,
+                 checks: Sequence[Callable[[Program], None]] = (), ran_before: Sequence[str] = ()):
+        """`checks` run after Program.verify when verifying (the op table's own, say); `ran_before` names the
+        passes that made the program this manager starts from, for the error a failing pass raises."""
         self.passes = list(passes)
         self.verify = verify
         self.on_pass = on_pass
+        self.checks = list(checks)
+        self.ran_before = list(ran_before)
         self.seconds: dict[str, float] = {}
 
     def run(self, program: Program) -> Program:
-        done: list[str] = []
+        done: list[str] = list(self.ran_before)
         for p in progress.track(self.passes, lambda step: f"pass {step.name}"):
             start = time.perf_counter()
             try:
                 program = p(program)
                 if self.verify:
                     program.verify()
+                    for check in self.checks:
+                        check(program)
             except WscError:
                 raise  # the user's input is at fault; its message already says what to do
             except Exception as error:
@@ -53,3 +60,7 @@ class PassManager:
                 self.on_pass(p.name, self.seconds[p.name])
             done.append(p.name)
         return program
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.passes]

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from wsc import micro_batch as micro_batch_lib
-from wsc import progress
+from wsc import ops, progress
 from wsc.capture import Captured, capture, to_numpy
 from wsc.errors import DoesNotPlace, WscError
 from wsc.options import DEFAULT_TOLERANCE, CompileOptions
@@ -176,7 +176,7 @@ def group(captured: Captured, tokens: int, target: Target, options: CompileOptio
     program = Program(captured.graph, target, model_name=model_name, tokens=tokens,
                       weights=captured.weights, mode=options.mode, micro_batches=micro_batches,
                       systems=options.systems, batched_inputs=batched_inputs)
-    manager = PassManager(shape_passes(options), verify=verify_ir, on_pass=on_pass)
+    manager = PassManager(shape_passes(options), verify=verify_ir, on_pass=on_pass, checks=[ops.verify_plans])
     program = manager.run(program)
     return Grouped(captured, program, dict(manager.seconds))
 
@@ -189,7 +189,8 @@ def map_grouped(grouped: Grouped, options: CompileOptions, *, verify_ir: bool,
     passes' of the try that placed."""
     fills = [options.fill] if options.fill is not None else list(FILLS)
     for fill in fills:
-        manager = PassManager(fill_passes(options, fill), verify=verify_ir, on_pass=on_pass)
+        manager = PassManager(fill_passes(options, fill), verify=verify_ir, on_pass=on_pass,
+                              checks=[ops.verify_plans], ran_before=[p.name for p in shape_passes(options)])
         try:
             program = manager.run(grouped.program)
         except DoesNotPlace:

@@ -12,7 +12,7 @@
 
 For each op: its ABI shapes, FLOPs and backward FLOPs, the SRAM a PE needs for a tile and whether it needs whole
 rows, its SRAM traffic, how it may be cut (a reduction that can be split), its LLVM lowering and its numpy
-reference (see `base.py` for the methods and their defaults). Every module of this package is loaded, so adding
+reference (see `base.py` for the methods and their defaults). Every module of this package is loaded with it, so adding
 an op is adding a file here (and, for the ATen ops that produce it, a rule in passes/legalize.py).
 `docs/architecture.md` walks through adding one.
 """
@@ -35,11 +35,12 @@ from wsc.ops.base import (
     output_view,
     register,
     unregister,
+    verify_plans,
 )
 
 __all__ = [
     "KernelOp", "LayoutOp", "Op", "get", "is_layout", "kernel", "kernel_names", "layout_op", "layout_names",
-    "output_view", "register", "unregister",
+    "output_view", "register", "unregister", "verify_plans",
 ]
 
 _NOT_OPS = ("base", "codegen")

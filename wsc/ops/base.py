@@ -20,7 +20,7 @@ import numpy as np
 from wsc import ir
 from wsc.ir import Graph, Node
 from wsc.ops.codegen import KernelIR, KernelSpec
-from wsc.program import Cut, KernelPlan
+from wsc.program import Cut, KernelPlan, Program
 
 Shape = tuple[int, ...]
 # compile_kernel(op, out_shape, in_shapes, attrs) -> a callable kernel(out, inputs, tiles, threads=...): what
@@ -151,6 +151,19 @@ class KernelOp(Op):
     def accepts_epilogue(self, node: Node, attrs: Mapping[str, Any]) -> bool:
         """Whether this kernel, as it stands, can take on an epilogue with `attrs` (see `epilogue`)."""
         return False
+
+
+def verify_plans(program: Program) -> None:
+    """What the core cannot check of a plan, since it is the op's: the plan's iteration space is its node's
+    output view and the reduction the op's, so the tables derived from the cut cover the node's own work."""
+    graph = program.graph
+    for layer in program.layers:
+        for name, plan in layer.kernels.items():
+            node = graph[name]
+            space = (*output_view(node.shape), kernel(node.op).reduction_dim(graph, node))
+            if (plan.rows, plan.cols, plan.k_dim) != space:
+                raise AssertionError(f"kernel {name}: plan over rows, cols, K = {plan.rows}, {plan.cols}, "
+                                     f"{plan.k_dim}, but {node.op} {list(node.shape)} has {', '.join(map(str, space))}")
 
 
 def operand_elements(operand: Node, tr: int, tc: int) -> int:
