@@ -49,7 +49,8 @@ class KernelPlan:
     tile table (`tiles[b]` = (r0, r1, c0, c1) of block b) and the K slice bounds are derived from it, so what
     the executor runs and what the estimate charges cannot disagree. PE p of the rectangle (p = y * w + x,
     counted from its top-left corner) computes block p // k_splits over K slice p % k_splits; PEs past
-    cut.pes idle.
+    cut.pes idle. The iteration space (rows, cols, k_dim) is the node's, carried so that the tables derive
+    without the graph; `wsc.ops.verify_plans` holds it to the node when programs are verified.
     """
 
     node: str
