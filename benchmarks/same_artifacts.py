@@ -9,7 +9,14 @@ match exactly.
     python benchmarks/same_artifacts.py BEFORE_DIR AFTER_DIR     # exit 0 when the same, 1 with each difference
 
 Typical use: compile the demo and 1.3B (`--no-verify`) at the commit before a change and at the change, then
-compare the folders.
+compare the folders. The commit before runs from a worktree with a virtual environment of its own:
+
+    git worktree add /tmp/before REV
+    python3 -m venv /tmp/before-venv && /tmp/before-venv/bin/pip install -q torch==2.13.0 && \
+        /tmp/before-venv/bin/pip install -q -e /tmp/before
+    (cd /tmp/before && /tmp/before-venv/bin/wsc compile examples/cerebras_gpt.py --target cs2-sim --out /tmp/a)
+    .venv/bin/wsc compile examples/cerebras_gpt.py --target cs2-sim --out /tmp/b
+    python benchmarks/same_artifacts.py /tmp/a /tmp/b
 """
 
 from __future__ import annotations
