@@ -16,7 +16,7 @@ import importlib.util
 import time
 from pathlib import Path
 
-from wsc.meta import empty_weights
+from wsc.frontend.meta import empty_weights
 from wsc.pipeline import compile_model
 from wsc.targets import load_target
 

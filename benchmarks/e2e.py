@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wsc.capture import to_numpy
+from wsc.frontend.capture import to_numpy
 from wsc.pipeline import compile_model, run_compiled
 from wsc.runtime import lowering
 from wsc.runtime.executor import Executor

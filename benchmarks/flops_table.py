@@ -16,8 +16,8 @@ import importlib.util
 import time
 from pathlib import Path
 
-from wsc.capture import capture
-from wsc.meta import empty_weights
+from wsc.frontend.capture import capture
+from wsc.frontend.meta import empty_weights
 from wsc.passes.estimate import backward_flops
 from wsc.passes.fold_constants import FoldConstants
 from wsc.passes.legalize import Legalize

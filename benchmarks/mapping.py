@@ -16,13 +16,14 @@ import importlib.util
 import time
 from pathlib import Path
 
-from wsc.errors import DoesNotPlace
-from wsc.meta import empty_weights
+from wsc.core.errors import DoesNotPlace
+from wsc.core.mesh import mesh_of
+from wsc.core.program import Program
+from wsc.frontend.meta import empty_weights
 from wsc.passes.estimate import Estimate
-from wsc.passes.place import STRATEGIES, mesh_of
+from wsc.passes.place import STRATEGIES
 from wsc.passes.route import Routes, route
 from wsc.pipeline import compile_captured, compile_model
-from wsc.program import Program
 from wsc.targets import load_target
 
 ROOT = Path(__file__).resolve().parent.parent

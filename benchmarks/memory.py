@@ -35,7 +35,7 @@ import sys, resource, importlib.util, torch
 spec = importlib.util.spec_from_file_location("gpt", sys.argv[1]); gpt = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(gpt)
 from safetensors.torch import load_file
-from wsc.meta import empty_weights
+from wsc.frontend.meta import empty_weights
 with empty_weights():
     model = gpt.build_model(size=sys.argv[2], seq=int(sys.argv[3]))
 state = load_file(sys.argv[4])  # the tied embedding is saved once, under one of its two names

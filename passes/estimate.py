@@ -23,10 +23,10 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from wsc import ops
-from wsc.ir import Node
+from wsc.core.ir import Node
+from wsc.core.program import DTYPE_SIZE, KernelPlan, Layer, Program
 from wsc.passes import schedule
 from wsc.passes.sram_traffic import sram_seconds
-from wsc.program import DTYPE_SIZE, KernelPlan, Layer, Program
 from wsc.targets import Target
 
 

@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from wsc import dtypes
-from wsc.ir import Graph, Node, Ref
-from wsc.program import Program
+from wsc.core import dtypes
+from wsc.core.ir import Graph, Node, Ref
+from wsc.core.program import Program
 
 SHAPE_ONLY_OPS = {
     "aten.new_ones.default", "aten.new_zeros.default", "aten.new_full.default", "aten.new_empty.default",

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from wsc import ops
-from wsc.ir import Graph, Node
-from wsc.program import Program
+from wsc.core.ir import Graph, Node
+from wsc.core.program import Program
 
 
 @dataclass(frozen=True)

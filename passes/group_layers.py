@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from wsc import ops
-from wsc.ir import Graph
-from wsc.passes.place import Flow
-from wsc.program import DTYPE_SIZE, Layer, Program
+from wsc.core.ir import Graph
+from wsc.core.mesh import Flow
+from wsc.core.program import DTYPE_SIZE, Layer, Program
 
 
 def block_of(module_path: str) -> str | None:

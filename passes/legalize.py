@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from wsc import ops
-from wsc.errors import WscError
-from wsc.ir import SOURCE_OPS, Graph, Node, Ref
-from wsc.program import Program
+from wsc.core.errors import WscError
+from wsc.core.ir import SOURCE_OPS, Graph, Node, Ref
+from wsc.core.program import Program
 
 _RULES: dict[str, Callable[[Rewriter, Node], str]] = {}
 

@@ -26,10 +26,10 @@ from typing import ClassVar
 import numpy as np
 
 from wsc import ops
-from wsc.errors import DoesNotFit, WscError
-from wsc.ir import Graph, Node
-from wsc.passes.place import mesh_of
-from wsc.program import DTYPE_SIZE, Cut, KernelPlan, Layer, Program
+from wsc.core.errors import DoesNotFit, WscError
+from wsc.core.ir import Graph, Node
+from wsc.core.mesh import mesh_of
+from wsc.core.program import DTYPE_SIZE, Cut, KernelPlan, Layer, Program
 
 
 def output_view(shape: tuple[int, ...]) -> tuple[int, int]:

@@ -38,17 +38,15 @@ from typing import ClassVar
 
 import numpy as np
 
-from wsc import progress
-from wsc.errors import WscError
+from wsc.core import progress
+from wsc.core.errors import WscError
+from wsc.core.mesh import Flow, KernelRect, Mesh, Placement, mesh_of
+from wsc.core.program import Program
 from wsc.passes import place_cpsat
-from wsc.passes.layout import Flow, KernelRect, Mesh, Placement, Rect, cut_off, no_fit, wirelength
+from wsc.passes.layout import no_fit, wirelength
 from wsc.passes.place_heuristics import anneal, greedy, random_placement, row_major, snake
-from wsc.program import Program
 
-__all__ = [
-    "STRATEGIES", "Flow", "KernelRect", "Mesh", "Place", "Placement", "Rect", "check_placement", "mesh_of",
-    "place", "scattered_density", "spare_rows", "wirelength",
-]
+__all__ = ["STRATEGIES", "Place", "check_placement", "place", "scattered_density", "spare_rows", "wirelength"]
 
 STRATEGIES: tuple[str, ...] = ("cpsat", "greedy", "row-major", "snake", "random", "anneal")
 
@@ -163,25 +161,6 @@ def _validate(kernels: list[KernelRect], flows: list[Flow], mesh: Mesh) -> None:
 
 
 # ------------------------------------------------------------------------------------- the pipeline's pass
-
-
-_MESHES: list[tuple[object, Mesh]] = []  # the last few targets' meshes, most recent last
-
-
-def mesh_of(target) -> Mesh:
-    """The target's mesh as placement and routing see it: its dead PEs, plus any working PEs a dead row or
-    column cuts off from the largest connected region (see `layout.cut_off`).
-
-    Partition, place and route each need it; on a faulty wafer finding the cut-off regions takes a good
-    fraction of a second, so the mesh is computed once per target object (targets are immutable)."""
-    for known, mesh in _MESHES:
-        if known is target:
-            return mesh
-    mesh = Mesh(target.rows, target.cols, frozenset(target.dead_pes))
-    unreachable = cut_off(mesh)
-    mesh = replace(mesh, dead=mesh.dead | unreachable) if unreachable else mesh
-    _MESHES[:] = [*_MESHES[-3:], (target, mesh)]
-    return mesh
 
 
 def scattered_density(mesh: Mesh) -> float:

@@ -23,9 +23,9 @@ from collections.abc import Callable
 import numpy as np
 from ortools.sat.python import cp_model
 
-from wsc.errors import WscError
-from wsc.mesh_grid import row_runs
-from wsc.passes.layout import Flow, Grid, KernelRect, Mesh, Placement, Rect, no_fit, traffic, wirelength
+from wsc.core.errors import WscError
+from wsc.core.mesh import Flow, KernelRect, Mesh, Placement, Rect, row_runs
+from wsc.passes.layout import Grid, no_fit, traffic, wirelength
 from wsc.passes.place_heuristics import anneal, greedy, row_major, snake
 
 MAX_OBSTACLES = 500

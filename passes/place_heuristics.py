@@ -11,7 +11,8 @@ import random as stdrandom
 
 import numpy as np
 
-from wsc.passes.layout import Flow, Grid, KernelRect, Mesh, Rect, no_fit, traffic
+from wsc.core.mesh import Flow, KernelRect, Mesh, Rect
+from wsc.passes.layout import Grid, no_fit, traffic
 
 # ----------------------------------------------------------------------------------------------- shelves
 
@@ -267,7 +268,7 @@ def anneal(
                 return False
         return True
 
-    current = sum(cost_of(n, *pos[n]) for n in names) // 2
+    current = sum(cost_of(n, pos[n][0], pos[n][1]) for n in names) // 2
     best, best_pos = current, {n: list(p) for n, p in pos.items()}
     # Hot enough early to leave the greedy basin (a move costing 0.1% of the total is taken half the time).
     t_start = max(1.0, current / 1500)

@@ -36,13 +36,13 @@ so a straight 1700-hop lane costs O(1) numpy work.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import networkx as nx
 import numpy as np
 
-from wsc.errors import WscError
-from wsc.passes.place import Flow, Mesh, Placement, Rect
+from wsc.core.errors import WscError
+from wsc.core.mesh import Flow, Mesh, Placement, Rect
 
 ROUTERS: tuple[str, ...] = ("congestion", "xy")
 SHAPES: tuple[str, ...] = ("xy", "yx", "zx", "zy")
@@ -302,7 +302,7 @@ def _finish(bundles: list[_Bundle], mesh: Mesh, colors: int | None, router: str)
         "north": total[3, : mesh.rows - 1, :],
     }
     flow_colors = _color(bundles, colors)
-    edges = [
+    edges: list[dict[str, Any]] = [
         {
             "src": b.flow.src, "dst": b.flow.dst, "bytes": b.flow.bytes,
             "hops": int(b.hops.max()) if b.hops.size else 0, "lanes": len(b.paths), "rerouted": b.rerouted,
@@ -313,7 +313,7 @@ def _finish(bundles: list[_Bundle], mesh: Mesh, colors: int | None, router: str)
     return Routes(
         max_link_load=int(max((int(a.max()) for a in link_load.values() if a.size), default=0)),
         total_byte_hops=sum(b.byte_hops for b in bundles),
-        longest_route_hops=max((e["hops"] for e in edges), default=0),
+        longest_route_hops=max((int(e["hops"]) for e in edges), default=0),
         link_load=link_load,
         edges=edges,
         colors=flow_colors,
@@ -489,7 +489,7 @@ class Route:
     router: str = "congestion"
 
     def __call__(self, program):
-        from wsc.passes.place import mesh_of
+        from wsc.core.mesh import mesh_of
 
         if self.router not in ROUTERS:
             raise WscError(f"unknown router {self.router!r}; use one of {', '.join(ROUTERS)}")

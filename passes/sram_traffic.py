@@ -16,8 +16,8 @@ kernel (its own term, `kernel_seconds`), links and adds together.
 from __future__ import annotations
 
 from wsc import ops
-from wsc.ir import Graph, Node
-from wsc.program import KernelPlan
+from wsc.core.ir import Graph, Node
+from wsc.core.program import KernelPlan
 from wsc.targets import Target
 
 

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from wsc import ops, progress
-from wsc.errors import WscError
-from wsc.ir import Node
-from wsc.program import KernelPlan, Program
+from wsc import ops
+from wsc.core import progress
+from wsc.core.errors import WscError
+from wsc.core.ir import Node
+from wsc.core.program import KernelPlan, Program
 from wsc.runtime.lowering import compile_kernel
 from wsc.runtime.weight_store import WeightStore
 

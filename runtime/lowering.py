@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from wsc import ops
-from wsc.errors import WscError
+from wsc.core.errors import WscError
 from wsc.ops.codegen import KERNEL_NAME, KernelIR, KernelSpec
 from wsc.runtime import jit, kernel_cache
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from wsc.dtypes import BY_SHORT, DTYPES
-from wsc.errors import WscError
+from wsc.core.dtypes import BY_SHORT, DTYPES
+from wsc.core.errors import WscError
 
 # The safetensors codes a store may hold, as the numpy dtype that views their bytes: the IR's dtypes (the
 # table is wsc/dtypes.py; bf16 is viewed as its raw uint16 bits), plus a few the store only converts from.

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from wsc.errors import WscError
+from wsc.core.errors import WscError
 
 DTYPES = ("fp16", "fp32")
 # Defaults for the optional pe.sram_*_bytes_per_cycle fields: the CS-2's SRAM ports (see the module docstring).

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from conftest import tiny_gpt
 from torch import nn
 
-from wsc.capture import capture
-from wsc.errors import WscError
+from wsc.core.errors import WscError
+from wsc.frontend.capture import capture
 from wsc.passes.legalize import Legalize, supported_aten_ops
 
 
@@ -96,7 +96,7 @@ def test_capture_records_shapes_flops_and_source_lines():
 
 def test_symbolic_trace_fallback_matches_export():
     model, inputs = tiny_gpt(layers=1, d_model=8, heads=2, d_ffn=16, vocab=11, seq=3)
-    from wsc.capture import _from_symbolic_trace
+    from wsc.frontend.capture import _from_symbolic_trace
 
     traced = Legalize().run(_from_symbolic_trace(model, inputs).graph)
     exported = Legalize().run(capture(model, inputs).graph)

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from conftest import tiny_gpt
 
-from wsc.check import Malformed, check_output, main
+from wsc.artifacts.check import Malformed, check_output, main
+from wsc.artifacts.report import placement_json
 from wsc.passes.route import route_json
 from wsc.pipeline import compile_model
-from wsc.report import placement_json
 from wsc.targets import load_target
 
 # 8 x 8 mesh, dead PE at (7, 7); a (2x2 at 0,0) -> b (2x2 at 4,0): one lane per row, east along rows 0, 1.

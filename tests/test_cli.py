@@ -198,12 +198,12 @@ BAD_OPTIONS = [
 
 @pytest.mark.parametrize(("flags", "message"), BAD_OPTIONS, ids=[" ".join(f) for f, _ in BAD_OPTIONS])
 def test_a_bad_option_is_one_line_exit_2_and_nothing_is_built(flags, message, tmp_path, capsys, monkeypatch):
-    import wsc.modelfile
+    import wsc.frontend.modelfile
 
     def no_build(*args, **kwargs):
         raise AssertionError("the model was built before its options were checked")
 
-    monkeypatch.setattr(wsc.modelfile, "build", no_build)
+    monkeypatch.setattr(wsc.frontend.modelfile, "build", no_build)
     proc = wsc_in_process(capsys, "compile", str(MODELS / "tiny_gpt.py"), "--target", "mesh-16x16",
                           "--out", str(tmp_path / "out"), *flags)
     one_line_error(proc, message)
@@ -212,7 +212,7 @@ def test_a_bad_option_is_one_line_exit_2_and_nothing_is_built(flags, message, tm
 
 def test_the_cli_hands_one_checked_options_object_to_wsc_compile(tmp_path, capsys, monkeypatch):
     import wsc.api
-    from wsc.errors import WscError
+    from wsc.core.errors import WscError
     from wsc.options import FP16_TOLERANCE, CompileOptions
 
     given = []

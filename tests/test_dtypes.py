@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from wsc import dtypes
-from wsc.capture import TORCH_DTYPES
+from wsc.core import dtypes
+from wsc.frontend.capture import TORCH_DTYPES
 from wsc.passes.fold_constants import TORCH_DTYPE
 from wsc.runtime.weight_store import SAFETENSORS_DTYPES
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from wsc.capture import capture
-from wsc.errors import WscError
-from wsc.meta import empty_weights
+from wsc.core.errors import WscError
+from wsc.frontend.capture import capture
+from wsc.frontend.meta import empty_weights
 from wsc.pipeline import compile_captured
 from wsc.targets import load_target
 

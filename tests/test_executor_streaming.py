@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import tiny_gpt
 
-from wsc.capture import to_numpy
+from wsc.frontend.capture import to_numpy
 from wsc.pipeline import compile_model
 from wsc.runtime.executor import Executor
 from wsc.runtime.weight_store import WeightStore, write_store

@@ -9,8 +9,8 @@ from conftest import load_example, tiny_gpt
 from torch.utils.flop_counter import FlopCounterMode
 
 import wsc
-from wsc.errors import WscError
-from wsc.meta import empty_weights
+from wsc.core.errors import WscError
+from wsc.frontend.meta import empty_weights
 from wsc.pipeline import DEFAULT_TOLERANCE
 
 FAST = {"time_limit": 0.3}

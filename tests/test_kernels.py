@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsc.errors import WscError
+from wsc.core.errors import WscError
 from wsc.runtime import jit
 from wsc.runtime.lowering import compile_kernel, supported_ops
 from wsc.runtime.reference import run_reference

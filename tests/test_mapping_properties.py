@@ -7,8 +7,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wsc.errors import WscError
-from wsc.passes.place import STRATEGIES, Flow, KernelRect, check_placement, mesh_of, place
+from wsc.core.errors import WscError
+from wsc.core.mesh import Flow, KernelRect, mesh_of
+from wsc.passes.place import STRATEGIES, check_placement, place
 from wsc.passes.route import route_congestion_aware, route_xy
 
 SETTINGS = settings(max_examples=12, deadline=4000, suppress_health_check=[HealthCheck.too_slow])

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-from wsc.errors import WscError
-from wsc.mesh_grid import dead_grid, row_runs
-from wsc.passes.layout import Mesh
+from wsc.core.errors import WscError
+from wsc.core.mesh import Mesh, dead_grid, row_runs
 
 
 def test_dead_grid_marks_exactly_the_dead_pes_row_major():

@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import MODELS, tiny_gpt
 from wsc.cli import main
-from wsc.errors import WscError
+from wsc.core.errors import WscError
 from wsc.passes import schedule
 from wsc.pipeline import compile_model, run_compiled, verify
 from wsc.targets import load_target
@@ -131,7 +131,7 @@ def test_schedule_overlaps_streams_with_the_phase_before():
 
 
 def test_choose_finds_the_largest_that_fits_then_the_fastest_halving():
-    from wsc.errors import DoesNotFit
+    from wsc.core.errors import DoesNotFit
     from wsc.micro_batch import choose
 
     tried = []

@@ -8,8 +8,8 @@ from test_kernels import randn, run_all_tilings
 
 import wsc
 from wsc import ops
-from wsc.ir import Graph, Node
-from wsc.program import Cut, KernelPlan
+from wsc.core.ir import Graph, Node
+from wsc.core.program import Cut, KernelPlan
 
 
 def test_kernel_matches_torch_on_every_tiling_and_keeps_nan() -> None:

@@ -11,8 +11,8 @@ from conftest import tiny_gpt
 
 import wsc
 from wsc import api, backend, options
-from wsc.errors import WscError
-from wsc.meta import empty_weights
+from wsc.core.errors import WscError
+from wsc.frontend.meta import empty_weights
 from wsc.options import DEFAULT_TOLERANCE, FP16_TOLERANCE, MODES, CompileOptions
 from wsc.passes.place import STRATEGIES
 from wsc.passes.route import ROUTERS

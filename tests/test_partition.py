@@ -9,12 +9,12 @@ import pytest
 from conftest import tiny_gpt
 
 from wsc import ops
-from wsc.capture import capture
-from wsc.errors import WscError
+from wsc.core.errors import WscError
+from wsc.core.program import Cut, KernelPlan, Program, tile_table
+from wsc.frontend.capture import capture
 from wsc.passes.group_layers import GroupLayers
 from wsc.passes.legalize import Legalize
 from wsc.passes.partition import Partition, grid_for_area
-from wsc.program import Cut, KernelPlan, Program, tile_table
 from wsc.targets import load_target
 
 

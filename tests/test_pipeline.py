@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 from conftest import tiny_gpt
 
-from wsc.capture import capture
-from wsc.ir import Graph
+from wsc.core.ir import Graph
+from wsc.core.passmanager import PassError, PassManager
+from wsc.core.program import Program
+from wsc.frontend.capture import capture
 from wsc.passes.estimate import Estimate
 from wsc.passes.group_layers import GroupLayers, block_of
 from wsc.passes.legalize import Legalize
-from wsc.passmanager import PassError, PassManager
 from wsc.pipeline import compile_model
-from wsc.program import Program
 
 
 def test_block_of_module_paths():
@@ -77,8 +77,8 @@ def test_pipelined_mode_places_every_layer_in_its_own_band(small_target):
 
 
 def test_pipelined_mode_refuses_weights_that_do_not_fit(gpt_module):
-    from wsc.errors import WscError
-    from wsc.meta import empty_weights
+    from wsc.core.errors import WscError
+    from wsc.frontend.meta import empty_weights
     from wsc.targets import load_target
 
     with empty_weights():
@@ -89,7 +89,7 @@ def test_pipelined_mode_refuses_weights_that_do_not_fit(gpt_module):
 
 
 def test_kernels_get_the_largest_share_of_the_mesh_that_places(small_target, monkeypatch):
-    from wsc.errors import DoesNotPlace
+    from wsc.core.errors import DoesNotPlace
     from wsc.passes.place import Place
     from wsc.pipeline import FILLS
 
@@ -127,7 +127,7 @@ FILL_PASSES = ["partition", "place", "route", "estimate"]
 
 
 def test_a_fill_retry_reruns_only_partition_place_route_and_estimate(small_target, monkeypatch):
-    from wsc.errors import DoesNotPlace
+    from wsc.core.errors import DoesNotPlace
     from wsc.passes.place import Place
     from wsc.pipeline import FILLS
 

@@ -9,21 +9,9 @@ from functools import cache
 import numpy as np
 import pytest
 
-from wsc.errors import WscError
-from wsc.passes.place import (
-    STRATEGIES,
-    Flow,
-    KernelRect,
-    Mesh,
-    Place,
-    Placement,
-    Rect,
-    check_placement,
-    mesh_of,
-    place,
-    scattered_density,
-    wirelength,
-)
+from wsc.core.errors import WscError
+from wsc.core.mesh import Flow, KernelRect, Mesh, Placement, Rect, mesh_of
+from wsc.passes.place import STRATEGIES, Place, check_placement, place, scattered_density, wirelength
 from wsc.passes.place_cpsat import dead_boxes, position_table
 
 SMALL = Mesh(16, 16, frozenset({(5, 5), (10, 2), (3, 12), (12, 12)}))

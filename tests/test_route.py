@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsc.errors import WscError
-from wsc.passes.place import Flow, Mesh, Placement, Rect
+from wsc.core.errors import WscError
+from wsc.core.mesh import Flow, Mesh, Placement, Rect
 from wsc.passes.route import route, route_congestion_aware, route_json, route_xy
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import tiny_gpt
 
-from wsc.capture import to_numpy
-from wsc.errors import WscError
+from wsc.core.errors import WscError
+from wsc.frontend.capture import to_numpy
 from wsc.pipeline import compile_model, run_compiled, verify
 from wsc.runtime.weight_store import WeightStore, write_store
 

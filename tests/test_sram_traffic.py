@@ -10,16 +10,16 @@ import yaml
 from conftest import tiny_gpt
 
 import wsc.targets
-from wsc.capture import capture
-from wsc.errors import WscError
-from wsc.ir import Graph, Node
+from wsc.core.errors import WscError
+from wsc.core.ir import Graph, Node
+from wsc.core.program import DTYPE_SIZE, Cut, KernelPlan, Program
+from wsc.frontend.capture import capture
 from wsc.passes.fold_constants import FoldConstants
 from wsc.passes.fuse_epilogues import FuseEpilogues
 from wsc.passes.group_layers import GroupLayers
 from wsc.passes.legalize import Legalize, node_flops
 from wsc.passes.partition import Partition
 from wsc.passes.sram_traffic import sram_seconds, sram_traffic
-from wsc.program import DTYPE_SIZE, Cut, KernelPlan, Program
 from wsc.targets import load_target
 
 CS2 = load_target("cs2-sim")

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import wsc.targets
-from wsc.errors import WscError
+from wsc.core.errors import WscError
 from wsc.targets import Target, available_targets, load_target
 
 SHIPPED = Path(wsc.targets.__file__).parent

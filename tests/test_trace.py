@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from wsc.trace import layer_slots
+from wsc.artifacts.trace import layer_slots
 
 MODELS = Path(__file__).resolve().parent / "models"
 

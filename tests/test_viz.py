@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from wsc.artifacts.viz_data import dead_runs, link_load
+from wsc.artifacts.viz_png import PNG_SIZE
 from wsc.cli import main
-from wsc.viz_data import dead_runs, link_load
-from wsc.viz_png import PNG_SIZE
 
 MODELS = Path(__file__).resolve().parent / "models"
 SVG = "{http://www.w3.org/2000/svg}"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file, save_file
 
-from wsc.errors import WscError
+from wsc.core.errors import WscError
 from wsc.runtime.weight_store import INDEX_NAME, WeightStore, write_store
 
 rng = np.random.default_rng(7)

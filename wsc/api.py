@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from wsc import pipeline
-from wsc.atomic import write_atomic
-from wsc.capture import TORCH_DTYPES, to_numpy
-from wsc.errors import WscError
-from wsc.meta import physical_memory_bytes, weight_bytes
+from wsc.artifacts.atomic import write_atomic
+from wsc.artifacts.report import build_report, dumps, placement_json
+from wsc.core.errors import WscError
+from wsc.frontend.capture import TORCH_DTYPES, to_numpy
+from wsc.frontend.meta import physical_memory_bytes, weight_bytes
 from wsc.options import CompileOptions
-from wsc.report import build_report, dumps, placement_json
 from wsc.runtime.executor import Executor
 from wsc.runtime.weight_store import WeightStore, write_store
 from wsc.targets import Target, load_target
@@ -69,8 +69,8 @@ class CompiledModel:
     def save(self, out: Path | str) -> None:
         """Write placement.json, report.json, trace.json (the estimate as a Perfetto timeline) and report.html
         (summary, pictures and per-layer table in one page) into `out`, each atomically."""
-        from wsc import viz
-        from wsc.trace import trace_events
+        from wsc.artifacts import viz
+        from wsc.artifacts.trace import trace_events
 
         out = Path(out)
         # Everything is rendered before anything is written, so a failure leaves the folder as it was.
@@ -121,7 +121,7 @@ def compile(module: torch.nn.Module, example_inputs: tuple, target: str | Target
     PyTorch.
 
     `weights` names a store to run from (a safetensors file, a sharded checkpoint folder or its index); the
-    module may then be built without weights (wsc.meta.empty_weights): the eager reference loads them from
+    module may then be built without weights (wsc.frontend.meta.empty_weights): the eager reference loads them from
     the store after the compiled run, whose peak memory is measured first. `weights_dtype` fp16 streams half
     the bytes (the kernels still compute in fp32) and is verified to FP16_TOLERANCE unless a tolerance is
     given. The batch is split over `systems` wafers (data parallel), and each one's share is run in passes of

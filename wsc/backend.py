@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from wsc.errors import WscError
+from wsc.core.errors import WscError
 from wsc.options import CompileOptions
 
 

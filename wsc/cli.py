@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wsc.errors import WscError
+from wsc.core.errors import WscError
 
 if TYPE_CHECKING:
     from wsc.options import CompileOptions
@@ -74,14 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     o.set_defaults(run=_ops)
     k = sub.add_parser("check", help="prove a compile's placement.json legal, independently of the compiler")
     k.add_argument("out", help="the output folder of a compile")
-    k.set_defaults(run=lambda args: __import__("wsc.check", fromlist=["main"]).main([args.out]))
+    k.set_defaults(run=lambda args: __import__("wsc.artifacts.check", fromlist=["main"]).main([args.out]))
     v = sub.add_parser("viz", help="draw a compile's placement, link load and per-layer time")
     v.add_argument("out", help="the output folder of a compile")
     v.add_argument("--layer", type=int, default=None,
                    help="layer index to draw (default: the first layer with the most kernels)")
     v.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="FILE.svg, FILE.png or FILE.html (self-contained page)")
-    v.set_defaults(run=lambda args: __import__("wsc.viz", fromlist=["main"]).main(args.out, args.output,
+    v.set_defaults(run=lambda args: __import__("wsc.artifacts.viz", fromlist=["main"]).main(args.out, args.output,
                                                                                    args.layer))
     return parser
 
@@ -111,9 +111,10 @@ def compile_options(args: argparse.Namespace) -> CompileOptions:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from wsc import api, capture, progress
-    from wsc.meta import empty_weights
-    from wsc.modelfile import build, load_exported, parse_model_args
+    from wsc import api, progress
+    from wsc.frontend import capture
+    from wsc.frontend.meta import empty_weights
+    from wsc.frontend.modelfile import build, load_exported, parse_model_args
     from wsc.targets import load_target
 
     capture.VERBOSE = args.debug

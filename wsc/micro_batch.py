@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import torch
 
-from wsc.errors import DoesNotFit, WscError
+from wsc.core.errors import DoesNotFit, WscError
 
 T = TypeVar("T")
 

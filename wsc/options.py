@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from wsc.errors import WscError
+from wsc.core.errors import WscError
 from wsc.passes.place import STRATEGIES
 from wsc.passes.route import ROUTERS
 from wsc.runtime.weight_store import STORE_DTYPES

@@ -31,8 +31,10 @@ import torch
 
 from wsc import micro_batch as micro_batch_lib
 from wsc import ops, progress
-from wsc.capture import Captured, capture, to_numpy
-from wsc.errors import DoesNotPlace, WscError
+from wsc.core.errors import DoesNotPlace, WscError
+from wsc.core.passmanager import PassManager
+from wsc.core.program import Program
+from wsc.frontend.capture import Captured, capture, to_numpy
 from wsc.options import DEFAULT_TOLERANCE, CompileOptions
 from wsc.passes.estimate import Estimate
 from wsc.passes.fold_constants import FoldConstants
@@ -42,8 +44,6 @@ from wsc.passes.legalize import Legalize
 from wsc.passes.partition import Partition
 from wsc.passes.place import Place
 from wsc.passes.route import Route
-from wsc.passmanager import PassManager
-from wsc.program import Program
 from wsc.runtime.executor import Executor
 from wsc.runtime.weight_store import WeightStore, write_store
 from wsc.targets import Target

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 
-from wsc.ir import Graph, Node
+from wsc.core.ir import Graph, Node
+from wsc.core.program import Cut, KernelPlan
 from wsc.ops.base import ACCUMULATOR_BYTES, KernelOp, Shape, output_view, register
 from wsc.ops.codegen import (
     CONTRACT,
@@ -45,7 +46,6 @@ from wsc.ops.codegen import (
 )
 from wsc.ops.softmax import FLOPS_PER_ELEMENT as SOFTMAX_FLOPS_PER_ELEMENT
 from wsc.ops.softmax import causal_visible
-from wsc.program import Cut, KernelPlan
 
 
 def _check(spec: KernelSpec) -> tuple[int, int, int, int, float, bool]:

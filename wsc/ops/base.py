@@ -3,7 +3,7 @@
 An op is a class with a `name` and the methods below, registered with `@register`. A kernel op does arithmetic
 and occupies PEs; a layout op only moves data, which on the wafer is routing. The passes, the estimate and the
 executor hold no per-op branches: they ask the op of a node through `wsc.ops.get(node.op)`. Node kinds that
-are not ops (input, param, const) are the IR's (`wsc.ir.SOURCE_OPS`).
+are not ops (input, param, const) are the IR's (`wsc.core.ir.SOURCE_OPS`).
 
 The defaults describe an elementwise kernel over the output viewed as 2-D [rows, cols] (cols = the last
 dimension), reading its inputs at the output's shape: an op overrides what differs.
@@ -17,10 +17,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from wsc import ir
-from wsc.ir import Graph, Node
+from wsc.core import ir
+from wsc.core.ir import Graph, Node
+from wsc.core.program import Cut, KernelPlan, Program
 from wsc.ops.codegen import KernelIR, KernelSpec
-from wsc.program import Cut, KernelPlan, Program
 
 Shape = tuple[int, ...]
 # compile_kernel(op, out_shape, in_shapes, attrs) -> a callable kernel(out, inputs, tiles, threads=...): what

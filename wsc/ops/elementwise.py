@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 
-from wsc.ir import Graph, Node
+from wsc.core.ir import Graph, Node
 from wsc.ops.base import KernelOp, Shape, output_view, register
 from wsc.ops.codegen import (
     KernelBuilder,

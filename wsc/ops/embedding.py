@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from wsc.ir import Graph, Node
+from wsc.core.ir import Graph, Node
+from wsc.core.program import Cut, KernelPlan
 from wsc.ops.base import KernelOp, Shape, output_view, register
 from wsc.ops.codegen import (
     KernelBuilder,
@@ -22,7 +23,6 @@ from wsc.ops.codegen import (
     load_at,
     store_at,
 )
-from wsc.program import Cut, KernelPlan
 
 
 def lower_embedding(spec: KernelSpec) -> KernelIR:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 
-from wsc.ir import Graph, Node
+from wsc.core.ir import Graph, Node
 from wsc.ops.base import KernelOp, Shape, register
 from wsc.ops.codegen import (
     CONTRACT,

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 
-from wsc.ir import Graph, Node
+from wsc.core.ir import Graph, Node
+from wsc.core.program import Cut, KernelPlan
 from wsc.ops.base import KernelOp, Shape, output_view, register
 from wsc.ops.codegen import (
     CONTRACT,
@@ -28,7 +29,6 @@ from wsc.ops.codegen import (
     loop,
     store_at,
 )
-from wsc.program import Cut, KernelPlan
 
 
 def lower_layernorm(spec: KernelSpec) -> KernelIR:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wsc.ir import Node
+from wsc.core.ir import Node
 from wsc.ops.base import LayoutOp, register
 
 

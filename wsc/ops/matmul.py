@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 
-from wsc.ir import Graph, Node
+from wsc.core.ir import Graph, Node
+from wsc.core.program import Cut, KernelPlan
 from wsc.ops.base import ACCUMULATOR_BYTES, KernelFactory, KernelOp, Shape, register
 from wsc.ops.codegen import (
     FAST,
@@ -42,7 +43,6 @@ from wsc.ops.codegen import (
     store_at,
 )
 from wsc.ops.gelu import check_approximate, emit_gelu, gelu_reference
-from wsc.program import Cut, KernelPlan
 
 BLOCK = 4
 ROWS = 2

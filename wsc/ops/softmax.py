@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 
-from wsc.ir import Graph, Node
+from wsc.core.ir import Graph, Node
+from wsc.core.program import KernelPlan
 from wsc.ops.base import KernelOp, Shape, register
 from wsc.ops.codegen import (
     FAST,
@@ -31,7 +32,6 @@ from wsc.ops.codegen import (
     smin,
     store_at,
 )
-from wsc.program import KernelPlan
 
 
 def lower_softmax(spec: KernelSpec) -> KernelIR:

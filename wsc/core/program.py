@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wsc.dtypes import SHORT_BYTES
-from wsc.ir import Graph
+from wsc.core.dtypes import SHORT_BYTES
+from wsc.core.ir import Graph
 from wsc.targets import DTYPES, Target
 
 if TYPE_CHECKING:  # the passes' own types; the program only holds them
-    from wsc.passes.layout import Flow, Placement
+    from wsc.core.mesh import Flow, Placement
     from wsc.passes.route import Routes
     from wsc.passes.schedule import Slot
 

@@ -14,7 +14,7 @@ from types import ModuleType
 
 import torch
 
-from wsc.errors import WscError
+from wsc.core.errors import WscError
 
 
 def parse_model_args(pairs: list[str]) -> dict[str, object]:

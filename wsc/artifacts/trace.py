@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from wsc.core.program import Program
 from wsc.passes import schedule
-from wsc.program import Program
 
 PID = 1
 LAYER_TID, FABRIC_TID, STREAM_TID = 1, 2, 3

@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from wsc import progress
-from wsc.errors import WscError
-from wsc.program import Program
+from wsc.core import progress
+from wsc.core.errors import WscError
+from wsc.core.program import Program
 
 
 class Pass(Protocol):

@@ -15,7 +15,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from wsc import viz_data as vd
+from wsc.artifacts import viz_data as vd
 
 PANEL_W, PANEL_H, GAP = 560, 440, 40
 TIMELINE_H = 260

@@ -1,7 +1,7 @@
 """`wsc check OUT`: prove from placement.json alone that a compiled mapping is legal.
 
 Independent of the placer and router on purpose: it reads only the JSON and uses plain numpy slices over
-the mesh (the dead-PE grid is `wsc.mesh_grid.dead_grid`, geometry only, built once the JSON's pairs are
+the mesh (the dead-PE grid is `wsc.core.mesh.dead_grid`, geometry only, built once the JSON's pairs are
 checked here), so a bug in `passes/place.py` or `passes/route.py` cannot hide itself. It checks, per layer:
 
 - every kernel's rectangle lies inside the mesh and no two rectangles overlap;
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from wsc.mesh_grid import dead_grid
+from wsc.core.mesh import dead_grid
 
 
 class Malformed(Exception):
@@ -113,7 +113,7 @@ def _field(obj: dict[str, Any], key: str, kind: type) -> Any:
 def _target_sram(doc: dict[str, Any], mesh: dict[str, Any], problems: list[str]) -> int | None:
     if isinstance(mesh.get("sram_bytes_per_pe"), int):
         return int(mesh["sram_bytes_per_pe"])
-    from wsc.errors import WscError
+    from wsc.core.errors import WscError
     from wsc.targets import load_target
 
     try:

@@ -23,7 +23,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from wsc.dtypes import BYTES as DTYPE_BYTES
+from wsc.core.dtypes import BYTES as DTYPE_BYTES
 
 SOURCE_OPS = ("input", "param", "const")
 KERNEL_OPS: set[str] = set()  # filled by wsc.ops.register

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from wsc import viz_data as vd
+from wsc.artifacts import viz_data as vd
 
 PNG_SIZE = (1800, 1000)  # width, height in pixels
 DPI = 100

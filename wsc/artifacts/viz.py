@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from wsc import viz_data as vd
-from wsc.atomic import write_atomic
-from wsc.errors import WscError
-from wsc.viz_svg import render_svg
+from wsc.artifacts import viz_data as vd
+from wsc.artifacts.atomic import write_atomic
+from wsc.artifacts.viz_svg import render_svg
+from wsc.core.errors import WscError
 
 FORMATS = (".svg", ".png", ".html")
 
@@ -50,7 +50,7 @@ def render(placement: dict[str, Any], report: dict[str, Any], fmt: str, layer_in
             return render_svg(placement, report, layer).encode()
         if fmt == ".html":
             return render_html(placement, report, layer).encode()
-        from wsc.viz_png import render_png  # matplotlib only when a PNG is asked for
+        from wsc.artifacts.viz_png import render_png  # matplotlib only when a PNG is asked for
 
         return render_png(placement, report, layer)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:

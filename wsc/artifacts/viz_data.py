@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from wsc.errors import WscError
-from wsc.mesh_grid import dead_grid, row_runs
+from wsc.core.errors import WscError
+from wsc.core.mesh import dead_grid, row_runs
 
 # Distinct, colour-blind-friendly fills (Okabe-Ito, then Tableau): kernels of a layer are told apart by colour.
 PALETTE = ["#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#4e79a7",

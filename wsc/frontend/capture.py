@@ -26,9 +26,9 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils._pytree import tree_leaves
 
-from wsc import dtypes, progress
-from wsc.errors import WscError
-from wsc.ir import Graph, Node, Ref
+from wsc.core import dtypes, progress
+from wsc.core.errors import WscError
+from wsc.core.ir import Graph, Node, Ref
 
 TORCH_DTYPES = dtypes.torch_to_name()  # torch dtype -> IR name (the table is wsc/dtypes.py)
 
@@ -99,7 +99,7 @@ def _capture(model: nn.Module, example_inputs: tuple) -> Captured:
 
 @contextmanager
 def _buffers_on_meta_beside_meta_parameters(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
-    """A model built without weights (wsc.meta.empty_weights) keeps real buffers; tracing it needs every
+    """A model built without weights (wsc.frontend.meta.empty_weights) keeps real buffers; tracing it needs every
     tensor on one device, so its buffers go to meta for the trace. Their real values are handed back (a
     causal mask buffer is read at compile time) and the module is left as it was."""
     if not any(p.is_meta for p in model.parameters()):

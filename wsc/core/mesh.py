@@ -1,0 +1,190 @@
+"""Mesh geometry, shared by every layer: the PE grid and its dead PEs, the rectangles kernels ask for and are
+given, the flows between them, and a placement.
+
+The dead-PE grid (`dead_grid`, cached per mesh as `Mesh.dead_grid`) is built one way for all: the placers and
+routers, the partitioner, the independent checker of placement.json (`wsc check`) and the pictures (`wsc viz`).
+
+Defect model (see passes/place.py for why): a kernel asks for a w x h rectangle and `pes` working PEs. The
+rectangle may cover up to `w * h - pes` dead PEs (its `slack`); its tiles go to the working PEs only. With
+`pes` left out the kernel needs every PE of its rectangle, so it may cover no dead PE at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+import numpy as np
+
+from wsc.core.errors import WscError
+
+
+def dead_grid(rows: int, cols: int, dead_pes: Iterable[Sequence[int]]) -> np.ndarray:
+    """Bool [rows, cols]: True at each (row, col) of `dead_pes` (pairs in any order; a repeat is harmless).
+
+    Raises ValueError naming the first pair, in the order given, that lies outside the mesh."""
+    grid = np.zeros((rows, cols), dtype=bool)
+    pes = np.array([(int(r), int(c)) for r, c in dead_pes], dtype=np.int64).reshape(-1, 2)
+    outside = np.flatnonzero((pes[:, 0] < 0) | (pes[:, 0] >= rows) | (pes[:, 1] < 0) | (pes[:, 1] >= cols))
+    if outside.size:
+        r, c = pes[outside[0]].tolist()
+        raise ValueError(f"dead PE ({r}, {c}) is outside the {rows} x {cols} mesh")
+    grid[pes[:, 0], pes[:, 1]] = True
+    return grid
+
+
+def row_runs(grid: np.ndarray) -> list[tuple[int, int, int]]:
+    """The True cells of a bool [rows, cols] grid as (row, first col, length) runs along each row, in row-major
+    order: thousands of scattered dead PEs (or the working stretches between them) as few pieces."""
+    rows, cols = grid.shape
+    padded = np.zeros((rows, cols + 2), dtype=np.int8)
+    padded[:, 1:-1] = grid
+    step = np.diff(padded, axis=1)
+    starts = np.argwhere(step == 1)  # row-major, so the i-th start and the i-th end are one run
+    ends = np.argwhere(step == -1)
+    return [(r, c, e - c) for (r, c), e in zip(starts.tolist(), ends[:, 1].tolist(), strict=True)]
+
+
+@dataclass(frozen=True)
+class KernelRect:
+    """A kernel's requested rectangle, w columns (x extent) by h rows (y extent), and the working PEs it
+    needs inside it (`pes`; None means all w * h, so no dead PE may be covered)."""
+
+    name: str
+    w: int
+    h: int
+    pes: int | None = None
+
+    @property
+    def need(self) -> int:
+        return self.w * self.h if self.pes is None else self.pes
+
+    @property
+    def slack(self) -> int:
+        """How many dead PEs the rectangle may cover and still hold every tile."""
+        return self.w * self.h - self.need
+
+
+@dataclass(frozen=True)
+class Flow:
+    """Bytes sent from one kernel to another per step (direction does not matter for placement)."""
+
+    src: str
+    dst: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """The PE grid; dead PEs are (row, col) pairs that hold no tile and carry no route."""
+
+    rows: int
+    cols: int
+    dead: frozenset[tuple[int, int]] = frozenset()
+
+    @cached_property
+    def dead_grid(self) -> np.ndarray:
+        """Bool [rows, cols], True where a PE is dead; built once per mesh and read-only (it is shared).
+        Raises WscError when a dead PE lies outside the mesh."""
+        try:
+            grid = dead_grid(self.rows, self.cols, self.dead)
+        except ValueError as error:
+            raise WscError(f"{error}; fix the defect map") from None
+        grid.flags.writeable = False
+        return grid
+
+
+@dataclass(frozen=True)
+class Rect:
+    """A placed kernel: x = left column, y = top row."""
+
+    name: str
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+@dataclass
+class Placement:
+    """A placement and how it was found.
+
+    `objective` and `best_bound` are in bytes x hops. For `cpsat` they are the solver's values converted back
+    from its scaled units (flow bytes are divided by a common unit to keep coefficients small), so they can
+    differ slightly from `wirelength`, which is always exact. The heuristics report the trivial bound 0.
+    """
+
+    rects: dict[str, Rect]
+    strategy: str
+    status: str
+    objective: float
+    best_bound: float
+    gap: float
+    wirelength: int
+    seconds: float
+
+
+def cut_off(mesh: Mesh) -> frozenset[tuple[int, int]]:
+    """Working PEs that no route can reach from the largest connected region of working PEs.
+
+    A whole dead row or column cuts the fabric in two, and routes never pass a dead PE, so kernels on
+    opposite sides could not exchange a byte (nor could the two halves of one kernel straddling the cut).
+    Treating the smaller side as dead keeps every layer on one connected region. Found by union-find over
+    runs of working PEs along each row (a few per row at 1% defects), so it is fast on 750 x 994.
+    """
+    if not mesh.dead:
+        return frozenset()
+    runs = [(r, a, a + n - 1) for r, a, n in row_runs(~mesh.dead_grid)]  # (row, first col, last col)
+    by_row: list[list[int]] = [[] for _ in range(mesh.rows)]
+    for i, (r, _, _) in enumerate(runs):
+        by_row[r].append(i)
+    parent = list(range(len(runs)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for r in range(1, mesh.rows):
+        above, below = by_row[r - 1], by_row[r]
+        i = j = 0
+        while i < len(above) and j < len(below):
+            _, a0, a1 = runs[above[i]]
+            _, b0, b1 = runs[below[j]]
+            if a0 <= b1 and b0 <= a1:
+                parent[find(above[i])] = find(below[j])
+            if a1 < b1:
+                i += 1
+            else:
+                j += 1
+    size: dict[int, int] = {}
+    for i, (_, a, b) in enumerate(runs):
+        root = find(i)
+        size[root] = size.get(root, 0) + b - a + 1
+    if len(size) <= 1:
+        return frozenset()
+    main = max(size, key=lambda root: (size[root], -root))
+    return frozenset(
+        (r, c) for i, (r, a, b) in enumerate(runs) if find(i) != main for c in range(a, b + 1)
+    )
+
+
+_MESHES: list[tuple[object, Mesh]] = []  # the last few targets' meshes, most recent last
+
+
+def mesh_of(target) -> Mesh:
+    """The target's mesh as placement and routing see it: its dead PEs, plus any working PEs a dead row or
+    column cuts off from the largest connected region (see `cut_off`).
+
+    Partition, place and route each need it; on a faulty wafer finding the cut-off regions takes a good
+    fraction of a second, so the mesh is computed once per target object (targets are immutable)."""
+    for known, mesh in _MESHES:
+        if known is target:
+            return mesh
+    mesh = Mesh(target.rows, target.cols, frozenset(target.dead_pes))
+    unreachable = cut_off(mesh)
+    mesh = replace(mesh, dead=mesh.dead | unreachable) if unreachable else mesh
+    _MESHES[:] = [*_MESHES[-3:], (target, mesh)]
+    return mesh
