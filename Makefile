@@ -21,6 +21,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check wsc passes runtime targets tests benchmarks examples
 	$(VENV)/bin/mypy
+	$(VENV)/bin/python tests/lint_imports.py  # the import contracts of pyproject.toml, on an installed-layout copy
 
 clean:
 	rm -rf $(VENV) wsc_out build *.egg-info
