@@ -21,8 +21,9 @@ from wsc.core.mesh import mesh_of
 from wsc.core.program import Program
 from wsc.frontend.meta import empty_weights
 from wsc.passes.estimate import Estimate
-from wsc.passes.place import STRATEGIES
-from wsc.passes.route import Routes, route
+from wsc.passes.placers import STRATEGIES
+from wsc.passes.route import route
+from wsc.passes.routers import Routes
 from wsc.pipeline import compile_captured, compile_model
 from wsc.targets import load_target
 

@@ -2,7 +2,8 @@
 
 This is the ISPD 2020 formulation (Cerebras' own placement contest) with shapes already chosen: rectangles
 must lie inside the mesh and must not overlap, and the cost is the sum over flows of bytes x Manhattan
-distance between rectangle centres. Six strategies behind one interface, `place(...)`:
+distance between rectangle centres. The strategies are plug-ins, one file each in `passes/placers/` (its
+`__init__` holds the `Placer` protocol and the registry), behind one interface, `place(...)`:
 
 - `row-major`: shelf packing in the given order; a baseline that ignores traffic.
 - `snake`: the same shelves, alternating direction, so consecutive kernels stay adjacent at the turns.
@@ -10,7 +11,7 @@ distance between rectangle centres. Six strategies behind one interface, `place(
 - `greedy`: heaviest-traffic kernel first, each next kernel at the free position nearest (in bytes x hops)
   to its already placed neighbours. Exact over every position, using numpy, so it is fast on 750 x 994.
 - `anneal`: simulated annealing from the greedy answer, a fixed number of legal moves.
-- `cpsat`: an exact model solved by OR-Tools CP-SAT (`place_cpsat.py`), hinted with the best of the other
+- `cpsat`: an exact model solved by OR-Tools CP-SAT (`placers/cpsat.py`), hinted with the best of the other
   deterministic heuristics, so it always has an answer and is never worse than any of them.
 
 Defect model. With 1% of a CS-2's PEs dead at random there is a dead PE every ~100 PEs, so a kernel of
@@ -42,13 +43,11 @@ from wsc.core import progress
 from wsc.core.errors import WscError
 from wsc.core.mesh import Flow, KernelRect, Mesh, Placement, mesh_of
 from wsc.core.program import Program
-from wsc.passes import place_cpsat
-from wsc.passes.layout import no_fit, wirelength
-from wsc.passes.place_heuristics import anneal, greedy, random_placement, row_major, snake
+from wsc.passes import placers
+from wsc.passes.placers import STRATEGIES, Placer, PlaceRequest
+from wsc.passes.placers.common import no_fit
 
-__all__ = ["STRATEGIES", "Place", "check_placement", "place", "scattered_density", "spare_rows", "wirelength"]
-
-STRATEGIES: tuple[str, ...] = ("cpsat", "greedy", "row-major", "snake", "random", "anneal")
+__all__ = ["STRATEGIES", "Place", "check_placement", "place", "scattered_density", "spare_rows"]
 
 
 def place(
@@ -66,25 +65,14 @@ def place(
     `seed` drives `random`, `anneal` and CP-SAT; `workers` and `time_limit` (deterministic seconds) only
     CP-SAT. Raises WscError when the kernels do not fit or the strategy is unknown.
     """
-    if strategy not in STRATEGIES:
-        raise WscError(f"unknown placement strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
-    _validate(kernels, flows, mesh)
+    return _run(placers.get(strategy), PlaceRequest(kernels, flows, mesh, seed, workers, time_limit))
+
+
+def _run(placer: Placer, request: PlaceRequest) -> Placement:
+    """Check the request, then place it with `placer`, timed."""
+    _validate(request.kernels, request.flows, request.mesh)
     start = time.perf_counter()
-    if strategy == "cpsat":
-        result = place_cpsat.solve(kernels, flows, mesh, seed=seed, workers=workers, time_limit=time_limit)
-    else:
-        if strategy == "row-major":
-            rects = row_major(kernels, mesh)
-        elif strategy == "snake":
-            rects = snake(kernels, mesh)
-        elif strategy == "random":
-            rects = random_placement(kernels, mesh, seed)
-        elif strategy == "greedy":
-            rects = greedy(kernels, flows, mesh)
-        else:
-            rects = anneal(kernels, flows, mesh, seed)
-        wl = wirelength(rects, flows)
-        result = Placement(rects, strategy, "HEURISTIC", float(wl), 0.0, 1.0 if wl > 0 else 0.0, wl, 0.0)
+    result = placer(request)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -196,12 +184,11 @@ class Place:
     name: ClassVar[str] = "place"
     strategy: str = "cpsat"
     seed: int = 0
-    workers: int = 1  # one worker: reproducible placements (see place_cpsat)
+    workers: int = 1  # one worker: reproducible placements (see placers/cpsat.py)
     time_limit: float = 2.0  # deterministic seconds per distinct layer
 
     def __call__(self, program: Program) -> Program:
-        if self.strategy not in STRATEGIES:
-            raise WscError(f"unknown placement strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
+        placer = placers.get(self.strategy)
         whole = mesh_of(program.target)
         placed: dict[str, tuple[list[str], Placement, int]] = {}
         layers = []
@@ -225,8 +212,8 @@ class Place:
                 continue
             density = scattered_density(mesh)
             kernels = [self.kernel_rect(n, plan.h, plan.w, mesh, density) for n, plan in layer.kernels.items()]
-            placement = place(kernels, layer.flows, mesh, self.strategy, seed=self.seed,
-                              workers=self.workers, time_limit=self.time_limit)
+            request = PlaceRequest(kernels, layer.flows, mesh, self.seed, self.workers, self.time_limit)
+            placement = _run(placer, request)
             if top:
                 placement.rects = {n: replace(r, y=r.y + top) for n, r in placement.rects.items()}
             layers.append(replace(layer, placement=placement))

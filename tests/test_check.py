@@ -12,7 +12,7 @@ from conftest import tiny_gpt
 
 from wsc.artifacts.check import Malformed, check_output, main
 from wsc.artifacts.report import placement_json
-from wsc.passes.route import route_json
+from wsc.artifacts.routes_json import route_json
 from wsc.pipeline import compile_model
 from wsc.targets import load_target
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from wsc.core.errors import WscError
 from wsc.core.mesh import Flow, KernelRect, mesh_of
 from wsc.passes.place import STRATEGIES, check_placement, place
-from wsc.passes.route import route_congestion_aware, route_xy
+from wsc.passes.route import route
 
 SETTINGS = settings(max_examples=12, deadline=4000, suppress_health_check=[HealthCheck.too_slow])
 
@@ -82,9 +82,8 @@ def test_routes_avoid_dead_pes_and_conserve_bytes(problem, router) -> None:
         p = place(kernels, flows, mesh, "greedy")
     except WscError:
         return
-    fn = route_xy if router == "xy" else route_congestion_aware
     try:
-        routes = fn(p, flows, mesh, colors=24)
+        routes = route(p, flows, mesh, router, colors=24)
     except WscError as error:
         # Only a kernel with no working PE, or scattered dead PEs walling a lane end in, stop a route.
         assert "no route" in str(error) or "no working PE" in str(error)

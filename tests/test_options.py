@@ -14,8 +14,8 @@ from wsc import api, backend, options
 from wsc.core.errors import WscError
 from wsc.frontend.meta import empty_weights
 from wsc.options import DEFAULT_TOLERANCE, FP16_TOLERANCE, MODES, CompileOptions
-from wsc.passes.place import STRATEGIES
-from wsc.passes.route import ROUTERS
+from wsc.passes.placers import STRATEGIES
+from wsc.passes.routers import ROUTERS
 from wsc.runtime.weight_store import STORE_DTYPES
 
 BAD = [

@@ -11,8 +11,9 @@ import pytest
 
 from wsc.core.errors import WscError
 from wsc.core.mesh import Flow, KernelRect, Mesh, Placement, Rect, mesh_of
-from wsc.passes.place import STRATEGIES, Place, check_placement, place, scattered_density, wirelength
-from wsc.passes.place_cpsat import dead_boxes, position_table
+from wsc.passes.place import STRATEGIES, Place, check_placement, place, scattered_density
+from wsc.passes.placers.common import wirelength
+from wsc.passes.placers.cpsat import dead_boxes, position_table
 
 SMALL = Mesh(16, 16, frozenset({(5, 5), (10, 2), (3, 12), (12, 12)}))
 WAFER = Mesh(750, 994)

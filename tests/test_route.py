@@ -5,9 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from wsc.artifacts.routes_json import route_json
 from wsc.core.errors import WscError
 from wsc.core.mesh import Flow, Mesh, Placement, Rect
-from wsc.passes.route import route, route_congestion_aware, route_json, route_xy
+from wsc.passes.route import route
+
+
+def route_xy(placement: Placement, flows: list[Flow], mesh: Mesh, colors: int | None = None):
+    return route(placement, flows, mesh, "xy", colors)
+
+
+def route_congestion_aware(placement: Placement, flows: list[Flow], mesh: Mesh, colors: int | None = None):
+    return route(placement, flows, mesh, "congestion", colors)
 
 
 def placed(*rects: Rect) -> Placement:

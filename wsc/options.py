@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from wsc.core.errors import WscError
-from wsc.passes.place import STRATEGIES
-from wsc.passes.route import ROUTERS
+from wsc.passes.placers import STRATEGIES
+from wsc.passes.routers import ROUTERS
 from wsc.runtime.weight_store import STORE_DTYPES
 
 # Max abs error allowed on the fp32 outputs (logits), per unit of their scale (see pipeline.verify). The kernels
@@ -46,8 +46,8 @@ class CompileOptions:
     """What a compile may be told, with its defaults. Construction validates; `CompileOptions.of` builds one
     from keyword options (the API's and the backend's) on top of an optional base."""
 
-    strategy: str = "cpsat"  # placement: one of wsc.passes.place.STRATEGIES
-    router: str = "congestion"  # routing: one of wsc.passes.route.ROUTERS
+    strategy: str = "cpsat"  # placement: one of wsc.passes.placers.STRATEGIES
+    router: str = "congestion"  # routing: one of wsc.passes.routers.ROUTERS
     mode: str = "weight-streaming"  # one of MODES
     micro_batch: int | None = None  # sequences per pass; None: the fastest of those that fit
     systems: int = 1  # wafers working data parallel, each on 1/systems of the batch (SwarmX)

@@ -10,8 +10,8 @@ import json
 from typing import Any
 
 from wsc import ops
+from wsc.artifacts.routes_json import route_json
 from wsc.core.program import Program
-from wsc.passes.route import route_json
 
 SCHEMA_VERSION = 1
 

@@ -1,12 +1,12 @@
-"""What every placer shares: the cost, the refusal, and the free-space grid (the problem's types are the
-core's, wsc.core.mesh)."""
+"""What every placer shares: the cost, the refusal, the free-space grid, and the Placement a heuristic
+returns (the problem's types are the core's, wsc.core.mesh)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from wsc.core.errors import DoesNotPlace
-from wsc.core.mesh import Flow, KernelRect, Mesh, Rect
+from wsc.core.mesh import Flow, KernelRect, Mesh, Placement, Rect
 
 
 def wirelength(rects: dict[str, Rect], flows: list[Flow]) -> int:
@@ -27,6 +27,21 @@ def traffic(flows: list[Flow]) -> dict[tuple[str, str], int]:
             key = (min(f.src, f.dst), max(f.src, f.dst))
             pairs[key] = pairs.get(key, 0) + f.bytes
     return pairs
+
+
+def neighbours(kernels: list[KernelRect], flows: list[Flow]) -> dict[str, dict[str, int]]:
+    """Per kernel, the bytes it exchanges with each other kernel (both directions summed)."""
+    out: dict[str, dict[str, int]] = {k.name: {} for k in kernels}
+    for (a, b), nbytes in traffic(flows).items():
+        out[a][b] = nbytes
+        out[b][a] = nbytes
+    return out
+
+
+def heuristic(strategy: str, rects: dict[str, Rect], flows: list[Flow]) -> Placement:
+    """A heuristic's answer as a Placement: its objective is its wirelength, its bound the trivial 0."""
+    wl = wirelength(rects, flows)
+    return Placement(rects, strategy, "HEURISTIC", float(wl), 0.0, 1.0 if wl > 0 else 0.0, wl, 0.0)
 
 
 def no_fit(kernels: list[KernelRect], mesh: Mesh, why: str) -> DoesNotPlace:

@@ -1,0 +1,99 @@
+"""The placers: one file per strategy, each registering itself under the name the CLI gives it.
+
+    passes/placers/cpsat.py             cpsat: an exact CP-SAT model, hinted with the best heuristic
+    passes/placers/greedy.py            greedy: heaviest traffic first, each kernel nearest its neighbours
+    passes/placers/row_major.py         row-major: shelf packing in the given order
+    passes/placers/snake.py             snake: shelves alternating direction
+    passes/placers/random_positions.py  random: each kernel at a seeded random free position
+    passes/placers/anneal.py            anneal: simulated annealing from the greedy answer
+    passes/placers/common.py            what they share: the cost, the refusal, the free-space grid
+
+A placer is any callable taking a `PlaceRequest` and returning a `Placement` whose rectangles are legal (see
+passes/place.py for the defect model, and `check_placement` there); `place(...)` checks the request before
+and times the call. Every module of this package is loaded with it, so adding a placer is adding a file here
+that decorates its function with `@register("name")`. `STRATEGIES` lists the names: the built-in ones in
+the order reports and the mapping benchmark show them (`ORDER`), then any other in name order.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from wsc.core.errors import WscError
+from wsc.core.mesh import Flow, KernelRect, Mesh, Placement
+
+__all__ = ["ORDER", "STRATEGIES", "PlaceRequest", "Placer", "get", "names", "register", "unregister"]
+
+
+@dataclass(frozen=True)
+class PlaceRequest:
+    """What a placer is asked: put `kernels` on `mesh` minimising sum(bytes x hops) over `flows`.
+
+    `seed` drives every randomised choice (random, anneal, CP-SAT's search); `workers` and `time_limit`
+    (deterministic seconds) bound a solver's search. A placer ignores what it does not use. The request has
+    been checked (`passes/place.py`): names unique, sizes positive, every kernel no larger than the mesh,
+    flows joining known kernels, and the total area no more than the usable PEs."""
+
+    kernels: list[KernelRect]
+    flows: list[Flow]
+    mesh: Mesh
+    seed: int = 0
+    workers: int = 1
+    time_limit: float = 5.0
+
+
+class Placer(Protocol):
+    """Places a request's kernels: a `Placement` with one legal rectangle per kernel, its `strategy` the
+    placer's registered name, or `DoesNotPlace` (see `common.no_fit`) when it finds no room."""
+
+    def __call__(self, request: PlaceRequest) -> Placement: ...
+
+
+# The built-in strategies in the order they are listed; cpsat, the default, first.
+ORDER: tuple[str, ...] = ("cpsat", "greedy", "row-major", "snake", "random", "anneal")
+
+_PLACERS: dict[str, Placer] = {}
+
+
+_T = TypeVar("_T", bound=Placer)
+
+
+def register(name: str) -> Callable[[_T], _T]:
+    """Decorator: register the placer under `name`. A name already taken by another placer is refused."""
+
+    def add(placer: _T) -> _T:
+        if name in _PLACERS and _PLACERS[name] is not placer:
+            raise ValueError(f"placement strategy {name!r} is already registered ({_PLACERS[name].__module__})")
+        _PLACERS[name] = placer
+        return placer
+
+    return add
+
+
+def unregister(name: str) -> None:
+    """Remove a placer (tests that register a throwaway one clean up with this)."""
+    _PLACERS.pop(name, None)
+
+
+def names() -> tuple[str, ...]:
+    """Every registered strategy: those of ORDER first, in that order, then the others by name."""
+    rank = {name: i for i, name in enumerate(ORDER)}
+    return tuple(sorted(_PLACERS, key=lambda n: (rank.get(n, len(ORDER)), n)))
+
+
+def get(name: str) -> Placer:
+    """The placer registered under `name`; the one check of a strategy's name."""
+    try:
+        return _PLACERS[name]
+    except KeyError:
+        raise WscError(f"unknown placement strategy {name!r}; use one of {', '.join(names())}") from None
+
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+STRATEGIES: tuple[str, ...] = names()

@@ -1,0 +1,317 @@
+"""cpsat: an exact OR-Tools CP-SAT model of the ISPD 2020 formulation with fixed shapes, hinted with the best
+of the deterministic heuristics, so it always has an answer and is never worse than any of them.
+
+Rectangles are fixed-size interval pairs in one NoOverlap2D; the objective is bytes x L1 distance between
+doubled centres (2x + w keeps everything integer). The layer's slowest-kernel time, the other term of the
+contest's objective, is a constant here: shapes are chosen by the partitioner before placement.
+
+Dead PEs enter in one of two ways, whichever keeps the model small:
+- obstacles: when no kernel may cover a dead PE, dead PEs merged into maximal boxes (runs along a row,
+  then identical runs on consecutive rows: a dead row or column is one box) join the NoOverlap2D as fixed
+  boxes. Cheap while there are few boxes.
+- position tables: otherwise (kernels with slack, or thousands of scattered dead PEs, e.g. 1% of a CS-2 is
+  ~7,450 boxes), each kernel's legal top-left positions, computed exactly with a summed-area table, become
+  a table of (row, first col, last col) runs that (y, lo, hi) must match, with lo <= x <= hi. Kernels legal
+  everywhere get no table. A table longer than MAX_TABLE_ROWS keeps every k-th row (and the hint's), so the
+  model stays small at the price of some positions: the answer is still legal, and never worse than the hint.
+
+The solve is four steps, each a function: `build` (the model as data: variables, constraints, objective),
+`hint` (the best heuristic answer, `best_hint`, as the solver's starting point), `solve` (fixed seed,
+workers and a deterministic time limit) and `read` (status, rectangles, objective and bound into a
+Placement). `place_cpsat` runs them in that order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from ortools.sat.python import cp_model
+
+from wsc.core.errors import WscError
+from wsc.core.mesh import Flow, KernelRect, Mesh, Placement, Rect, row_runs
+from wsc.passes.placers import PlaceRequest, register
+from wsc.passes.placers.anneal import anneal
+from wsc.passes.placers.common import Grid, no_fit, traffic, wirelength
+from wsc.passes.placers.greedy import greedy
+from wsc.passes.placers.row_major import row_major
+from wsc.passes.placers.snake import snake
+
+MAX_OBSTACLES = 500
+MAX_TABLE_ROWS = 3000
+
+
+@register("cpsat")
+def place_cpsat(request: PlaceRequest) -> Placement:
+    """Build the model, hint it with the best heuristic answer, solve, and read the answer back."""
+    start, _ = best_hint(request.kernels, request.flows, request.mesh, request.seed)
+    model = build(request.kernels, request.flows, request.mesh, keep=start)
+    if start is not None:
+        hint(model, start)
+    solver, status = solve(model, seed=request.seed, workers=request.workers, time_limit=request.time_limit)
+    return read(model, solver, status, start, request.flows, request.time_limit)
+
+
+# ------------------------------------------------------------------------------------------------- build
+
+
+@dataclass
+class Pair:
+    """The variables of one kernel pair that exchanges bytes: doubled-centre offsets, their absolute values,
+    which axis keeps the two apart, and the distance the objective weighs."""
+
+    dx: cp_model.IntVar
+    dy: cp_model.IntVar
+    adx: cp_model.IntVar
+    ady: cp_model.IntVar
+    apart_in_x: cp_model.IntVar
+    dist: cp_model.IntVar
+
+
+@dataclass
+class Model:
+    """The CP-SAT model and the variables `hint` and `read` need.
+
+    `weight` is each pair's traffic in units of `unit` bytes (small integers for the solver); `tables` holds,
+    per kernel held to a position table, its (lo, hi) variables and the table; `thinned` says a table was cut
+    to MAX_TABLE_ROWS rows, so the solver's bound covers the thinned model only."""
+
+    cp: cp_model.CpModel
+    kernels: list[KernelRect]
+    mesh: Mesh
+    weight: dict[tuple[str, str], int]
+    unit: float
+    xs: dict[str, cp_model.IntVar] = field(default_factory=dict)
+    ys: dict[str, cp_model.IntVar] = field(default_factory=dict)
+    tables: dict[str, tuple[cp_model.IntVar, cp_model.IntVar, list[tuple[int, int, int]]]] = field(
+        default_factory=dict
+    )
+    pairs: dict[tuple[str, str], Pair] = field(default_factory=dict)
+    thinned: bool = False
+
+    def scaled(self, rects: dict[str, Rect]) -> float:
+        """The objective's value for `rects`, in the model's units (weight x doubled hops)."""
+        total = 0
+        for (a, b), w in self.weight.items():
+            ra, rb = rects[a], rects[b]
+            total += w * (abs(2 * ra.x + ra.w - 2 * rb.x - rb.w) + abs(2 * ra.y + ra.h - 2 * rb.y - rb.h))
+        return float(total)
+
+
+def build(kernels: list[KernelRect], flows: list[Flow], mesh: Mesh, keep: dict[str, Rect] | None) -> Model:
+    """The model: a corner per kernel, no overlap, dead PEs as obstacles or position tables (a thinned table
+    keeps the row of each kernel's rectangle in `keep`, the hint), and bytes x doubled hops to minimise.
+    Raises DoesNotPlace when some kernel has no legal position at all."""
+    # Data: traffic per kernel pair, in units of the smallest flow (capped at a 1e6 spread) so that the
+    # objective coefficients stay small integers.
+    pairs = {p: b for p, b in traffic(flows).items() if b > 0}
+    unit = max(min(pairs.values()), max(pairs.values()) / 1e6) if pairs else 1.0
+    weight = {p: max(1, round(b / unit)) for p, b in pairs.items()}
+    by_name = {k.name: k for k in kernels}
+    boxes = dead_boxes(mesh)
+    as_obstacles = all(k.slack == 0 for k in kernels) and len(boxes) <= MAX_OBSTACLES
+
+    # Variables: top-left corner per kernel, with fixed-size intervals for the no-overlap constraint.
+    m = Model(cp_model.CpModel(), kernels, mesh, weight, unit)
+    model, xs, ys = m.cp, m.xs, m.ys
+    x_iv, y_iv = [], []
+    for k in kernels:
+        xs[k.name] = model.new_int_var(0, mesh.cols - k.w, f"x_{k.name}")
+        ys[k.name] = model.new_int_var(0, mesh.rows - k.h, f"y_{k.name}")
+        x_iv.append(model.new_fixed_size_interval_var(xs[k.name], k.w, f"xi_{k.name}"))
+        y_iv.append(model.new_fixed_size_interval_var(ys[k.name], k.h, f"yi_{k.name}"))
+
+    # Constraints: kernels never overlap; dead PEs are obstacles in the same constraint, or each kernel's
+    # corner is held to its table of legal positions.
+    if as_obstacles:
+        for r, c, h, w in boxes:
+            x_iv.append(model.new_fixed_size_interval_var(c, w, f"dead_x_{r}_{c}"))
+            y_iv.append(model.new_fixed_size_interval_var(r, h, f"dead_y_{r}_{c}"))
+    if not as_obstacles and mesh.dead:
+        grid = Grid(mesh)
+        for k in kernels:
+            legal = grid.legal(k)
+            if legal.all():
+                continue
+            if not legal.any():
+                raise no_fit(kernels, mesh, f"every position of kernel {k.name} covers too many dead PEs")
+            table, cut = position_table(legal, keep[k.name].y if keep is not None else None)
+            m.thinned = m.thinned or cut
+            lo = model.new_int_var(0, mesh.cols - k.w, f"lo_{k.name}")
+            hi = model.new_int_var(0, mesh.cols - k.w, f"hi_{k.name}")
+            model.add_allowed_assignments([ys[k.name], lo, hi], table)
+            model.add(lo <= xs[k.name])
+            model.add(xs[k.name] <= hi)
+            m.tables[k.name] = (lo, hi, table)
+    model.add_no_overlap_2d(x_iv, y_iv)
+
+    # Distances between doubled centres: dist = |dx| + |dy| per kernel pair that exchanges bytes.
+    for a, b in weight:
+        ka, kb = by_name[a], by_name[b]
+        dx = model.new_int_var(-2 * mesh.cols, 2 * mesh.cols, f"dx_{a}_{b}")
+        dy = model.new_int_var(-2 * mesh.rows, 2 * mesh.rows, f"dy_{a}_{b}")
+        model.add(dx == 2 * xs[a] + ka.w - 2 * xs[b] - kb.w)
+        model.add(dy == 2 * ys[a] + ka.h - 2 * ys[b] - kb.h)
+        adx = model.new_int_var(0, 2 * mesh.cols, f"adx_{a}_{b}")
+        ady = model.new_int_var(0, 2 * mesh.rows, f"ady_{a}_{b}")
+        model.add_abs_equality(adx, dx)
+        model.add_abs_equality(ady, dy)
+        # Implied by NoOverlap2D, but stated on the distances it gives the objective a real lower bound:
+        # two disjoint rectangles' doubled centres are apart by at least the sum of their sizes on some axis.
+        apart_in_x = model.new_bool_var(f"apart_x_{a}_{b}")
+        model.add(adx >= ka.w + kb.w).only_enforce_if(apart_in_x)
+        model.add(ady >= ka.h + kb.h).only_enforce_if(~apart_in_x)
+        nearest = min(ka.w + kb.w, ka.h + kb.h)
+        dist = model.new_int_var(nearest, 2 * (mesh.rows + mesh.cols), f"dist_{a}_{b}")
+        model.add(dist == adx + ady)
+        m.pairs[a, b] = Pair(dx, dy, adx, ady, apart_in_x, dist)
+
+    # Objective: scaled bytes x doubled hops.
+    model.minimize(sum(weight[p] * m.pairs[p].dist for p in weight))
+    return m
+
+
+def dead_boxes(mesh: Mesh) -> list[tuple[int, int, int, int]]:
+    """Dead PEs as maximal boxes (row, col, height, width): runs along each row, then equal runs on
+    consecutive rows merged."""
+    runs = row_runs(mesh.dead_grid)
+    open_boxes: dict[tuple[int, int], list[int]] = {}  # (col, width) -> [row, height]
+    boxes: list[tuple[int, int, int, int]] = []
+    for r, c, w in runs:
+        box = open_boxes.get((c, w))
+        if box is not None and box[0] + box[1] == r:
+            box[1] += 1
+        else:
+            if box is not None:
+                boxes.append((box[0], c, box[1], w))
+            open_boxes[(c, w)] = [r, 1]
+    boxes += [(row, c, h, w) for (c, w), (row, h) in open_boxes.items()]
+    return sorted(boxes)
+
+
+def position_table(legal: np.ndarray, keep_row: int | None) -> tuple[list[tuple[int, int, int]], bool]:
+    """(y, first x, last x) for each run of legal top-left positions, thinned to about MAX_TABLE_ROWS, and
+    whether it was thinned."""
+    padded = np.zeros((legal.shape[0], legal.shape[1] + 2), dtype=np.int8)
+    padded[:, 1:-1] = legal
+    change = np.diff(padded, axis=1)
+    ys, starts = np.nonzero(change == 1)
+    _, stops = np.nonzero(change == -1)
+    table = list(zip(ys.tolist(), starts.tolist(), (stops - 1).tolist(), strict=True))
+    if len(table) > MAX_TABLE_ROWS:
+        stride = math.ceil(len(table) / MAX_TABLE_ROWS)
+        rows = sorted({y for y, _, _ in table})
+        kept = set(rows[::stride]) | ({keep_row} if keep_row is not None else set())
+        return [t for t in table if t[0] in kept], True
+    return table, False
+
+
+# -------------------------------------------------------------------------------------------------- hint
+
+
+def best_hint(
+    kernels: list[KernelRect], flows: list[Flow], mesh: Mesh, seed: int
+) -> tuple[dict[str, Rect] | None, str]:
+    """The best legal heuristic answer (greedy, row-major, snake, anneal) and its strategy's name; anneal is
+    run exactly as the `anneal` strategy runs, so cpsat can never lose to it."""
+    found: dict[str, dict[str, Rect]] = {}
+    heuristics: dict[str, Callable[[], dict[str, Rect]]] = {
+        "greedy": lambda: greedy(kernels, flows, mesh),
+        "row-major": lambda: row_major(kernels, mesh),
+        "snake": lambda: snake(kernels, mesh),
+        "anneal": lambda: anneal(kernels, flows, mesh, seed, start=found.get("greedy")),
+    }
+    for name, heuristic in heuristics.items():
+        if name == "anneal" and "greedy" not in found:
+            continue
+        try:
+            found[name] = heuristic()
+        except WscError:
+            continue
+    if not found:
+        return None, ""
+    name = min(found, key=lambda n: wirelength(found[n], flows))
+    return found[name], name
+
+
+def hint(m: Model, rects: dict[str, Rect]) -> None:
+    """Give the solver `rects` as its starting point: every variable's value in that placement (the table
+    run each corner lies in, each pair's offsets and distance, then the corners)."""
+    model, by_name = m.cp, {k.name: k for k in m.kernels}
+    for name, (lo, hi, table) in m.tables.items():
+        r = rects[name]
+        run = next(t for t in table if t[0] == r.y and t[1] <= r.x <= t[2])
+        model.add_hint(lo, run[1])
+        model.add_hint(hi, run[2])
+    for (a, b), v in m.pairs.items():
+        ka, kb = by_name[a], by_name[b]
+        hx = 2 * rects[a].x + ka.w - 2 * rects[b].x - kb.w
+        hy = 2 * rects[a].y + ka.h - 2 * rects[b].y - kb.h
+        for var, value in ((v.dx, hx), (v.dy, hy), (v.adx, abs(hx)), (v.ady, abs(hy)), (v.dist, abs(hx) + abs(hy))):
+            model.add_hint(var, value)
+        model.add_hint(v.apart_in_x, abs(hx) >= ka.w + kb.w)
+    for name, rect in rects.items():
+        model.add_hint(m.xs[name], rect.x)
+        model.add_hint(m.ys[name], rect.y)
+
+
+# ------------------------------------------------------------------------------------------------- solve
+
+
+def solve(
+    m: Model, *, seed: int, workers: int, time_limit: float
+) -> tuple[cp_model.CpSolver, cp_model.CpSolverStatus]:
+    """Run CP-SAT on the model: the solver (to read values from) and its status.
+
+    The limit is in deterministic time (the solver's own work count, about a second each), not wall-clock
+    seconds, so with a fixed seed and one worker the same input gives the same placement on any machine,
+    however loaded. Several workers search in parallel and race: faster, not reproducible. The wall-clock
+    limit is only a backstop."""
+    solver = cp_model.CpSolver()
+    solver.parameters.random_seed = seed
+    solver.parameters.num_workers = workers
+    solver.parameters.max_deterministic_time = time_limit
+    solver.parameters.max_time_in_seconds = 10 * time_limit + 10
+    return solver, solver.solve(m.cp)
+
+
+# -------------------------------------------------------------------------------------------------- read
+
+
+def read(
+    m: Model,
+    solver: cp_model.CpSolver,
+    status: cp_model.CpSolverStatus,
+    start: dict[str, Rect] | None,
+    flows: list[Flow],
+    time_limit: float,
+) -> Placement:
+    """The solver's answer as a Placement, kept only if it exists and is no worse than the hint `start` (else
+    the hint, saying so in the status). Raises DoesNotPlace when there is neither."""
+    status_name = solver.status_name(status)
+    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        rects = {
+            k.name: Rect(k.name, solver.value(m.xs[k.name]), solver.value(m.ys[k.name]), k.w, k.h)
+            for k in m.kernels
+        }
+        objective, bound = solver.objective_value, solver.best_objective_bound
+        if start is not None and wirelength(start, flows) < wirelength(rects, flows):
+            rects, objective, status_name = start, m.scaled(start), f"{status_name} (kept hint)"
+    elif start is not None:
+        rects, objective, bound, status_name = start, m.scaled(start), 0.0, f"{status_name} (used hint)"
+    elif status == cp_model.INFEASIBLE:
+        among = " among the sampled rows of legal positions" if m.thinned else ""
+        raise no_fit(m.kernels, m.mesh, f"CP-SAT proved that no non-overlapping arrangement exists{among}")
+    else:
+        raise no_fit(m.kernels, m.mesh, f"CP-SAT found no arrangement in {time_limit:g} s")
+    if m.thinned:
+        # The bound holds for the thinned model only, not for every position: claim nothing.
+        bound, status_name = 0.0, f"{status_name} (thinned positions)"
+    bound = min(max(bound, 0.0), objective)
+    gap = (objective - bound) / objective if objective > 0 else 0.0
+    # Doubled coordinates count each hop twice; convert back to bytes x hops.
+    return Placement(
+        rects, "cpsat", status_name, objective * m.unit / 2, bound * m.unit / 2, gap, wirelength(rects, flows), 0.0
+    )
