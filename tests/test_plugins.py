@@ -110,3 +110,16 @@ def test_the_cpsat_steps_by_hand_give_the_strategy_s_answer() -> None:
     assert (by_hand.rects, by_hand.status, by_hand.objective, by_hand.best_bound) == \
         (strategy.rects, strategy.status, strategy.objective, strategy.best_bound)
     assert by_hand == cpsat.place_cpsat(PlaceRequest(kernels, flows, mesh, seed=2, time_limit=1.0))
+
+
+def test_a_registered_placer_and_router_are_compile_options_and_compile_end_to_end(plugins) -> None:
+    import wsc
+
+    model, inputs = tiny_gpt(layers=1, seq=8)
+    compiled = wsc.compile(model, inputs, "mesh-16x16", strategy="columns-fixture", router="yx-fixture",
+                           time_limit=0.3)
+    assert compiled.report["placement"]["strategy"] == "columns-fixture"
+    assert compiled.report["placement"]["router"] == "yx-fixture"
+    assert compiled.report["verification"]["status"] == "pass"
+    with pytest.raises(WscError, match="unknown placement strategy 'columns'"):
+        wsc.CompileOptions(strategy="columns")

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from wsc.core.errors import WscError
-from wsc.passes.placers import STRATEGIES
-from wsc.passes.routers import ROUTERS
+from wsc.passes import placers, routers
 from wsc.runtime.weight_store import STORE_DTYPES
 
 # Max abs error allowed on the fp32 outputs (logits), per unit of their scale (see pipeline.verify). The kernels
@@ -46,8 +45,8 @@ class CompileOptions:
     """What a compile may be told, with its defaults. Construction validates; `CompileOptions.of` builds one
     from keyword options (the API's and the backend's) on top of an optional base."""
 
-    strategy: str = "cpsat"  # placement: one of wsc.passes.placers.STRATEGIES
-    router: str = "congestion"  # routing: one of wsc.passes.routers.ROUTERS
+    strategy: str = "cpsat"  # placement: a registered placer (wsc.passes.placers.names())
+    router: str = "congestion"  # routing: a registered router (wsc.passes.routers.names())
     mode: str = "weight-streaming"  # one of MODES
     micro_batch: int | None = None  # sequences per pass; None: the fastest of those that fit
     systems: int = 1  # wafers working data parallel, each on 1/systems of the batch (SwarmX)
@@ -61,8 +60,8 @@ class CompileOptions:
     fill: float | None = None  # share of the mesh for each layer's kernels; None: the largest of FILLS that places
 
     def __post_init__(self) -> None:
-        _one_of("placement strategy", self.strategy, STRATEGIES)
-        _one_of("router", self.router, ROUTERS)
+        _one_of("placement strategy", self.strategy, placers.names())
+        _one_of("router", self.router, routers.names())
         _one_of("mode", self.mode, MODES)
         _one_of("weights dtype", self.weights_dtype, STORE_DTYPES)
         if self.micro_batch is not None and not (_whole(self.micro_batch) and self.micro_batch >= 1):

@@ -20,7 +20,7 @@ from wsc.targets import DTYPES, Target
 
 if TYPE_CHECKING:  # the passes' own types; the program only holds them
     from wsc.core.mesh import Flow, Placement
-    from wsc.passes.route import Routes
+    from wsc.passes.routers.common import Routes
     from wsc.passes.schedule import Slot
 
 DTYPE_SIZE = {d: SHORT_BYTES[d] for d in DTYPES}  # bytes per element of each precision a target computes in
