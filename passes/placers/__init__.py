@@ -17,14 +17,11 @@ the order reports and the mapping benchmark show them (`ORDER`), then any other 
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol
 
-from wsc.core.errors import WscError
 from wsc.core.mesh import Flow, KernelRect, Mesh, Placement
+from wsc.core.registry import Registry, load_modules
 
 __all__ = ["ORDER", "STRATEGIES", "PlaceRequest", "Placer", "get", "names", "register", "unregister"]
 
@@ -56,44 +53,12 @@ class Placer(Protocol):
 # The built-in strategies in the order they are listed; cpsat, the default, first.
 ORDER: tuple[str, ...] = ("cpsat", "greedy", "row-major", "snake", "random", "anneal")
 
-_PLACERS: dict[str, Placer] = {}
+_REGISTRY: Registry[Placer] = Registry("placement strategy", ORDER)
+register = _REGISTRY.register
+unregister = _REGISTRY.unregister
+names = _REGISTRY.names  # the built-in ones in ORDER, then the others by name
+get = _REGISTRY.get  # the one check of a name
 
-
-_T = TypeVar("_T", bound=Placer)
-
-
-def register(name: str) -> Callable[[_T], _T]:
-    """Decorator: register the placer under `name`. A name already taken by another placer is refused."""
-
-    def add(placer: _T) -> _T:
-        if name in _PLACERS and _PLACERS[name] is not placer:
-            raise ValueError(f"placement strategy {name!r} is already registered ({_PLACERS[name].__module__})")
-        _PLACERS[name] = placer
-        return placer
-
-    return add
-
-
-def unregister(name: str) -> None:
-    """Remove a placer (tests that register a throwaway one clean up with this)."""
-    _PLACERS.pop(name, None)
-
-
-def names() -> tuple[str, ...]:
-    """Every registered strategy: those of ORDER first, in that order, then the others by name."""
-    rank = {name: i for i, name in enumerate(ORDER)}
-    return tuple(sorted(_PLACERS, key=lambda n: (rank.get(n, len(ORDER)), n)))
-
-
-def get(name: str) -> Placer:
-    """The placer registered under `name`; the one check of a strategy's name."""
-    try:
-        return _PLACERS[name]
-    except KeyError:
-        raise WscError(f"unknown placement strategy {name!r}; use one of {', '.join(names())}") from None
-
-
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+load_modules(__name__, __path__)
 
 STRATEGIES: tuple[str, ...] = names()

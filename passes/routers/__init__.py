@@ -14,14 +14,11 @@ other in name order.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol
 
-from wsc.core.errors import WscError
 from wsc.core.mesh import Flow, Mesh, Placement
+from wsc.core.registry import Registry, load_modules
 from wsc.passes.routers.common import Routes
 
 __all__ = ["ORDER", "ROUTERS", "RouteRequest", "Router", "Routes", "get", "names", "register", "unregister"]
@@ -48,44 +45,12 @@ class Router(Protocol):
 # The built-in routers in the order they are listed; congestion, the default, first.
 ORDER: tuple[str, ...] = ("congestion", "xy")
 
-_ROUTERS: dict[str, Router] = {}
+_REGISTRY: Registry[Router] = Registry("router", ORDER)
+register = _REGISTRY.register
+unregister = _REGISTRY.unregister
+names = _REGISTRY.names  # the built-in ones in ORDER, then the others by name
+get = _REGISTRY.get  # the one check of a name
 
-
-_T = TypeVar("_T", bound=Router)
-
-
-def register(name: str) -> Callable[[_T], _T]:
-    """Decorator: register the router under `name`. A name already taken by another router is refused."""
-
-    def add(router: _T) -> _T:
-        if name in _ROUTERS and _ROUTERS[name] is not router:
-            raise ValueError(f"router {name!r} is already registered ({_ROUTERS[name].__module__})")
-        _ROUTERS[name] = router
-        return router
-
-    return add
-
-
-def unregister(name: str) -> None:
-    """Remove a router (tests that register a throwaway one clean up with this)."""
-    _ROUTERS.pop(name, None)
-
-
-def names() -> tuple[str, ...]:
-    """Every registered router: those of ORDER first, in that order, then the others by name."""
-    rank = {name: i for i, name in enumerate(ORDER)}
-    return tuple(sorted(_ROUTERS, key=lambda n: (rank.get(n, len(ORDER)), n)))
-
-
-def get(name: str) -> Router:
-    """The router registered under `name`; the one check of a router's name."""
-    try:
-        return _ROUTERS[name]
-    except KeyError:
-        raise WscError(f"unknown router {name!r}; use one of {', '.join(names())}") from None
-
-
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+load_modules(__name__, __path__)
 
 ROUTERS: tuple[str, ...] = names()
