@@ -60,8 +60,8 @@ class CompileOptions:
     fill: float | None = None  # share of the mesh for each layer's kernels; None: the largest of FILLS that places
 
     def __post_init__(self) -> None:
-        _one_of("placement strategy", self.strategy, placers.names())
-        _one_of("router", self.router, routers.names())
+        placers.get(self.strategy)  # the registries hold the one check of a name
+        routers.get(self.router)
         _one_of("mode", self.mode, MODES)
         _one_of("weights dtype", self.weights_dtype, STORE_DTYPES)
         if self.micro_batch is not None and not (_whole(self.micro_batch) and self.micro_batch >= 1):
