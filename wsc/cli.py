@@ -126,6 +126,10 @@ def _compile(args: argparse.Namespace) -> int:
         raise WscError(f"--out {out} is a file; give a folder")
     info: dict = {"file": str(args.model)}
     if args.model.endswith(".pt2"):
+        if args.model_arg:
+            raise WscError(f"--model-arg {' '.join(args.model_arg)} does not apply to a .pt2 file: its model and "
+                           "inputs were fixed when it was exported; drop --model-arg, or export it again with "
+                           "those arguments")
         model, inputs = load_exported(args.model)
     else:
         model_args = parse_model_args(args.model_arg)

@@ -21,6 +21,11 @@ from wsc.core.errors import DoesNotFit, WscError
 T = TypeVar("T")
 
 
+class NotBatched(WscError):
+    """A pass's outputs do not carry the batch, so passes of this micro-batch cannot be put together: the
+    step must run this size whole (a search over micro-batches skips it)."""
+
+
 def batch_size(example_inputs: Sequence[torch.Tensor]) -> int | None:
     """The batch dimension: the first input's first dimension, when it has a sequence dimension after it."""
     first = example_inputs[0] if example_inputs else None
@@ -76,7 +81,7 @@ def choose(per_system: int, requested: int | None, attempt: Callable[[int], T],
         size = divisors_below(per_system, size / 2)
         try:
             candidate = attempt(size)
-        except DoesNotFit:  # a smaller working set that still does not place: try the next
+        except (DoesNotFit, NotBatched):  # does not place, or its outputs cannot be stacked: try the next
             continue
         if seconds(candidate) < seconds(best):
             best = candidate

@@ -34,7 +34,7 @@ from wsc import ops, progress
 from wsc.core.errors import DoesNotPlace, WscError
 from wsc.core.passmanager import PassManager
 from wsc.core.program import Program
-from wsc.frontend.capture import Captured, capture, to_numpy
+from wsc.frontend.capture import Captured, capture, fixed_shapes, run_eager, to_numpy
 from wsc.options import DEFAULT_TOLERANCE, CompileOptions
 from wsc.passes.estimate import Estimate
 from wsc.passes.fold_constants import FoldConstants
@@ -116,6 +116,15 @@ def compile_model(model: torch.nn.Module, example_inputs: tuple, target: Target,
     if batch % options.systems:
         raise WscError(f"--systems {options.systems} does not divide the batch of {batch} sequences; give a "
                        "divisor of it")
+    requested = options.micro_batch
+    if fixed_shapes(model):
+        # An exported program's graph has the shapes it was exported with: a pass of fewer sequences would
+        # need a graph it does not hold, so the step runs the whole batch in one pass.
+        if options.systems != 1 or requested not in (None, batch):
+            raise WscError(f"an exported program (.pt2) holds one graph, for its batch of {batch} sequences, so "
+                           "--systems and --micro-batch cannot split it; export it at the batch one pass should "
+                           "run, or drop them")
+        requested = batch
     carried = micro_batch_lib.batched(example_inputs, batch)
     grouped_by_shape: dict[tuple, Grouped] = {}
 
@@ -124,7 +133,15 @@ def compile_model(model: torch.nn.Module, example_inputs: tuple, target: Target,
         key = tuple((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else repr(t) for t in inputs)
         grouped = grouped_by_shape.get(key)
         if grouped is None:
-            captured = capture(model, inputs)
+            try:
+                captured = capture(model, inputs)
+            except WscError as error:
+                if rows == batch:
+                    raise
+                # A model whose shapes are tied to its batch (a reshape to a fixed leading size) does not
+                # run on fewer sequences: this micro-batch is not one of its choices.
+                raise micro_batch_lib.NotBatched(f"the model does not take a micro-batch of {rows} "
+                                                 f"sequences: {error}") from None
             grouped = grouped_by_shape[key] = group(
                 captured, tokens, target, options, model_name=model_name, verify_ir=verify_ir, on_pass=on_pass,
                 micro_batches=batch // rows,
@@ -133,7 +150,7 @@ def compile_model(model: torch.nn.Module, example_inputs: tuple, target: Target,
         check_outputs_batched(compiled.program, rows)
         return compiled
 
-    return micro_batch_lib.choose(batch // options.systems, options.micro_batch, attempt, training_step_seconds)
+    return micro_batch_lib.choose(batch // options.systems, requested, attempt, training_step_seconds)
 
 
 def training_step_seconds(compiled: Compiled) -> float:
@@ -150,9 +167,9 @@ def check_outputs_batched(program: Program, rows: int) -> None:
     for name in program.graph.outputs:
         node = program.graph[name]
         if not node.shape or node.shape[0] != rows:
-            raise WscError(f"output {node.name} {list(node.shape)} has no batch dimension, so the step cannot "
-                           "be split into micro-batches; return per-sequence outputs, or use a smaller batch "
-                           "that fits in one pass")
+            raise micro_batch_lib.NotBatched(
+                f"output {node.name} {list(node.shape)} has no batch dimension, so the step cannot be split into "
+                "micro-batches; return per-sequence outputs, or use a smaller batch that fits in one pass")
 
 
 def compile_captured(captured: Captured, tokens: int, target: Target, options: CompileOptions | None = None, *,
@@ -298,8 +315,7 @@ def verify(model: torch.nn.Module, example_inputs: tuple, outputs: list[np.ndarr
     times the outputs' scale (their largest magnitude, at least 1): rounding grows with the values, so
     logits of 30 may differ by ten times what logits of 3 do, for the same arithmetic."""
     with torch.no_grad(), progress.stage("eager PyTorch reference"):
-        expected = model(*example_inputs)
-    expected_list = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+        expected_list = run_eager(model, example_inputs)  # the tensors of its output, as capture flattened them
     if len(outputs) != len(expected_list):
         return {"status": "fail", "max_abs_err": None, "tolerance": tolerance}
     worst, scale = 0.0, 1.0

@@ -28,6 +28,8 @@ def shelves(kernels: list[KernelRect], mesh: Mesh, alternate: bool) -> dict[str,
     """Pack in the given order, every shelf left to right or (`alternate`) every other one right to left; a
     kernel that finds no room at all moves to the front and packing restarts (a tall kernel last in line may
     find every shelf taken), as in `greedy`."""
+    if not kernels:  # a layer of layout ops alone has nothing to place
+        return {}
     order = list(kernels)
     for _ in range(len(kernels)):
         rects, failed = _shelves_once(order, mesh, alternate)

@@ -9,10 +9,12 @@ legalisation sees one vocabulary. Shapes come from the tracer's metadata here, o
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import operator
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,13 +80,44 @@ def _aliases(model: nn.Module) -> dict[str, list[str]]:
     return {n: [m for m in group if m != n] for group in names.values() if len(group) > 1 for n in group}
 
 
+def forward_kwargs(model: nn.Module, example_inputs: tuple = ()) -> dict[str, Any]:
+    """The keywords wsc calls the model with, to capture it and to run it eagerly: `use_cache=False` when its
+    forward takes one that the example inputs do not give (a Hugging Face model would otherwise return its
+    key/value cache, which is neither an output wsc computes nor needed for one step)."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return {}
+    if "use_cache" not in parameters or parameters.index("use_cache") < len(example_inputs):
+        return {}
+    return {"use_cache": False}
+
+
+def output_tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors a model returned, in the order the captured graph lists its outputs: a tensor, a tuple, a
+    list or a dict of them, or a model output object (Hugging Face's ModelOutput, whose unset fields are
+    left out), flattened as torch.export flattens them; anything that is not a tensor (a cache) is dropped."""
+    return [leaf for leaf in tree_leaves(value) if isinstance(leaf, torch.Tensor)]
+
+
+def run_eager(model: nn.Module, example_inputs: tuple) -> list[torch.Tensor]:
+    """The model run eagerly as capture traced it (with `forward_kwargs`): its output tensors."""
+    return output_tensors(model(*example_inputs, **forward_kwargs(model, example_inputs)))
+
+
+def fixed_shapes(model: nn.Module) -> bool:
+    """Whether the model is a graph already captured (a loaded .pt2, wsc.frontend.modelfile.ExportedModule):
+    its shapes are the ones it was exported with, whatever inputs it is captured on."""
+    return isinstance(getattr(model, "exported", None), torch.export.ExportedProgram)
+
+
 def _capture(model: nn.Module, example_inputs: tuple) -> Captured:
-    exported = getattr(model, "exported", None)
-    if isinstance(exported, torch.export.ExportedProgram):  # a loaded .pt2: its graph is already captured
-        return _from_exported(exported)
+    if fixed_shapes(model):  # a loaded .pt2: its graph is already captured
+        return _from_exported(model.exported)  # type: ignore[arg-type]
     try:
         with _buffers_on_meta_beside_meta_parameters(model) as real_buffers:
-            exported = torch.export.export(model, tuple(example_inputs), strict=False)
+            keywords = forward_kwargs(model, example_inputs) or None
+            exported = torch.export.export(model, tuple(example_inputs), kwargs=keywords, strict=False)
     except Exception as export_error:  # export raises many types; each means "try the fallback"
         try:
             return _from_symbolic_trace(model, example_inputs)
@@ -119,29 +152,58 @@ def _buffers_on_meta_beside_meta_parameters(model: nn.Module) -> Iterator[dict[s
 
 def _diagnose(model: nn.Module, example_inputs: tuple, export_error: Exception,
               trace_error: Exception) -> WscError:
-    """Say why neither tracer took the model: it fails on its inputs, or it branches on tensor values."""
+    """Say why neither tracer took the model: it fails on its inputs, it returns something that is not a
+    tensor, or it branches on tensor values; else what each tracer said."""
     if not any(p.is_meta for p in model.parameters()):
         try:
             with torch.no_grad():
-                model(*example_inputs)
+                model(*example_inputs, **forward_kwargs(model, example_inputs))
         except Exception as eager_error:
             shapes = ", ".join(f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}" for t in example_inputs)
             return WscError(f"the model fails on its example inputs ({shapes}): {_first_line(eager_error)}; "
                             "give inputs of the dtype and shape its forward expects")
-    return WscError(
-        f"cannot capture the model: torch.export failed ({_first_line(export_error)}) and symbolic_trace "
-        f"failed ({_first_line(trace_error)}); data-dependent control flow (an `if` on a tensor's value) "
-        "is the usual cause: make the branch static"
-    )
+    both = (f"torch.export failed ({_first_line(export_error)}) and symbolic_trace failed "
+            f"({_first_line(trace_error)})")
+    unknown = re.search(r"Found <class '([\w.]+)'> in output", str(export_error))
+    if unknown:
+        kind = unknown.group(1).rsplit(".", 1)[-1]
+        return WscError(f"cannot capture the model: its output holds an object of class {kind}, which is not a "
+                        "tensor; return tensors (or a tuple, list or dict of them)")
+    if any(_data_dependent(error) for error in (export_error, trace_error)):
+        return WscError(f"cannot capture the model: {both}; data-dependent control flow (an `if` on a tensor's "
+                        "value) is the usual cause: make the branch static")
+    return WscError(f"cannot capture the model: {both}; the CLI's --debug shows the tracers' own output")
+
+
+def _data_dependent(error: Exception) -> bool:
+    """Whether a tracer failed on a branch (or a size) that depends on a tensor's value."""
+    text = f"{type(error).__name__}: {error}"
+    return any(mark in text for mark in ("DataDependent", "data-dependent", "data dependent",
+                                         "cannot be used as inputs to control flow"))
+
+
+# A tracer's first line is quoted in a refusal; one longer than this keeps its first whole sentences only.
+QUOTE_CHARS = 300
 
 
 def _first_line(error: Exception) -> str:
+    """`Type: message` of the error's first line, shortened (when longer than QUOTE_CHARS) to the whole
+    sentences that fit, and never to less than its first sentence: a quote is never cut mid-sentence."""
     text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+    line = f"{type(error).__name__}: {text[0].strip() if text else ''}"
+    if len(line) <= QUOTE_CHARS:
+        return line
+    sentences = re.split(r"(?<=[.!?])\s+", line)
+    kept = sentences[0]
+    for sentence in sentences[1:]:
+        if len(kept) + 1 + len(sentence) > QUOTE_CHARS:
+            break
+        kept += " " + sentence
+    return kept
 
 
 def _from_exported(ep: torch.export.ExportedProgram) -> Captured:
-    from torch.export.graph_signature import InputKind
+    from torch.export.graph_signature import ConstantArgument, InputKind
 
     state = dict(ep.state_dict)
     state.update(getattr(ep, "constants", {}) or {})
@@ -151,6 +213,8 @@ def _from_exported(ep: torch.export.ExportedProgram) -> Captured:
     for fx_node in ep.graph.nodes:
         if fx_node.op == "placeholder":
             spec = specs[fx_node.name]
+            if spec.kind == InputKind.USER_INPUT and isinstance(spec.arg, ConstantArgument):
+                continue  # a keyword fixed at capture (use_cache=False): not an input of the program
             if spec.kind == InputKind.USER_INPUT:
                 graph.add(_node(fx_node, "input", (), {}))
             else:
