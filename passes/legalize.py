@@ -68,7 +68,7 @@ class Rewriter:
         return name
 
     def const(self, value: np.ndarray) -> str:
-        value = np.ascontiguousarray(value)
+        value = np.asarray(value, order="C")  # not ascontiguousarray, which makes a 0-d value 1-d
         dtype = "int64" if value.dtype.kind in "iu" else "float32"
         return self.emit("const", [], value.shape, dtype, value=value.astype(dtype))
 
@@ -200,33 +200,47 @@ def _softmax(rw: Rewriter, node: Node) -> str:
 @legalizes("aten.scaled_dot_product_attention.default")
 def _attention(rw: Rewriter, node: Node) -> str:
     """softmax(q k^T * scale, causal) v: one fused kernel whose PEs hold the queries while keys and values
-    stream past (no scores stored), or the three kernels scores, softmax, weighted sum."""
+    stream past (no scores stored), or the three kernels scores, softmax, weighted sum.
+
+    The kernels' causal rule is query i sees key j <= i + diagonal; their default diagonal s_k - s_q is what
+    a causal mask buffer `tril(k=s_k-s_q)` means, so `diagonal` is set only when it differs: 0 for
+    `is_causal=True` (PyTorch aligns it top-left), d for a mask that is `tril(k=d)`. A query that sees no
+    key (d < 0) gives 0, as PyTorch does."""
     q, k, v = (rw.arg(node, i, n) for i, n in enumerate(("query", "key", "value")))
     if rw.arg(node, 4, "dropout_p", 0.0):
         raise rw.unsupported(node, "attention dropout (compile the model in eval mode)")
-    causal, scale = bool(rw.arg(node, 5, "is_causal", False)), rw.arg(node, 6, "scale")
+    is_causal, scale = bool(rw.arg(node, 5, "is_causal", False)), rw.arg(node, 6, "scale")
     *batch, s_q, d = rw.shape(q)
     s_k = rw.shape(k)[-2]
     mask = rw.arg(node, 3, "attn_mask")
-    if mask is not None:
-        causal = causal or _mask_is_causal(rw, node, mask, s_q, s_k)
+    if mask is not None and is_causal:
+        raise rw.unsupported(node, "both an attn_mask and is_causal=True (PyTorch refuses them together)")
+    diagonal = 0 if is_causal else _mask_diagonal(rw, node, mask, s_q, s_k) if mask is not None else None
     if rw.shape(k)[:-2] != tuple(batch) or rw.shape(v)[:-2] != tuple(batch):
         raise rw.unsupported(node, "grouped or broadcast key/value heads")
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(d)
+    attrs: dict[str, Any] = {"scale": scale, "causal": diagonal is not None, "group_rows": s_q}
+    if diagonal is not None and (diagonal != s_k - s_q or s_k < s_q):
+        attrs["diagonal"] = diagonal  # the kernels refuse the default when it hides every key from query 0
     if rw.fused_attention:
-        return rw.emit("attention", [q, k, v], node.shape, final=True, scale=scale, causal=causal, group_rows=s_q)
+        return rw.emit("attention", [q, k, v], node.shape, final=True, **attrs)
     scores = rw.emit("matmul", [q, k], [*batch, s_q, s_k], bias=False)
-    probs = rw.emit("softmax", [scores], [*batch, s_q, s_k], scale=scale, causal=causal, group_rows=s_q)
+    probs = rw.emit("softmax", [scores], [*batch, s_q, s_k], **attrs)
     dims = list(range(len(batch) + 2))
     dims[-1], dims[-2] = dims[-2], dims[-1]
     v_t = rw.emit("permute", [v], [*batch, rw.shape(v)[-1], s_k], dims=dims)
     return rw.emit("matmul", [probs, v_t], node.shape, final=True, bias=False)
 
 
-def _mask_is_causal(rw: Rewriter, node: Node, mask: str, s_q: int, s_k: int) -> bool:
-    """An attention mask known at compile time (a buffer or a folded mask computation) that is the causal
-    pattern, or no restriction at all: the softmax kernel's causal flag covers both. Any other mask is not
-    supported yet."""
+# Additive mask entries at or below this hide their key as -inf does (exp underflows to 0 in float32) in a row
+# that sees any key; the models' finite "minus infinity" (-1e4, -1e9, float32's min) are all below it.
+_MASKED = -1e4
+
+
+def _mask_diagonal(rw: Rewriter, node: Node, mask: str, s_q: int, s_k: int) -> int | None:
+    """The diagonal d of an attention mask known at compile time (a buffer or a folded mask computation) that
+    is the causal pattern `tril(ones(s_q, s_k), k=d)` in every head: query i sees key j <= i + d. None when the
+    mask hides nothing. Any other mask is not supported yet."""
     source = rw.out[mask]
     known = rw.weights.get(source.attrs.get("key", "")) if rw.weights is not None else None
     if source.op == "param" and known is not None and not known.is_meta:
@@ -235,35 +249,87 @@ def _mask_is_causal(rw: Rewriter, node: Node, mask: str, s_q: int, s_k: int) -> 
         value = np.asarray(source.attrs["value"])
     else:
         raise rw.unsupported(node, "an attn_mask computed from the inputs (use is_causal=True)")
-    allowed = value if value.dtype == np.bool_ else value == 0
-    causal = np.tril(np.ones((s_q, s_k), dtype=bool), k=s_k - s_q)
-    allowed = np.broadcast_to(allowed, np.broadcast_shapes(allowed.shape, causal.shape))
-    if (allowed == causal).all():
-        return True
-    if allowed.all():
-        return False
-    raise rw.unsupported(node, "an attn_mask other than the causal one (padding masks are not supported yet)")
+    value = np.atleast_1d(value)  # a 0-d mask holds for every query and key
+    if value.dtype == np.bool_:
+        allowed = value
+    else:
+        allowed = value == 0
+        if not ((value <= _MASKED) | allowed).all():
+            raise rw.unsupported(node, "an additive attn_mask with values other than 0 and -inf (a score bias)")
+        if ((~allowed).all(axis=-1) & (value != -np.inf).any(axis=-1)).any():
+            # PyTorch spreads such a row over its finite entries; the kernels give a row that sees no key 0.
+            raise rw.unsupported(node, "an additive attn_mask that hides a whole row with finite values")
+    try:
+        heads = np.broadcast_to(allowed, np.broadcast_shapes(allowed.shape, (s_q, s_k))).reshape(-1, s_q, s_k)
+    except ValueError:
+        raise rw.unsupported(node, f"an attn_mask of shape {value.shape} for {s_q} queries and {s_k} keys") from None
+    pattern = heads[0]
+    if (heads != pattern).any():
+        raise rw.unsupported(node, "an attn_mask that differs between heads or batch rows (padding masks are not "
+                                   "supported yet)")
+    if pattern.all():
+        return None
+    rows, cols = np.nonzero(pattern)
+    diagonal = int((cols - rows).max()) if rows.size else -s_q  # the highest diagonal the mask keeps
+    if (pattern != np.tril(np.ones((s_q, s_k), dtype=bool), k=diagonal)).any():
+        raise rw.unsupported(node, "an attn_mask other than a causal one (tril); padding masks are not supported "
+                                   "yet")
+    return diagonal
 
 
 def _binary(op: str):
+    """a (op) b under any broadcast torch allows. The add and mul kernels take a first operand of the output's
+    shape and a second that repeats over its leading rows (`_suffix_broadcast`); other broadcasts are brought
+    to that form with layout ops (`_broadcast`), and an output no operand has the shape of is first
+    materialised as 1 * operand (exact, -0.0, inf and NaN included)."""
+
     def rule(rw: Rewriter, node: Node) -> str:
         a, b = rw.arg(node, 0, "self"), rw.arg(node, 1, "other")
         if rw.arg(node, 2, "alpha", 1) != 1:
             raise rw.unsupported(node, "add with alpha != 1")
-        a = a if isinstance(a, str) else rw.const(np.array([a], np.float32))
-        b = b if isinstance(b, str) else rw.const(np.array([b], np.float32))
-        if rw.shape(a) != node.shape:
+        out = tuple(node.shape)
+        scalar = (1,) if out else ()  # a Python number: one element, of no dims when the output has none
+        a = a if isinstance(a, str) else rw.const(np.full(scalar, a, np.float32))
+        b = b if isinstance(b, str) else rw.const(np.full(scalar, b, np.float32))
+        if rw.shape(a) != out:
             a, b = b, a  # both ops commute: put the full-size operand first
-        if rw.shape(a) != node.shape or not _suffix_broadcast(rw.shape(b), node.shape):
-            raise rw.unsupported(node, f"broadcasting {rw.shape(a)} with {rw.shape(b)}")
-        return rw.emit(op, [a, b], node.shape, final=True)
+        for x in (a, b):
+            padded = (1,) * (len(out) - len(rw.shape(x))) + rw.shape(x)
+            if len(padded) != len(out) or any(d not in (1, o) for d, o in zip(padded, out, strict=True)):
+                raise rw.unsupported(node, f"{rw.shape(a)} and {rw.shape(b)} do not broadcast to {out}")
+        if rw.shape(a) == out and _suffix_broadcast(rw.shape(b), out):
+            return rw.emit(op, [a, b], out, final=True)
+        if not out:
+            # Rank 0: the kernels view every tensor as [rows, cols], so compute on one element.
+            a, b = (rw.emit("reshape", [x], (1,)) for x in (a, b))
+            return rw.emit("reshape", [rw.emit(op, [a, b], (1,))], out, final=True)
+        if rw.shape(a) != out:
+            a = _broadcast(rw, "mul", rw.const(np.ones(out, np.float32)), a, out)
+        return _broadcast(rw, op, a, b, out, final=True)
 
     return rule
 
 
+def _broadcast(rw: Rewriter, op: str, full: str, small: str, out: tuple[int, ...], final: bool = False) -> str:
+    """full (op) small, full of shape `out` and small broadcasting to it in any dims. The dims small repeats
+    over (except the last, which the kernels broadcast themselves) move to the front of both, which makes
+    small a suffix broadcast; the result is permuted back. Moving size-1 dims keeps small's element order,
+    so small only needs a reshape."""
+    padded = (1,) * (len(out) - len(rw.shape(small))) + rw.shape(small)
+    repeated = [i for i in range(len(out) - 1) if padded[i] == 1 and out[i] != 1]
+    dims = repeated + [i for i in range(len(out)) if i not in repeated]
+    if dims == list(range(len(out))):
+        return rw.emit(op, [full, small], out, final=final)
+    moved = [out[i] for i in dims]
+    small = rw.emit("reshape", [small], [padded[i] for i in dims])
+    assert _suffix_broadcast(rw.shape(small), tuple(moved)), (padded, out, dims)
+    value = rw.emit(op, [rw.emit("permute", [full], moved, dims=dims), small], moved)
+    return rw.emit("permute", [value], out, final=final, dims=[int(i) for i in np.argsort(dims)])
+
+
 def _suffix_broadcast(small: tuple[int, ...], full: tuple[int, ...]) -> bool:
     """True when `small` repeats over `full`'s leading rows: what the add/mul kernels index as (r % Rb, c % Cb)."""
-    if len(small) > len(full):
+    if len(small) > len(full) or not full:
         return False
     padded = (1,) * (len(full) - len(small)) + tuple(small)
     if padded[-1] not in (1, full[-1]):

@@ -2,9 +2,13 @@
 
 Inputs, in order: q [R, D], k [G, N, D], v [G, N, D]; out is [R, D] with R = G * M, query rows grouped
 M (attrs["group_rows"]) at a time, row r belonging to group g = r // M (a batch x head pair). With
-causal=True, row r (i = r % M within its group) sees keys j <= i + (N - M): the last M keys form the
-square causal block and earlier keys (a prefix such as cached keys) are always visible, the same rule as
-the softmax kernel. Masked keys are left out of the max and the sum, never set to -inf.
+causal=True, row r (i = r % M within its group) sees keys j <= i + diagonal (attrs["diagonal"], the
+same rule as the softmax kernel, see `wsc.ops.softmax.causal_visible`). The default diagonal N - M
+aligns the causal square with the last M keys (earlier keys, a prefix such as cached keys, are always
+visible), which is what a causal mask buffer `tril(k=S-L)` means; PyTorch's `is_causal=True` is top-left
+aligned, diagonal 0. The visible count is clamped to [0, N]; a row that sees no key at all (diagonal < 0)
+is 0, as PyTorch's safe softmax gives it. Masked keys are left out of the max and the sum, never set to
+-inf.
 
 The scores are never stored: a wafer PE holding a block of queries sees the keys and values stream past
 it and has no room for an [M, N] score matrix. Each row therefore makes two passes over its visible keys:
@@ -17,6 +21,14 @@ inf or NaN in the output comes from the inputs.
 
 The scores always use the full D of q and k, whatever columns a tile writes, so any split of the output
 into tiles (spanning groups or not) produces the same values.
+
+For D <= 8 pass 1's key loop carries a `llvm.loop.vectorize.enable false` hint. Once LLVM has unrolled the
+D-long dot product, that loop is innermost and its D strided loads of a key row form one interleave group
+(LLVM groups at most 8). For such groups, LLVM's VPlan cost model and legacy cost model pick different
+vector widths, and the assertion that checks they agree aborts the process (LLVM as llvmlite 0.50 ships
+it: "VPlan cost model and legacy cost model disagreed"). The loop does D multiply-adds and a max per key,
+so running it scalar costs little. Larger D is left alone: its loads become gathers, which the two cost
+models price the same, and at D = 64 the dot product is not unrolled, so the loop is not innermost.
 """
 
 from __future__ import annotations
@@ -45,11 +57,41 @@ from wsc.ops.codegen import (
     store_at,
 )
 from wsc.ops.softmax import FLOPS_PER_ELEMENT as SOFTMAX_FLOPS_PER_ELEMENT
-from wsc.ops.softmax import causal_visible
+from wsc.ops.softmax import causal_count, causal_diagonal, causal_visible
+
+# The widest interleave group LLVM forms (its max-interleave-group-factor): up to this D, pass 1's key loop is
+# kept scalar (see the module docstring).
+_SCALAR_SCORE_LOOP_MAX_D = 8
 
 
-def _check(spec: KernelSpec) -> tuple[int, int, int, int, float, bool]:
-    """(G, M, N, D, scale, causal) of a valid spec; ValueError naming the mismatch otherwise."""
+class _LoopID(ir.values.MDValue):
+    """A loop's `!llvm.loop` node: distinct, its first operand itself, then its hints. llvmlite.ir's MDValue is
+    uniqued and hashes its operands, so a node that holds itself needs its own class."""
+
+    def __init__(self, module: ir.Module, hints: Sequence[ir.values.MDValue]):
+        super().__init__(module, (), name=str(len(module.metadata)))
+        self.operands = (self, *hints)
+
+    def descr(self, buf: list[str]) -> None:
+        refs = ", ".join(op.get_reference() for op in self.operands)
+        buf += (f"distinct !{{ {refs} }}", "\n")
+
+    __hash__ = object.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+def _no_vectorize(module: ir.Module, carried: ir.Value) -> None:
+    """Tell the loop vectorizer to leave alone the loop that carries `carried` (a value `loop` returned)."""
+    assert isinstance(carried, ir.PhiInstr)
+    latch = carried.incomings[-1][1]
+    hint = module.add_metadata([ir.MetaDataString(module, "llvm.loop.vectorize.enable"), ir.IntType(1)(0)])
+    latch.terminator.set_metadata("llvm.loop", _LoopID(module, [hint]))
+
+
+def _check(spec: KernelSpec) -> tuple[int, int, int, int, float, bool, int]:
+    """(G, M, N, D, scale, causal, diagonal) of a valid spec; ValueError naming the mismatch otherwise."""
     if len(spec.out_shape) != 2 or len(spec.in_shapes) != 3:
         raise ValueError(f"attention: expected out [R, D] and inputs q [R, D], k [G, N, D], v [G, N, D]; got {spec}")
     rows, d = spec.out_shape
@@ -67,14 +109,16 @@ def _check(spec: KernelSpec) -> tuple[int, int, int, int, float, bool]:
     if n <= 0:
         raise ValueError(f"attention: needs at least one key per group, got N={n}")
     causal = bool(spec.attrs.get("causal", False))
-    if causal and n < m:
-        # Row 0 of each group would see no key and its softmax would be undefined.
-        raise ValueError(f"attention: causal needs N >= group_rows, got N={n}, group_rows={m}")
-    return g, m, n, d, float(spec.attrs.get("scale", 1.0)), causal
+    diagonal = causal_diagonal(spec.attrs, m, n)
+    if causal and "diagonal" not in spec.attrs and n < m:
+        # The default diagonal N - M would leave row 0 of each group with no key: say what to set.
+        raise ValueError(f"attention: causal needs N >= group_rows (or an explicit diagonal), got N={n}, "
+                         f"group_rows={m}")
+    return g, m, n, d, float(spec.attrs.get("scale", 1.0)), causal, diagonal
 
 
 def lower_attention(spec: KernelSpec) -> KernelIR:
-    _, m, n, d, scale, causal = _check(spec)
+    _, m, n, d, scale, causal, diagonal = _check(spec)
     kb = KernelBuilder(spec, ["f32", "f32", "f32"])
     b = kb.b
     q_ptr, k_ptr, v_ptr = kb.inputs
@@ -88,7 +132,7 @@ def lower_attention(spec: KernelSpec) -> KernelIR:
             v_mat = b.gep(v_ptr, [group], inbounds=True)
             q_row = b.gep(q_ptr, [b.mul(r, i64(d))], inbounds=True)
             o_row = b.gep(kb.out, [b.mul(r, i64(d))], inbounds=True)
-            visible = b.add(b.urem(r, i64(m)), i64(n - m + 1)) if causal else i64(n)
+            visible = causal_count(b, r, m, n, diagonal) if causal else i64(n)
 
             def score(j: ir.Value) -> ir.Value:
                 """scale * q[r] . k[g, j], over the full D."""
@@ -105,7 +149,10 @@ def lower_attention(spec: KernelSpec) -> KernelIR:
             def row_max(j: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
                 return [b.call(maxnum, [acc[0], score(j)], fastmath=FAST)]
 
+            # Key 0 exists (N >= 1), so its score is a safe start even for a row that sees no key.
             (mx,) = loop(b, i64(1), visible, [score(i64(0))], row_max, name="max")
+            if d <= _SCALAR_SCORE_LOOP_MAX_D:
+                _no_vectorize(kb.module, mx)
 
             # Pass 2: the output row accumulates p * v[g, j] over the tile's columns, and total the p.
             with for_range(b, c0, c1, "zero") as c:
@@ -120,6 +167,9 @@ def lower_attention(spec: KernelSpec) -> KernelIR:
                 return [b.fadd(acc[0], p, flags=FAST)]
 
             (total,) = loop(b, i64(0), visible, [f32(0.0)], accumulate, name="key")
+            if causal and diagonal < 0:
+                # A row that sees no key has a zero output row and a zero sum: divide by 1, not by 0.
+                total = b.select(b.icmp_signed("==", visible, i64(0)), f32(1.0), total)
             with for_range(b, c0, c1, "norm") as c:
                 store_at(b, b.fdiv(load_at(b, o_row, c), total), o_row, c)
     return kb.finish()
@@ -174,8 +224,12 @@ class Attention(KernelOp):
         g, n, _ = k.shape
         m = int(attrs.get("group_rows", rows // g if g else 1))
         s = np.einsum("gmd,gnd->gmn", q.reshape(g, m, d), k) * float(attrs.get("scale", 1.0))
-        visible = causal_visible(m, n) if attrs.get("causal", False) else np.ones((m, n), dtype=bool)
+        if attrs.get("causal", False):
+            visible = causal_visible(m, n, causal_diagonal(attrs, m, n))
+        else:
+            visible = np.ones((m, n), dtype=bool)
         s = np.where(visible, s, -np.inf)
-        e = np.where(visible, np.exp(s - s.max(axis=-1, keepdims=True)), 0.0)
-        p = e / e.sum(axis=-1, keepdims=True)
+        top = np.where(visible.any(axis=-1, keepdims=True), s.max(axis=-1, keepdims=True), 0.0)
+        e = np.where(visible, np.exp(s - top), 0.0)
+        p = e / np.maximum(e.sum(axis=-1, keepdims=True), np.finfo(np.float64).tiny)  # a row seeing no key: 0
         return np.einsum("gmn,gnd->gmd", p, v).reshape(rows, d)

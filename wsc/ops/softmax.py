@@ -1,9 +1,12 @@
 """Row softmax of scale * x, optionally causal: y[r, j] = softmax_j(scale * x[r, j]).
 
 With causal=True and rows grouped M at a time (R = groups * M), row r may attend to columns
-j <= (r % M) + (N - M): the last M columns form the square causal block, earlier columns (a
-prefix such as cached keys) are always visible. Masked columns are exactly 0 and are left out of
-the max and the sum rather than set to -inf, so no inf arithmetic happens at all.
+j <= (r % M) + diagonal (attrs["diagonal"]). The default diagonal N - M puts the square causal block
+on the last M columns, earlier columns (a prefix such as cached keys) being always visible: what a
+causal mask buffer `tril(k=S-L)` means. PyTorch's `is_causal=True` is top-left aligned: diagonal 0.
+The visible count is clamped to [0, N]; a row that sees no column (diagonal < 0) is all 0, as
+PyTorch's safe softmax gives it. Masked columns are exactly 0 and are left out of the max and the
+sum rather than set to -inf, so no inf arithmetic happens at all.
 Row statistics cover the whole row whatever columns a tile writes.
 """
 
@@ -43,9 +46,11 @@ def lower_softmax(spec: KernelSpec) -> KernelIR:
     m = int(spec.attrs.get("group_rows", rows if rows else 1))
     if m <= 0 or rows % m:
         raise ValueError(f"softmax: group_rows {m} does not divide the {rows} rows")
-    if causal and n < m:
-        # Row 0 of each group would have no visible column and its softmax would be undefined.
-        raise ValueError(f"softmax: causal needs N >= group_rows, got N={n}, group_rows={m}")
+    diagonal = causal_diagonal(spec.attrs, m, n)
+    if causal and "diagonal" not in spec.attrs and n < m:
+        # The default diagonal N - M would leave row 0 of each group with no column: say what to set.
+        raise ValueError(f"softmax: causal needs N >= group_rows (or an explicit diagonal), got N={n}, "
+                         f"group_rows={m}")
     kb = KernelBuilder(spec, ["f32"])
     b = kb.b
     (x_ptr,) = kb.inputs
@@ -56,7 +61,7 @@ def lower_softmax(spec: KernelSpec) -> KernelIR:
         with for_range(b, r0, r1, "r") as r:
             x_row = b.gep(x_ptr, [b.mul(r, i64(n))], inbounds=True)
             o_row = b.gep(kb.out, [b.mul(r, i64(n))], inbounds=True)
-            visible = b.add(b.urem(r, i64(m)), i64(n - m + 1)) if causal else i64(n)
+            visible = causal_count(b, r, m, n, diagonal) if causal else i64(n)
 
             def scaled(j: ir.Value) -> ir.Value:
                 return b.fmul(load_at(b, x_row, j), f32(scale))
@@ -70,6 +75,9 @@ def lower_softmax(spec: KernelSpec) -> KernelIR:
                 return [b.fadd(acc[0], b.call(exp, [b.fsub(scaled(j), mx)]), flags=FAST)]
 
             (total,) = loop(b, i64(0), visible, [f32(0.0)], row_sum, name="sum")
+            if causal and diagonal < 0:
+                # A row that sees no column stores only zeros; keep its unused 1 / sum finite all the same.
+                total = b.select(b.icmp_signed("==", visible, i64(0)), f32(1.0), total)
             inv = b.fdiv(f32(1.0), total)
             split = smax(b, c0, smin(b, c1, visible))
             with for_range(b, c0, split, "c") as j:
@@ -82,10 +90,31 @@ def lower_softmax(spec: KernelSpec) -> KernelIR:
 FLOPS_PER_ELEMENT = 5  # scale, max, subtract-exp, sum, normalise
 
 
-def causal_visible(m: int, n: int) -> np.ndarray:
-    """[m, n] bool: query i of a group of m sees key j <= i + (n - m) (the last m keys are the causal square,
-    earlier ones a prefix every query sees)."""
-    return np.arange(n)[None, :] <= np.arange(m)[:, None] + (n - m)
+def causal_diagonal(attrs: Mapping[str, Any], m: int, n: int) -> int:
+    """The causal diagonal of a group of m queries over n keys: attrs["diagonal"], by default n - m (the last
+    m keys are the causal square, earlier ones a prefix every query sees)."""
+    return int(attrs.get("diagonal", n - m))
+
+
+def causal_count(b: ir.IRBuilder, r: ir.Value, m: int, n: int, diagonal: int) -> ir.Value:
+    """How many keys row r sees: (r % m) + diagonal + 1, clamped to [0, n]; each clamp is emitted only when
+    some row of the group needs it, so the default diagonal n - m needs neither."""
+    if diagonal >= n - 1:
+        if diagonal == n - m:
+            return b.add(b.urem(r, i64(m)), i64(n - m + 1))  # m == 1: the one row sees all n keys
+        return i64(n)
+    visible = b.add(b.urem(r, i64(m)), i64(diagonal + 1))
+    if m + diagonal > n:
+        visible = smin(b, visible, i64(n))
+    if diagonal < 0:
+        visible = smax(b, visible, i64(0))
+    return visible
+
+
+def causal_visible(m: int, n: int, diagonal: int | None = None) -> np.ndarray:
+    """[m, n] bool: query i of a group of m sees key j <= i + diagonal (by default n - m: the last m keys are
+    the causal square, earlier ones a prefix every query sees)."""
+    return np.arange(n)[None, :] <= np.arange(m)[:, None] + (n - m if diagonal is None else diagonal)
 
 
 @register
@@ -109,9 +138,10 @@ class Softmax(KernelOp):
         rows, n = x.shape
         if attrs.get("causal", False):
             m = int(attrs.get("group_rows", rows))
-            visible = np.tile(causal_visible(m, n), (rows // m, 1))
+            visible = np.tile(causal_visible(m, n, causal_diagonal(attrs, m, n)), (rows // m, 1))
         else:
             visible = np.ones_like(x, dtype=bool)
         x = np.where(visible, x, -np.inf)
-        e = np.where(visible, np.exp(x - x.max(axis=-1, keepdims=True)), 0.0)
-        return e / e.sum(axis=-1, keepdims=True)
+        top = np.where(visible.any(axis=-1, keepdims=True), x.max(axis=-1, keepdims=True), 0.0)
+        e = np.where(visible, np.exp(x - top), 0.0)
+        return e / np.maximum(e.sum(axis=-1, keepdims=True), np.finfo(np.float64).tiny)  # a row seeing none: 0
