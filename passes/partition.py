@@ -32,11 +32,6 @@ from wsc.core.mesh import mesh_of
 from wsc.core.program import DTYPE_SIZE, Cut, KernelPlan, Layer, Program
 
 
-def output_view(shape: tuple[int, ...]) -> tuple[int, int]:
-    """Every kernel's output is tiled as 2-D [rows, cols]: cols is the last dim."""
-    return ops.output_view(shape)
-
-
 def reduction_dim(graph: Graph, node: Node) -> int:
     return ops.kernel(node.op).reduction_dim(graph, node)
 
@@ -177,7 +172,7 @@ class Partition:
         lanes = min(self.lanes_needed(program, layer), math.isqrt(budget // len(kernels))) if not resident else 1
         plans: dict[str, KernelPlan] = {}
         for k in kernels:
-            rows, cols = output_view(k.shape)
+            rows, cols = ops.output_view(k.shape)
             cut = least[k.name]
             # As many blocks as the kernel's share of PEs allows, and enough rows and columns of PEs to
             # carry the kernel's traffic in parallel lanes; K is split only as far as SRAM demands (a split
@@ -219,7 +214,7 @@ class Partition:
         column blocks that fit; the aspect is free, since the cheapest cut can be far from the output's (an
         LM head's PEs each hold one token's row of the left operand and thousands of its columns). A cut
         whose block grid fits the area as a plain rectangle is preferred to a folded one (they pack well)."""
-        rows, cols = output_view(node.shape)
+        rows, cols = ops.output_view(node.shape)
         k_dim = reduction_dim(graph, node)
         best: dict[bool, Cut] = {}
         for splits in _split_counts(k_dim, area.pes):
@@ -246,7 +241,7 @@ class Partition:
                           resident: bool) -> int | None:
         """The fewest column blocks whose tiles fit beside `row_blocks` x `splits` (a PE's bytes only fall
         as its columns do), or None if even one column each is too much."""
-        cols = output_view(node.shape)[1]
+        cols = ops.output_view(node.shape)[1]
         if ops.kernel(node.op).whole_rows:
             cols = 1
         if sram_bytes(graph, node, Cut(row_blocks, cols, splits), size, resident) > capacity:

@@ -15,10 +15,6 @@ import numpy as np
 from wsc import ops
 
 
-def reference_ops() -> list[str]:
-    return ops.kernel_names()
-
-
 def run_reference(
     op: str,
     out: np.ndarray,

@@ -207,7 +207,7 @@ def map_grouped(grouped: Grouped, options: CompileOptions, *, verify_ir: bool,
     fills = [options.fill] if options.fill is not None else list(FILLS)
     for fill in fills:
         manager = PassManager(fill_passes(options, fill), verify=verify_ir, on_pass=on_pass,
-                              checks=[ops.verify_plans], ran_before=[p.name for p in shape_passes(options)])
+                              checks=[ops.verify_plans], ran_before=list(grouped.pass_seconds))
         try:
             program = manager.run(grouped.program)
         except DoesNotPlace:

@@ -60,7 +60,3 @@ class PassManager:
                 self.on_pass(p.name, self.seconds[p.name])
             done.append(p.name)
         return program
-
-    @property
-    def names(self) -> list[str]:
-        return [p.name for p in self.passes]

@@ -49,7 +49,9 @@ class Registry(Generic[T]):
             raise WscError(f"unknown {self.what} {name!r}; use one of {', '.join(self.names())}") from None
 
 
-def load_modules(package: str, path: Iterable[str]) -> None:
-    """Import every module of a package: how its plug-ins, one file each, register themselves."""
+def load_modules(package: str, path: Iterable[str], skip: tuple[str, ...] = ()) -> None:
+    """Import every module of a package but those in `skip`: how its plug-ins, one file each, register
+    themselves."""
     for module in pkgutil.iter_modules(path):
-        importlib.import_module(f"{package}.{module.name}")
+        if module.name not in skip:
+            importlib.import_module(f"{package}.{module.name}")

@@ -19,9 +19,7 @@ an op is adding a file here (and, for the ATen ops that produce it, a rule in pa
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
+from wsc.core.registry import load_modules
 from wsc.ops.base import (
     KernelOp,
     LayoutOp,
@@ -43,8 +41,4 @@ __all__ = [
     "output_view", "register", "unregister", "verify_plans",
 ]
 
-_NOT_OPS = ("base", "codegen")
-
-for _module in pkgutil.iter_modules(__path__):
-    if _module.name not in _NOT_OPS:
-        importlib.import_module(f"{__name__}.{_module.name}")
+load_modules(__name__, __path__, skip=("base", "codegen"))
