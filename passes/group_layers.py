@@ -78,10 +78,25 @@ def kernel_flows(graph: Graph, layer: Layer, element_bytes: int) -> list[Flow]:
         if not node.is_kernel:
             continue
         for src in node.inputs:
-            producer = graph[src]
-            while ops.is_layout(producer.op) and producer.name in members:
-                producer = graph[producer.inputs[0]]
-            if producer.is_kernel and producer.name in members:
-                key = (producer.name, name)
+            for producer in _kernels_behind(graph, src, members):
+                key = (producer, name)
                 flows[key] = flows.get(key, 0) + graph[src].numel * element_bytes
     return [Flow(src, dst, nbytes) for (src, dst), nbytes in flows.items()]
+
+
+def _kernels_behind(graph: Graph, name: str, members: set[str]) -> list[str]:
+    """The kernels of the layer whose outputs reach value `name` through layout ops only (a concatenation has
+    several), each once."""
+    found: list[str] = []
+    seen: set[str] = set()
+    stack = [name]
+    while stack:
+        node = graph[stack.pop()]
+        if node.name in seen or node.name not in members:
+            continue
+        seen.add(node.name)
+        if node.is_kernel:
+            found.append(node.name)
+        elif ops.is_layout(node.op):
+            stack.extend(reversed(node.inputs))
+    return found

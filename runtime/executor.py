@@ -159,7 +159,7 @@ class Executor:
             return node.attrs["value"]
         op = ops.get(node.op)
         if isinstance(op, ops.LayoutOp):
-            return op.move(node, env[node.inputs[0]])
+            return op.move(node, *(env[i] for i in node.inputs))
         assert isinstance(op, ops.KernelOp) and plan is not None, f"kernel {node.name} has no tile plan"
         out_shape, in_shapes = op.abi(self.graph, node)
         args = [np.ascontiguousarray(env[i]).reshape(s) for i, s in zip(node.inputs, in_shapes, strict=True)]

@@ -87,12 +87,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _ops(args: argparse.Namespace) -> int:
-    from wsc.passes.legalize import supported_aten_ops
+    from wsc.passes.legalize import refused_cases, supported_aten_ops
     from wsc.runtime.lowering import supported_ops
 
-    print("ATen ops wsc legalises:")
+    print("ATen ops wsc legalises (and the cases each refuses):")
+    width = max(map(len, supported_aten_ops()))
     for op in supported_aten_ops():
-        print(f"  {op}")
+        refuses = refused_cases(op)
+        print(f"  {op:<{width}}  refuses: {refuses}" if refuses else f"  {op}")
     print("wsc kernels (each JIT-compiled to LLVM):")
     for op in supported_ops():
         print(f"  {op}")

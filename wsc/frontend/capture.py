@@ -322,7 +322,8 @@ def _module_path(fx_node: torch.fx.Node) -> str:
 
 
 def _user_source(fx_node: torch.fx.Node) -> str:
-    """The innermost frame of the user's own code that produced this node: where an error should point."""
+    """The innermost frame outside torch that produced this node: where an error should point (for a Hugging Face
+    model, the line of its `transformers` modeling file, not the wrapper that called it)."""
     trace = fx_node.meta.get("stack_trace") or ""
     lines = trace.strip().splitlines()
     best = ""
@@ -336,8 +337,8 @@ def _user_source(fx_node: torch.fx.Node) -> str:
         except ValueError:
             continue
         path = file_part[len("File ") :].strip('"')
-        if path.startswith(torch_dir) or "site-packages" in path:
-            continue
+        if path.startswith(torch_dir):
+            continue  # torch's own frames; a model's library (transformers) is the model's code
         number = line_part.split(",")[0]
         code = lines[i + 1].strip() if i + 1 < len(lines) else ""
         best = f"{os.path.basename(path)}:{number}: {code}"

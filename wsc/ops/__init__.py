@@ -13,7 +13,7 @@
 For each op: its ABI shapes, FLOPs and backward FLOPs, the SRAM a PE needs for a tile and whether it needs whole
 rows, its SRAM traffic, how it may be cut (a reduction that can be split), its LLVM lowering and its numpy
 reference (see `base.py` for the methods and their defaults). Every module of this package is loaded with it, so adding
-an op is adding a file here (and, for the ATen ops that produce it, a rule in passes/legalize.py).
+an op is adding a file here (and, for the ATen ops that produce it, a rule in the family's module of passes/legalize/).
 `docs/architecture.md` walks through adding one.
 """
 

@@ -67,8 +67,9 @@ class LayoutOp(Op):
     def bytes_moved(self, in_nodes: Sequence[Node], node: Node) -> int:
         return node.nbytes
 
-    def move(self, node: Node, value: np.ndarray) -> np.ndarray:
-        """The node's value from its input's, as the host computes it."""
+    def move(self, node: Node, *values: np.ndarray) -> np.ndarray:
+        """The node's value from its inputs' (one for most; a concatenation takes several), as the host computes
+        it."""
         raise NotImplementedError
 
     def sram_traffic(self, graph: Graph, node: Node, plan: KernelPlan, size: int) -> tuple[int, int]:

@@ -17,7 +17,8 @@ class Reshape(LayoutOp):
     name = "reshape"
     keeps_order = True
 
-    def move(self, node: Node, value: np.ndarray) -> np.ndarray:
+    def move(self, node: Node, *values: np.ndarray) -> np.ndarray:
+        (value,) = values
         return value.reshape(node.shape)
 
 
@@ -27,7 +28,8 @@ class Permute(LayoutOp):
 
     name = "permute"
 
-    def move(self, node: Node, value: np.ndarray) -> np.ndarray:
+    def move(self, node: Node, *values: np.ndarray) -> np.ndarray:
+        (value,) = values
         return np.ascontiguousarray(value.transpose(node.attrs["dims"]))
 
 
@@ -37,7 +39,8 @@ class Slice(LayoutOp):
 
     name = "slice"
 
-    def move(self, node: Node, value: np.ndarray) -> np.ndarray:
+    def move(self, node: Node, *values: np.ndarray) -> np.ndarray:
+        (value,) = values
         index = [slice(None)] * len(node.shape)
         index[node.attrs["dim"]] = slice(node.attrs["start"], node.attrs["end"])
         return np.ascontiguousarray(value[tuple(index)])
