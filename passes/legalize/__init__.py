@@ -155,10 +155,13 @@ class Legalize:
                 continue
             if node.attrs.get("multi_output") and "index" not in node.attrs:
                 continue  # legalised element by element, through the nodes that read it
-            if any(i in unknown for i in node.inputs):
-                unknown.add(node.name)  # refused already through its input: go on to name the others
-                continue
             rule = _RULES.get(node.op)
+            if any(i in unknown for i in node.inputs):
+                # Its input was refused, so its own rule cannot run; an op with no rule at all is still named.
+                unknown.add(node.name)
+                if rule is None:
+                    refused.append(Unsupported(node.op, node.source, NO_RULE))
+                continue
             try:
                 if rule is None:
                     raise Unsupported(node.op, node.source, NO_RULE)
