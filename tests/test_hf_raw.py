@@ -37,7 +37,9 @@ def test_raw_gpt2_lm_head_model_compiles_and_verifies(batch):
     assert [n.name for n in compiled.program.graph.inputs] == ["input_ids"]  # use_cache is not an input
     with torch.no_grad():
         expected = model(*inputs).logits
-    out = compiled(*inputs)
+    returned = compiled(*inputs)
+    assert type(returned) is type(model(*inputs))  # the model's own output object
+    out = returned.logits
     assert out.shape == expected.shape == (batch, 12, 97)
     assert (out - expected).abs().max() < 1e-3
 

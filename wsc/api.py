@@ -47,11 +47,15 @@ class CompiledModel:
         self._store_dir: tempfile.TemporaryDirectory | None = None
         self._executor: Executor | None = None
 
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        """The outputs in the form the module returns them: a tensor, a tuple or dict of them, or a Hugging Face
+        output object (`.logits`)."""
+        return self.compiled.captured.structure(list(self.flat_outputs(*inputs)))
+
+    def flat_outputs(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The output tensors in the order of the graph's outputs (what torch.compile's backend hands back)."""
         arrays = check_inputs(self.program, inputs)
-        outputs = self.executor().run(arrays)
-        tensors = tuple(torch.from_numpy(o) for o in outputs)
-        return tensors[0] if len(tensors) == 1 else tensors
+        return tuple(torch.from_numpy(o) for o in self.executor().run(arrays))
 
     def executor(self) -> Executor:
         """The runtime for this program, with its weight store; made on first use and kept."""

@@ -50,17 +50,12 @@ def make_backend(target: str = "cs2-sim", options: CompileOptions | None = None,
         compiled = compile_graph(gm, tuple(example_inputs))
 
         def run(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return as_tuple(compiled(*args))
+            return compiled.flat_outputs(*args)
 
         run.wsc_compiled = compiled  # type: ignore[attr-defined]
         return run
 
     return backend
-
-
-def as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
-    """What Dynamo expects of a compiled graph: its outputs as a tuple, one output included."""
-    return out if isinstance(out, tuple) else (out,)
 
 
 def is_dynamic(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> bool:
@@ -132,7 +127,7 @@ def _per_shape(gm: torch.fx.GraphModule, example_inputs: list[Any], compile_grap
 
     def run(*args: Any) -> tuple[torch.Tensor, ...]:
         compiled, tensors = program(args)
-        return as_tuple(compiled(*tensors))
+        return compiled.flat_outputs(*tensors)
 
     run.wsc_compiled = first  # type: ignore[attr-defined]
     run.wsc_programs = programs  # type: ignore[attr-defined]

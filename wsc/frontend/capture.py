@@ -26,7 +26,7 @@ import torch
 import torch.fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_unflatten
 
 from wsc.core import dtypes, progress
 from wsc.core.errors import WscError
@@ -41,6 +41,16 @@ class Captured:
     weights: dict[str, torch.Tensor]  # store key -> tensor (may live on the meta device)
     how: str  # "torch.export" or "symbolic_trace"
     aliases: dict[str, list[str]] = field(default_factory=dict)  # weight key -> its other names (tied)
+    # How the model's return value holds the graph's outputs (a tensor, a tuple, a dict, a Hugging Face output
+    # object), as torch.export flattened it; None when the tracer does not say (symbolic_trace).
+    out_spec: Any = None
+
+    def structure(self, outputs: list[Any]) -> Any:
+        """The outputs put back in the form the model returns them; a bare tensor or a tuple without a spec."""
+        spec = self.out_spec
+        if spec is not None and spec.num_leaves == len(outputs):
+            return tree_unflatten(list(outputs), spec)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
 # The tracers print their own diagnostics (graph dumps, tracebacks, warnings) when they fail; wsc reports a
@@ -225,7 +235,7 @@ def _from_exported(ep: torch.export.ExportedProgram) -> Captured:
             _add_call(graph, fx_node, _aten_name(fx_node.target), fx_node.args, fx_node.kwargs)
         elif fx_node.op == "output":
             graph.outputs = [a.name for a in _flat_outputs(fx_node.args[0])]
-    return Captured(graph, weights, "torch.export")
+    return Captured(graph, weights, "torch.export", out_spec=ep.call_spec.out_spec)
 
 
 def _aten_name(target: Any) -> str:
