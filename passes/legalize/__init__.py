@@ -155,7 +155,7 @@ class Legalize:
                 continue
             if node.attrs.get("multi_output") and "index" not in node.attrs:
                 continue  # legalised element by element, through the nodes that read it
-            rule = _RULES.get(node.op)
+            rule = _rule_for(node.op)
             if any(i in unknown for i in node.inputs):
                 # Its input was refused, so its own rule cannot run; an op with no rule at all is still named.
                 unknown.add(node.name)
@@ -173,6 +173,20 @@ class Legalize:
             raise refusal(refused)
         rw.out.outputs = [rw.value[o] for o in graph.outputs]
         return _drop_dead(rw.out)
+
+
+def _rule_for(op: str) -> Callable[[Rewriter, Node], str] | None:
+    """The rule of an ATen op. An in-place op (`aten.add_.Tensor`) takes its out-of-place rule: torch.export
+    has every later reader of the mutated tensor read the in-place op's node, so its value is all that changes."""
+    return _RULES.get(op) or _RULES.get(_out_of_place(op))
+
+
+def _out_of_place(op: str) -> str:
+    """`aten.add_.Tensor` -> `aten.add.Tensor`; other names as they are."""
+    parts = op.split(".")
+    if len(parts) == 3 and parts[1].endswith("_") and not parts[1].startswith("_"):
+        return ".".join([parts[0], parts[1][:-1], parts[2]])
+    return op
 
 
 def _drop_dead(graph: Graph) -> Graph:
