@@ -1,30 +1,92 @@
-"""Rules for layer_norm and softmax."""
+"""Rules for layer_norm, rms_norm, softmax and log_softmax.
+
+The kernels normalise over the last dim: a norm over several trailing dims folds them into one (the input
+reshaped to [..., D], its weight and bias read as [D]); a softmax over another dim moves it last with a permute
+and back.
+"""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import torch
 
 from wsc.core.ir import Node
 from wsc.passes.legalize import Rewriter, legalizes
 
 
-@legalizes("aten.layer_norm.default")
+def over_trailing(rw: Rewriter, node: Node, op: str, x: str, normalized: list[int], inputs: list[str],
+                  **attrs: float) -> str:
+    """op over the trailing dims `normalized` of x: folded into one when there are several."""
+    shape = rw.shape(x)
+    if not normalized:
+        raise rw.unsupported(node, "an empty normalized_shape (normalise over at least one dim)")
+    if len(normalized) > len(shape) or tuple(shape[len(shape) - len(normalized):]) != tuple(normalized):
+        raise rw.unsupported(node, f"normalized_shape {normalized} is not the trailing dims of {list(shape)}")
+    folded = (*shape[: len(shape) - len(normalized)], math.prod(normalized))
+    if folded == tuple(node.shape):
+        return rw.emit(op, [x, *inputs], node.shape, final=True, **attrs)
+    y = rw.emit(op, [rw.emit("reshape", [x], folded), *inputs], folded, **attrs)
+    return rw.emit("reshape", [y], node.shape, final=True)
+
+
+@legalizes("aten.layer_norm.default", refuses="a normalized_shape that is not the input's trailing dims")
 def _layer_norm(rw: Rewriter, node: Node) -> str:
-    x, normalized = rw.arg(node, 0, "input"), rw.arg(node, 1, "normalized_shape")
+    x, normalized = rw.arg(node, 0, "input"), list(rw.arg(node, 1, "normalized_shape"))
     w, b, eps = rw.arg(node, 2, "weight"), rw.arg(node, 3, "bias"), rw.arg(node, 4, "eps", 1e-5)
-    if len(normalized) != 1:
-        raise rw.unsupported(node, "normalisation over more than the last dimension")
-    d = normalized[0]
+    d = math.prod(normalized)
     w = w if w is not None else rw.const(np.ones(d, np.float32))
     b = b if b is not None else rw.const(np.zeros(d, np.float32))
-    return rw.emit("layernorm", [x, w, b], node.shape, final=True, eps=float(eps))
+    return over_trailing(rw, node, "layernorm", x, normalized, [w, b], eps=float(eps))
 
 
-@legalizes("aten.softmax.int", "aten._softmax.default")
+@legalizes("aten.rms_norm.default", refuses="a normalized_shape that is not the input's trailing dims")
+def _rms_norm(rw: Rewriter, node: Node) -> str:
+    x, normalized = rw.arg(node, 0, "input"), list(rw.arg(node, 1, "normalized_shape"))
+    w, eps = rw.arg(node, 2, "weight"), rw.arg(node, 3, "eps")
+    if eps is None:  # torch's default: the machine epsilon of the input's dtype
+        eps = torch.finfo(getattr(torch, rw.out[x].dtype)).eps
+    return over_trailing(rw, node, "rmsnorm", x, normalized, [] if w is None else [w], eps=float(eps))
+
+
+def over_dim(rw: Rewriter, node: Node, op: str, x: str, dim: int, **attrs) -> str:
+    """op over dim `dim` of x: moved last with a permute, and back."""
+    shape = rw.shape(x)
+    if not shape:  # a 0-d input: one element, one row
+        y = rw.emit(op, [rw.emit("reshape", [x], (1, 1))], (1, 1), **attrs, scale=1.0, group_rows=1)
+        return rw.emit("reshape", [y], node.shape, final=True)
+    rank = len(shape)
+    dim %= rank
+    rows = math.prod(shape) // shape[dim]
+    if dim == rank - 1:
+        return rw.emit(op, [x], node.shape, final=True, **attrs, scale=1.0, group_rows=rows)
+    order = [d for d in range(rank) if d != dim] + [dim]
+    moved = [shape[d] for d in order]
+    y = rw.emit(op, [rw.emit("permute", [x], moved, dims=order)], moved, **attrs, scale=1.0, group_rows=rows)
+    return rw.emit("permute", [y], node.shape, final=True, dims=[int(i) for i in np.argsort(order)])
+
+
+def check_dtype(rw: Rewriter, node: Node, x: str) -> None:
+    """softmax's dtype= and _softmax's half_to_float may only keep the input's dtype."""
+    if node.op.startswith("aten._"):
+        if rw.arg(node, 2, "half_to_float", False):
+            raise rw.unsupported(node, "half_to_float (compile in one dtype)")
+        return
+    dtype = rw.arg(node, 2, "dtype")
+    if dtype is not None and str(dtype).removeprefix("torch.") != rw.out[x].dtype:
+        raise rw.unsupported(node, f"a softmax into {dtype} from {rw.out[x].dtype} (compile in one dtype)")
+
+
+@legalizes("aten.softmax.int", "aten._softmax.default", refuses="a dtype other than the input's")
 def _softmax(rw: Rewriter, node: Node) -> str:
     x, dim = rw.arg(node, 0, "self"), rw.arg(node, 1, "dim")
-    rank = len(rw.shape(x))
-    if dim % rank != rank - 1:
-        raise rw.unsupported(node, f"softmax over dimension {dim} (only the last dimension is supported)")
-    rows = int(np.prod(rw.shape(x)[:-1]))
-    return rw.emit("softmax", [x], node.shape, final=True, scale=1.0, causal=False, group_rows=rows)
+    check_dtype(rw, node, x)
+    return over_dim(rw, node, "softmax", x, dim, causal=False)
+
+
+@legalizes("aten.log_softmax.int", "aten._log_softmax.default", refuses="a dtype other than the input's")
+def _log_softmax(rw: Rewriter, node: Node) -> str:
+    x, dim = rw.arg(node, 0, "self"), rw.arg(node, 1, "dim")
+    check_dtype(rw, node, x)
+    return over_dim(rw, node, "log_softmax", x, dim)

@@ -87,8 +87,9 @@ class LayerNorm(KernelOp):
         return (3 * tr * tc + 2 * tc) * size, tr * tc * size
 
     def abi(self, graph: Graph, node: Node) -> tuple[Shape, list[Shape]]:
+        """x as [rows, D]; scale and shift as [D] (a norm over several trailing dims holds them in that shape)."""
         view = output_view(node.shape)
-        return view, [view, graph[node.inputs[1]].shape, graph[node.inputs[2]].shape]
+        return view, [view, (view[1],), (view[1],)]
 
     def lower(self, spec: KernelSpec) -> KernelIR:
         return lower_layernorm(spec)

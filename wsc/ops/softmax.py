@@ -8,6 +8,10 @@ The visible count is clamped to [0, N]; a row that sees no column (diagonal < 0)
 PyTorch's safe softmax gives it. Masked columns are exactly 0 and are left out of the max and the
 sum rather than set to -inf, so no inf arithmetic happens at all.
 Row statistics cover the whole row whatever columns a tile writes.
+
+log_softmax is the same kernel's log: y[r, j] = (x[r, j] - max_r) - log(sum_k exp(x[r, k] - max_r)), torch's
+max-subtracted log-sum-exp. A row whose max is inf or -inf (all -inf, or holding +inf) gives NaN, as torch
+gives it; an entry of -inf in a finite row gives -inf.
 """
 
 from __future__ import annotations
@@ -37,9 +41,12 @@ from wsc.ops.codegen import (
 )
 
 
-def lower_softmax(spec: KernelSpec) -> KernelIR:
+def lower_softmax(spec: KernelSpec, log: bool = False) -> KernelIR:
+    """The softmax kernel, or with `log` the log_softmax one (which has no causal mask)."""
     if len(spec.out_shape) != 2 or spec.in_shapes != (spec.out_shape,):
-        raise ValueError(f"softmax: expected out [R, N] and one input of the same shape; got {spec}")
+        raise ValueError(f"{spec.op}: expected out [R, N] and one input of the same shape; got {spec}")
+    if log and spec.attrs.get("causal", False):
+        raise ValueError(f"{spec.op}: no causal mask (mask the input with -inf instead)")
     rows, n = spec.out_shape
     scale = float(spec.attrs.get("scale", 1.0))
     causal = bool(spec.attrs.get("causal", False))
@@ -75,19 +82,25 @@ def lower_softmax(spec: KernelSpec) -> KernelIR:
                 return [b.fadd(acc[0], b.call(exp, [b.fsub(scaled(j), mx)]), flags=FAST)]
 
             (total,) = loop(b, i64(0), visible, [f32(0.0)], row_sum, name="sum")
-            if causal and diagonal < 0:
-                # A row that sees no column stores only zeros; keep its unused 1 / sum finite all the same.
-                total = b.select(b.icmp_signed("==", visible, i64(0)), f32(1.0), total)
-            inv = b.fdiv(f32(1.0), total)
-            split = smax(b, c0, smin(b, c1, visible))
-            with for_range(b, c0, split, "c") as j:
-                store_at(b, b.fmul(b.call(exp, [b.fsub(scaled(j), mx)]), inv), o_row, j)
-            with for_range(b, split, c1, "cm") as j:
-                store_at(b, f32(0.0), o_row, j)
+            if log:
+                log_total = b.call(kb.intrinsic("llvm.log"), [total])
+                with for_range(b, c0, c1, "c") as j:
+                    store_at(b, b.fsub(b.fsub(scaled(j), mx), log_total), o_row, j)
+            else:
+                if causal and diagonal < 0:
+                    # A row that sees no column stores only zeros; keep its unused 1 / sum finite all the same.
+                    total = b.select(b.icmp_signed("==", visible, i64(0)), f32(1.0), total)
+                inv = b.fdiv(f32(1.0), total)
+                split = smax(b, c0, smin(b, c1, visible))
+                with for_range(b, c0, split, "c") as j:
+                    store_at(b, b.fmul(b.call(exp, [b.fsub(scaled(j), mx)]), inv), o_row, j)
+                with for_range(b, split, c1, "cm") as j:
+                    store_at(b, f32(0.0), o_row, j)
     return kb.finish()
 
 
 FLOPS_PER_ELEMENT = 5  # scale, max, subtract-exp, sum, normalise
+LOG_FLOPS_PER_ELEMENT = 4  # max, subtract-exp, sum, subtract the log-sum
 
 
 def causal_diagonal(attrs: Mapping[str, Any], m: int, n: int) -> int:
@@ -145,3 +158,26 @@ class Softmax(KernelOp):
         top = np.where(visible.any(axis=-1, keepdims=True), x.max(axis=-1, keepdims=True), 0.0)
         e = np.where(visible, np.exp(x - top), 0.0)
         return e / np.maximum(e.sum(axis=-1, keepdims=True), np.finfo(np.float64).tiny)  # a row seeing none: 0
+
+
+@register
+class LogSoftmax(KernelOp):
+    """Row log_softmax of scale * x (no causal mask); 4 FLOPs an element. SRAM: the input and output tiles.
+    Traffic: reads 3 * tile (max, exp-sum, output), writes the tile once."""
+
+    name = "log_softmax"
+    flops_per_element = LOG_FLOPS_PER_ELEMENT
+
+    def sram_traffic(self, graph: Graph, node: Node, plan: KernelPlan, size: int) -> tuple[int, int]:
+        tr, tc = plan.largest_tile
+        return 3 * tr * tc * size, tr * tc * size
+
+    def lower(self, spec: KernelSpec) -> KernelIR:
+        return lower_softmax(spec, log=True)
+
+    def reference(self, inputs: Sequence[np.ndarray], attrs: Mapping[str, Any], out_shape: Shape) -> np.ndarray:
+        x = inputs[0].astype(np.float64) * float(attrs.get("scale", 1.0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            top = np.fmax.reduce(x, axis=-1, keepdims=True) if x.shape[-1] else x  # NaN left out, as the kernel
+            shifted = x - top
+            return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
