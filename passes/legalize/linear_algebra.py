@@ -1,42 +1,187 @@
-"""Rules for linear, addmm and the matrix products: each becomes the matmul kernel, whose second operand is
-read transposed ([N, K])."""
+"""Rules for the matrix products: matmul in every rank combination torch allows (mm, bmm, mv, dot, outer and
+inner are cases of it), linear, addmm, addmv and baddbmm with their scaling factors and a bias of any
+broadcastable shape, and the einsum contractions a batched matmul covers.
+
+Each becomes the matmul kernel, out[g] = a[g] @ b[g]^T + bias: its second operand is read transposed ([N, K]),
+so a weight stored [N, K] (a Linear's, or the W of `x @ W.T`, whose two transposes cancel) is read as it is.
+Batch dims broadcast as in torch. Where the second operand repeats over the last batch dims of the first, those
+dims fold into the first's rows by a reshape (a weight [K, N] takes any leading dims of x); the kernel takes one
+second operand for the whole batch or one per batch, so any other broadcast is materialised (`expand`)."""
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
 from wsc.core.ir import Node
 from wsc.passes.legalize import Rewriter, legalizes
+from wsc.passes.legalize.layout import expand, permute, reshape, swap_last
 
 
-@legalizes("aten.linear.default")
+def _scaled(rw: Rewriter, x: str, factor: float) -> str:
+    if factor == 1:
+        return x
+    return rw.emit("mul", [x, rw.const(np.full((1,), factor, np.float32))], rw.shape(x))
+
+
+def _broadcast(a: Sequence[int], b: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """a and b padded with leading 1s to one rank, and the shape they broadcast to."""
+    rank = max(len(a), len(b))
+    pa, pb = (1,) * (rank - len(a)) + tuple(a), (1,) * (rank - len(b)) + tuple(b)
+    return pa, pb, tuple(max(x, y) if min(x, y) != 0 else 0 for x, y in zip(pa, pb, strict=True))
+
+
+def _product(rw: Rewriter, a: str, bt: str, shape: Sequence[int], bias: str | None = None, alpha: float = 1,
+             beta: float = 1, final: bool = True) -> str:
+    """alpha * a @ bt^T + beta * bias, held as `shape` (the product's elements in order). a is [..., M, K] or a
+    vector [K]; bt, the second operand transposed, is [..., N, K]; bias broadcasts to `shape`."""
+    shape = tuple(int(d) for d in shape)
+    a = _scaled(rw, a, alpha)  # on the first operand: a weight stays the kernel's own second input
+    a_shape, b_shape = rw.shape(a), rw.shape(bt)
+    n, k = b_shape[-2:]
+    pa, pb, batch = _broadcast(a_shape[:-2], b_shape[:-2])
+    folded = len(batch)  # batch[folded:] is where bt repeats: those dims fold into a's rows
+    while folded and pb[folded - 1] == 1:
+        folded -= 1
+    row_bias = True
+    if not folded:
+        operands = [a, reshape(rw, bt, (n, k))]
+        out = (*a_shape[:-1], n)
+    elif math.prod(a_shape) == k:
+        # One row of a for every batch: the products are bt's rows times that row, the kernel's 2-D case with
+        # the operands' roles swapped. The output is [..., N, 1], the same elements in order as [..., 1, N].
+        operands = [bt, reshape(rw, a, (1, k))]
+        out, row_bias = (*b_shape[:-1], 1), False
+    else:
+        m = 1 if len(a_shape) == 1 else a_shape[-2]
+        rows = math.prod(batch[folded:]) * m
+        a_rows = reshape(rw, a, (*pa[:folded], rows, k))
+        operands = [expand(rw, a_rows, (*batch[:folded], rows, k)),
+                    expand(rw, reshape(rw, bt, (*pb[:folded], n, k)), (*batch[:folded], n, k))]
+        out = (*batch[:folded], rows, n)
+    attrs = {"bias": False}
+    if bias is not None and beta != 0:  # beta 0 ignores the bias, NaN and inf included, as torch does
+        padded = (1,) * (len(shape) - len(rw.shape(bias))) + rw.shape(bias)
+        if row_bias and shape and shape[-1] == n and all(d == 1 for d in padded[:-1]):
+            operands.append(_scaled(rw, expand(rw, reshape(rw, bias, padded[-1:]), (n,)), beta))
+            attrs["bias"] = True
+        else:  # a bias that varies along the rows: the kernel's residual, added after the product
+            operands.append(_scaled(rw, reshape(rw, expand(rw, bias, shape), out), beta))
+            attrs["residual"] = True
+    product = rw.emit("matmul", operands, out, final=final and out == shape, **attrs)
+    return reshape(rw, product, shape, final=final)
+
+
+def _transposed(rw: Rewriter, b: str) -> str:
+    """A second operand [..., K, N] as the kernel reads it, [..., N, K]; a vector [K] is one column, [1, K]."""
+    rank = len(rw.shape(b))
+    return reshape(rw, b, (1, *rw.shape(b))) if rank == 1 else permute(rw, b, swap_last(rank))
+
+
+@legalizes("aten.matmul.default", "aten.mm.default", "aten.bmm.default", "aten.mv.default", "aten.dot.default",
+           "aten.vdot.default")
+def _matmul(rw: Rewriter, node: Node) -> str:
+    a, b = rw.arg(node, 0, "self"), rw.arg(node, 1, "other")
+    return _product(rw, a, _transposed(rw, b), node.shape)
+
+
+@legalizes("aten.outer.default", "aten.ger.default")
+def _outer(rw: Rewriter, node: Node) -> str:
+    """a [M] times b [N]: a matmul with K = 1, exact (each element one product)."""
+    a, b = rw.arg(node, 0, "self"), rw.arg(node, 1, "vec2")
+    return _product(rw, reshape(rw, a, (*rw.shape(a), 1)), reshape(rw, b, (*rw.shape(b), 1)), node.shape)
+
+
+@legalizes("aten.inner.default", refuses="a scalar operand")
+def _inner(rw: Rewriter, node: Node) -> str:
+    """The sum over the last dim of both: every row of b is a column of the product."""
+    a, b = rw.arg(node, 0, "self"), rw.arg(node, 1, "other")
+    if not rw.shape(a) or not rw.shape(b):
+        raise rw.unsupported(node, "inner with a scalar operand (a multiplication: write a * b)")
+    k = rw.shape(b)[-1]
+    return _product(rw, a, reshape(rw, b, (math.prod(rw.shape(b)[:-1]), k)), node.shape)
+
+
+@legalizes("aten.linear.default", refuses="weights not of rank 2")
 def _linear(rw: Rewriter, node: Node) -> str:
     x, w, b = rw.arg(node, 0, "input"), rw.arg(node, 1, "weight"), rw.arg(node, 2, "bias")
     if len(rw.shape(w)) != 2:
         raise rw.unsupported(node, f"weight of rank {len(rw.shape(w))}")
-    inputs = [x, w] + ([b] if b is not None else [])
-    return rw.emit("matmul", inputs, node.shape, final=True, bias=b is not None)
+    return _product(rw, x, w, node.shape, bias=b)
 
 
-@legalizes("aten.addmm.default")
+@legalizes("aten.addmm.default", "aten.addmv.default", "aten.baddbmm.default")
 def _addmm(rw: Rewriter, node: Node) -> str:
-    """bias + x @ w, as Hugging Face's GPT-2 Conv1D computes it (w stored [K, N])."""
-    bias, x, w = rw.arg(node, 0, "self"), rw.arg(node, 1, "mat1"), rw.arg(node, 2, "mat2")
-    if rw.arg(node, 3, "beta", 1) != 1 or rw.arg(node, 4, "alpha", 1) != 1 or rw.shape(bias) != node.shape[-1:]:
-        raise rw.unsupported(node, "addmm with scaling factors or a bias that is not one row")
-    k, n = rw.shape(w)
-    w_t = rw.emit("permute", [w], [n, k], dims=[1, 0])
-    return rw.emit("matmul", [x, w_t, bias], node.shape, final=True, bias=True)
+    """beta * input + alpha * (a @ b), as Hugging Face's GPT-2 Conv1D computes its linear layers (b [K, N])."""
+    bias, a = rw.arg(node, 0, "self"), rw.arg(node, 1, "mat1")
+    b = rw.arg(node, 2, "mat2")
+    beta, alpha = rw.arg(node, 3, "beta", 1), rw.arg(node, 4, "alpha", 1)
+    return _product(rw, a, _transposed(rw, b), node.shape, bias=bias, alpha=alpha, beta=beta)
 
 
-@legalizes("aten.matmul.default", "aten.bmm.default", "aten.mm.default")
-def _matmul(rw: Rewriter, node: Node) -> str:
-    a, b = rw.arg(node, 0, "self"), rw.arg(node, 1, "other")
-    a_shape, b_shape = rw.shape(a), rw.shape(b)
-    if len(a_shape) < 2 or len(b_shape) < 2:
-        raise rw.unsupported(node, "matrix-vector products (an operand of rank 1)")
-    if len(b_shape) > 2 and (len(b_shape) != len(a_shape) or b_shape[:-2] != a_shape[:-2]):
-        raise rw.unsupported(node, f"batch broadcasting between {a_shape} and {b_shape}")
-    # The kernel reads its second operand transposed ([N, K]): K is contiguous for both operands.
-    dims = list(range(len(b_shape)))
-    dims[-1], dims[-2] = dims[-2], dims[-1]
-    bt = rw.emit("permute", [b], [b_shape[d] for d in dims], dims=dims)
-    return rw.emit("matmul", [a, bt], node.shape, final=True, bias=False)
+# ------------------------------------------------------------------------------------------------------ einsum
+
+def _einsum_terms(equation: str, shapes: list[tuple[int, ...]]) -> tuple[list[str], str]:
+    """Each operand's subscripts and the output's, with an ellipsis spelled out as symbols of its own (its dims
+    aligned from the right, as they broadcast) and an implicit output made explicit."""
+    lhs, arrow, rhs = equation.replace(" ", "").partition("->")
+    inputs = lhs.split(",")
+    if len(inputs) != len(shapes):
+        raise ValueError(f"{len(inputs)} operands in the equation, {len(shapes)} given")
+    spans = [len(s) - len(t.replace("...", "")) for t, s in zip(inputs, shapes, strict=True) if "..." in t]
+    ellipsis = [chr(0x100 + i) for i in range(max(spans, default=0))]
+    terms = []
+    for term, shape in zip(inputs, shapes, strict=True):
+        if "..." in term:
+            span = len(shape) - len(term.replace("...", ""))
+            term = term.replace("...", "".join(ellipsis[len(ellipsis) - span:]))
+        terms.append(term)
+    if arrow:
+        return terms, rhs.replace("...", "".join(ellipsis))
+    counts = Counter("".join(terms))
+    return terms, "".join(ellipsis) + "".join(sorted(c for c, n in counts.items() if n == 1 and c not in ellipsis))
+
+
+@legalizes("aten.einsum.default",
+           refuses="equations that are not one batched matmul: three or more operands, sums within one "
+                   "operand, repeated indices (diagonals)")
+def _einsum(rw: Rewriter, node: Node) -> str:
+    equation = rw.arg(node, 0, "equation")
+    operands = [rw.value[r.name] for r in rw.arg(node, 1, "tensors")]
+    terms, out = _einsum_terms(equation, [rw.shape(x) for x in operands])
+    if len(operands) > 2:
+        raise rw.unsupported(node, f"einsum {equation!r} of {len(operands)} operands (a matmul takes two: write "
+                                   "it as einsums of two)")
+    if any(len(set(t)) != len(t) for t in (*terms, out)):
+        raise rw.unsupported(node, f"einsum {equation!r} repeats an index within one term (a diagonal)")
+    if len(operands) == 1:
+        if sorted(terms[0]) != sorted(out):
+            raise rw.unsupported(node, f"einsum {equation!r} sums within its operand (a reduction, not a matmul)")
+        return permute(rw, operands[0], [terms[0].index(c) for c in out], final=True)
+    (ta, tb), (a, b) = terms, operands
+    if any(c in ta + tb and ((c in ta) != (c in tb)) and c not in out for c in ta + tb):
+        raise rw.unsupported(node, f"einsum {equation!r} sums over an index of one operand only (a reduction)")
+    batch = [c for c in out if c in ta and c in tb]
+    rows, cols = [c for c in out if c not in tb], [c for c in out if c not in ta]
+    summed = [c for c in ta if c in tb and c not in out]
+
+    def size(c: str) -> int:
+        return max(rw.shape(x)[t.index(c)] for x, t in ((a, ta), (b, tb)) if c in t)
+
+    def matrix(x: str, term: str, kept: list[str]) -> str:
+        """x as [its batch dims, the kept dims flattened, the summed dims flattened]."""
+        x = permute(rw, x, [term.index(c) for c in batch + kept + summed])
+        own = rw.shape(x)[:len(batch)]
+        x = expand(rw, x, (*own, *(size(c) for c in kept + summed)))  # a summed dim of 1 broadcasts, as in torch
+        return reshape(rw, x, (*own, math.prod(size(c) for c in kept), math.prod(size(c) for c in summed)))
+
+    grouped = [*batch, *rows, *cols]
+    order = [grouped.index(c) for c in out]
+    spread = tuple(size(c) for c in grouped)
+    if order == list(range(len(out))):
+        return _product(rw, matrix(a, ta, rows), matrix(b, tb, cols), node.shape)
+    product = _product(rw, matrix(a, ta, rows), matrix(b, tb, cols), spread, final=False)
+    return permute(rw, product, order, final=True)
