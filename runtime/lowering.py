@@ -21,7 +21,7 @@ from wsc.core.errors import WscError
 from wsc.ops.codegen import KERNEL_NAME, KernelIR, KernelSpec
 from wsc.runtime import jit, kernel_cache
 
-_DTYPES: dict[str, np.dtype] = {"f32": np.dtype(np.float32), "i64": np.dtype(np.int64)}
+_DTYPES: dict[str, np.dtype] = {"f32": np.dtype(np.float32), "i64": np.dtype(np.int64), "bool": np.dtype(np.bool_)}
 
 # ---------------------------------------------------------------------------------------------
 # Registry

@@ -5,7 +5,8 @@
     wsc/ops/layernorm.py   layernorm
     wsc/ops/softmax.py     row softmax, optionally causal
     wsc/ops/gelu.py        gelu (erf or tanh)
-    wsc/ops/elementwise.py add, mul (second operand broadcast)
+    wsc/ops/elementwise.py add, sub, mul, div, maximum, minimum, pow_tensor, comparisons, logical ops, where
+                           (each operand broadcast over the output's leading rows)
     wsc/ops/relu.py        relu
     wsc/ops/embedding.py   embedding lookup
     wsc/ops/layout.py      reshape, permute, slice: data movement only

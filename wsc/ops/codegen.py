@@ -39,7 +39,8 @@ FAST = ("reassoc", "contract")
 # close to torch's.
 CONTRACT = ("contract",)
 
-_IR_TYPES = {"f32": F32P, "i64": I64P}
+# An input kind per element type a kernel reads; "bool" is numpy's bool, one byte holding 0 or 1.
+_IR_TYPES = {"f32": F32P, "i64": I64P, "bool": ir.IntType(8).as_pointer()}
 
 
 @dataclass(frozen=True)
