@@ -100,6 +100,7 @@ def test_cost_rows_by_hand() -> None:
     assert rmsnorm.sram_traffic(graph, node, plan, 2) == ((2 * 2 * 5 + 5) * 2, 2 * 5 * 2)
     unweighted, bare = kernel_node("rmsnorm", (6, 10), (6, 10))
     assert rmsnorm.sram_bytes(unweighted, bare, Cut(3, 2), 2) == 2 * 2 * 5 * 2
+    assert rmsnorm.sram_traffic(unweighted, bare, plan, 2) == (2 * 2 * 5 * 2, 2 * 5 * 2)
     assert rmsnorm.abi(graph, node) == ((6, 10), [(6, 10), (10,)])
     graph, node = kernel_node("log_softmax", (6, 10), (6, 10))
     assert log_softmax.flops((6, 10), [(6, 10)], {}) == 4 * 60
