@@ -147,6 +147,14 @@ def test_several_layout_ops_in_one_model():
             "expand", "gather"} <= set(body_ops(compiled.program.graph))
 
 
+def test_a_buffer_of_indices_is_a_constant_not_a_weight():
+    compiled = compile_exact(Layout(lambda m, x: x.index_select(1, m.r), r=torch.tensor([3, 0, 3])), (randn(2, 4),))
+    graph = compiled.program.graph
+    (node,) = graph.nodes_of("index_select")
+    assert graph[node.inputs[1]].op == "const" and not graph.params
+    assert not any(layer.weights for layer in compiled.program.layers)
+
+
 def test_layout_ops_between_kernels():
     """Layout ops carry a kernel's output to the next kernel: a flow of the layer, no PEs of their own."""
     linear = nn.Linear(6, 4)

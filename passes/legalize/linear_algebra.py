@@ -46,7 +46,6 @@ def _product(rw: Rewriter, a: str, bt: str, shape: Sequence[int], bias: str | No
     folded = len(batch)  # batch[folded:] is where bt repeats: those dims fold into a's rows
     while folded and pb[folded - 1] == 1:
         folded -= 1
-    row_bias = True
     if not folded:
         operands = [a, reshape(rw, bt, (n, k))]
         out = (*a_shape[:-1], n)
@@ -54,7 +53,7 @@ def _product(rw: Rewriter, a: str, bt: str, shape: Sequence[int], bias: str | No
         # One row of a for every batch: the products are bt's rows times that row, the kernel's 2-D case with
         # the operands' roles swapped. The output is [..., N, 1], the same elements in order as [..., 1, N].
         operands = [bt, reshape(rw, a, (1, k))]
-        out, row_bias = (*b_shape[:-1], 1), False
+        out = (*b_shape[:-1], 1)
     else:
         m = 1 if len(a_shape) == 1 else a_shape[-2]
         rows = math.prod(batch[folded:]) * m
@@ -65,7 +64,7 @@ def _product(rw: Rewriter, a: str, bt: str, shape: Sequence[int], bias: str | No
     attrs = {"bias": False}
     if bias is not None and beta != 0:  # beta 0 ignores the bias, NaN and inf included, as torch does
         padded = (1,) * (len(shape) - len(rw.shape(bias))) + rw.shape(bias)
-        if row_bias and shape and shape[-1] == n and all(d == 1 for d in padded[:-1]):
+        if shape and shape[-1] == out[-1] == n and all(d == 1 for d in padded[:-1]):
             operands.append(_scaled(rw, expand(rw, reshape(rw, bias, padded[-1:]), (n,)), beta))
             attrs["bias"] = True
         else:  # a bias that varies along the rows: the kernel's residual, added after the product
