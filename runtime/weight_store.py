@@ -82,7 +82,8 @@ def _write_safetensors(path: Path, tensors: Mapping[str, Any], dtype: str) -> in
             f.write(raw)
             for key, value in tensors.items():
                 src = np.asarray(value)
-                arr = np.ascontiguousarray(src, dtype=_stored_dtype(src.dtype, dtype))
+                # reshaped back: ascontiguousarray makes a 0-d tensor (a BatchNorm's num_batches_tracked) 1-d
+                arr = np.ascontiguousarray(src, dtype=_stored_dtype(src.dtype, dtype)).reshape(src.shape)
                 if list(arr.shape) != header[key]["shape"]:
                     raise WscError(f"tensor {key} changed shape while the store was written")
                 f.write(arr.reshape(-1).view(np.uint8).data)
