@@ -210,7 +210,7 @@ def test_wsc_ops_lists_the_rules_and_kernels(capsys: pytest.CaptureFixture[str])
 # ------------------------------------------------------------------------------------------- end to end
 
 
-def compile_and_run(model: torch.nn.Module, x: torch.Tensor) -> list[str]:
+def compile_and_run(model: torch.nn.Module, x: torch.Tensor, rtol: float = RTOL, atol: float = 0.0) -> list[str]:
     """Compile, check the verification passed and every output is eager's; return the kernels, in order. The
     greedy placer places a few dozen kernels at once, and placement is not what these tests protect."""
     compiled = wsc.compile(model, (x,), "mesh-16x16", time_limit=0.3, strategy="greedy")
@@ -219,8 +219,12 @@ def compile_and_run(model: torch.nn.Module, x: torch.Tensor) -> list[str]:
         expected = model(x)
     got = compiled(x)
     for out, want in zip(*((v,) if isinstance(v, torch.Tensor) else v for v in (got, expected)), strict=True):
-        np.testing.assert_allclose(out.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out.numpy(), want.numpy(), rtol=rtol, atol=atol)
     return [n.op for n in compiled.program.graph if n.is_kernel]
+
+
+# A matmul sums in another order than torch's: its float32 rounding (~1e-6 of the sums here) reaches the output.
+AFTER_MATMUL = {"rtol": 1e-5, "atol": 1e-5}
 
 
 class Lambda(torch.nn.Module):
@@ -270,12 +274,12 @@ class Parametric(torch.nn.Module):
 
 def test_gated_linear_with_exp_of_abs() -> None:
     x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(2))
-    assert compile_and_run(Gated(), x) == ["matmul", "sigmoid", "abs", "neg", "exp", "mul"]
+    assert compile_and_run(Gated(), x, **AFTER_MATMUL) == ["matmul", "sigmoid", "abs", "neg", "exp", "mul"]
 
 
 def test_silu_mlp() -> None:
     x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(3))
-    assert compile_and_run(SiluMLP(), x) == ["matmul", "silu", "matmul"]
+    assert compile_and_run(SiluMLP(), x, **AFTER_MATMUL) == ["matmul", "silu", "matmul"]
 
 
 def test_transcendental_chain_on_a_rank_4_input() -> None:
@@ -297,8 +301,10 @@ def test_parametric_ops_and_pow_exponents() -> None:
     assert [kernels.count(op) for op in ("square", "sqrt", "reciprocal", "rsqrt", "pow")] == [1, 1, 1, 1, 3]
 
 
-def test_a_rank_0_input() -> None:
-    assert compile_and_run(Lambda(lambda x: torch.tanh(x) ** 3), torch.tensor(0.7)) == ["tanh", "pow"]
+@pytest.mark.parametrize("shape", [(), (5,)])
+def test_rank_0_and_1_inputs(shape: tuple[int, ...]) -> None:
+    x = torch.full(shape, 0.7) if not shape else torch.linspace(-2.0, 2.0, shape[0])
+    assert compile_and_run(Lambda(lambda x: torch.tanh(x) ** 3), x) == ["tanh", "pow"]
 
 
 # ---------------------------------------------------------------------------------------------- refusals
