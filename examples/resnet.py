@@ -85,7 +85,8 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """`blocks` per stage of `kind` ("basic" or "bottleneck"), `width` times the paper's channels."""
+    """`blocks` per stage of `kind` ("basic" or "bottleneck"), `width` times the paper's channels; fewer than four
+    stages make a shallower net of the same kind (a test's)."""
 
     def __init__(self, kind: str, blocks: tuple[int, ...], width: float = 1.0, classes: int = 1000):
         super().__init__()
@@ -95,7 +96,8 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         channels = widths[0]
-        for stage, (count, stage_width) in enumerate(zip(blocks, widths, strict=True)):
+        self.stages = len(blocks)
+        for stage, (count, stage_width) in enumerate(zip(blocks, widths[: self.stages], strict=True)):
             layer = []
             for index in range(count):
                 layer.append(block(channels, stage_width, 2 if index == 0 and stage > 0 else 1))
@@ -106,7 +108,8 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for stage in range(self.stages):
+            x = getattr(self, f"layer{stage + 1}")(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 

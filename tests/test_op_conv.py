@@ -146,6 +146,8 @@ def test_convolutions_match_torch_over_stride_padding_dilation_groups_and_bias()
         want = in_float64(module, x)
         assert got.shape == want.shape, name
         np.testing.assert_array_less(np.abs(got - want), conv_error_bound(module, x) + 1e-30, err_msg=name)
+    gathers = [graph[m.inputs[0]].op for m in graph.nodes_of("matmul")]
+    assert gathers.count("permute") == 1 and gathers.count("im2col") == len(CONVS) - 1  # 1x1: no windows to gather
     kernels = [n.op for n in graph if n.is_kernel]
     # One matmul per convolution, and an add for each grouped one with a bias (the matmul's bias is one row).
     assert kernels.count("matmul") == len(CONVS)
@@ -217,6 +219,8 @@ def test_pools_match_torch() -> None:
             bound = 2 * math.sqrt(window) * EPS * in_float64(module, x.abs()) + EPS * np.abs(want)
             np.testing.assert_array_less(np.abs(got - want), bound + 1e-30, err_msg=name)
     assert np.isnan(outputs[0][0, 0, 0, 1]) and np.isnan(outputs[0][0, 0, 1, 1])
+    # A global pool has the channels as its columns, as the linear head that reads it has its classes.
+    assert kernel_behind(graph, graph.outputs[11]).shape == (2, 1, 1, 5)
 
 
 def test_pool_kernel_on_every_tiling_and_its_cost_rows() -> None:
