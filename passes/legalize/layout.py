@@ -56,7 +56,7 @@ def expand(rw: Rewriter, x: str, shape: Sequence[int], final: bool = False) -> s
 def swap_last(rank: int) -> list[int]:
     """The dims of a transpose of the last two dims."""
     dims = list(range(rank))
-    dims[-2:] = dims[:-3:-1]
+    dims[-2], dims[-1] = dims[-1], dims[-2]
     return dims
 
 
@@ -213,7 +213,8 @@ def _hstack(rw: Rewriter, node: Node) -> str:
     """hstack joins along dim 1 (dim 0 for vectors), vstack along dim 0 with vectors as rows."""
     parts = _tensors(rw, rw.arg(node, 0, "tensors"))
     if node.op == "aten.vstack.default":
-        return _concat(rw, node, [reshape(rw, p, ((1, 1) + rw.shape(p))[-max(2, len(rw.shape(p))):]) for p in parts], 0)
+        rows = [reshape(rw, p, (1,) * (2 - len(rw.shape(p))) + rw.shape(p)) for p in parts]  # at least 2-D
+        return _concat(rw, node, rows, 0)
     vectors = len(node.shape) == 1
     return _concat(rw, node, [reshape(rw, p, rw.shape(p) or (1,)) for p in parts], 0 if vectors else 1)
 
@@ -231,8 +232,8 @@ def _repeat(rw: Rewriter, node: Node) -> str:
     return rw.emit("repeat", [x], node.shape, final=True, repeats=repeats)
 
 
-@legalizes("aten.repeat_interleave.self_int", "aten.repeat_interleave.self_Tensor",
-           refuses="repeats computed at run time")
+@legalizes("aten.repeat_interleave.self_int")
+@legalizes("aten.repeat_interleave.self_Tensor", refuses="repeats computed at run time")
 def _repeat_interleave(rw: Rewriter, node: Node) -> str:
     x, repeats, dim = rw.arg(node, 0, "self"), rw.arg(node, 1, "repeats"), rw.arg(node, 2, "dim")
     if isinstance(repeats, str):
@@ -293,7 +294,8 @@ def _flip(rw: Rewriter, node: Node) -> str:
     return rw.emit("flip", [x], node.shape, final=True, dims=dims)
 
 
-@legalizes("aten.constant_pad_nd.default", "aten.pad.default", refuses="padding modes other than constant")
+@legalizes("aten.constant_pad_nd.default")
+@legalizes("aten.pad.default", refuses="padding modes other than constant")
 def _pad(rw: Rewriter, node: Node) -> str:
     x, pad = rw.arg(node, 0, "self"), [int(p) for p in rw.arg(node, 1, "pad")]
     if node.op == "aten.pad.default":
