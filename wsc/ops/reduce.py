@@ -7,9 +7,11 @@
     amax, amin: the row's largest and smallest element; NaN when the row holds one, as torch gives it.
 
 The sum family takes `root` (the square root of the result, how a split std finishes) and `divisor` in its
-attrs; var takes `correction` (1: unbiased), and with attrs["center"] a second input [rows, 1] holds c rather
-than the kernel computing the mean in a first pass. Var is two passes over the row (the mean, then the squared
-deviations from it), never sum / sum-of-squares, which cancels badly when |mean| >> std.
+attrs; a sum with attrs["row_divisor"] divides each row by its own divisor, a second input [rows, 1] (a mean
+over the targets a loss does not ignore, a count known only at run time). Var takes `correction` (1:
+unbiased), and with attrs["center"] a second input [rows, 1] holds c rather than the kernel computing the
+mean in a first pass. Var is two passes over the row (the mean, then the squared deviations from it), never
+sum / sum-of-squares, which cancels badly when |mean| >> std.
 
 Legalize brings any reduction to this form: the reduced dims moved last (a permute), the input reshaped to
 [rows, n], the output reshaped back. A row too long for one PE's SRAM is split like a matmul's K
@@ -68,10 +70,13 @@ def row_sum(kb: KernelBuilder, x_row: ir.Value, n: int, term: Callable[[ir.Value
     return total
 
 
-def finish(kb: KernelBuilder, value: ir.Value, divisor: float, root: bool) -> ir.Value:
-    """value / divisor, then its square root when asked. A divisor of 1 is left out (exact either way)."""
+def finish(kb: KernelBuilder, value: ir.Value, divisor: float | ir.Value, root: bool) -> ir.Value:
+    """value / divisor (a number, or a value of the row), then its square root when asked. A divisor of 1 is
+    left out (exact either way)."""
     b = kb.b
-    if divisor != 1.0:
+    if isinstance(divisor, ir.Value):
+        value = b.fdiv(value, divisor)
+    elif divisor != 1.0:
         value = b.fdiv(value, f32(divisor))
     return b.call(kb.intrinsic("llvm.sqrt"), [value]) if root else value
 
@@ -120,6 +125,10 @@ class RowReduction(KernelOp):
         """The attrs of the last combining level of a split row (the divisor and root of the sum family)."""
         return {}
 
+    def finish_inputs(self, node: Node, args: list[np.ndarray]) -> list[np.ndarray]:
+        """The inputs besides the partials that the last combining level reads (a per-row divisor)."""
+        return []
+
     def slices(self, node: Node, plan: KernelPlan, args: list[np.ndarray], run: Runner) -> list[np.ndarray]:
         """Each K slice's partial result ([rows, 1]), as the PEs of one slice compute it."""
         return [run(self.name, [np.ascontiguousarray(args[0][:, k0:k1])], {})
@@ -136,7 +145,8 @@ class RowReduction(KernelOp):
             return out
 
         partials = self.slices(node, plan, args, run)
-        return combine_tree(run, self.combine_op, partials, self.finish_attrs(node, plan.k_dim))
+        return combine_tree(run, self.combine_op, partials, self.finish_attrs(node, plan.k_dim),
+                            self.finish_inputs(node, args))
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: Mapping[str, Any], out_shape: Shape) -> np.ndarray:
         x = inputs[0].astype(np.float64)
@@ -150,18 +160,20 @@ class RowReduction(KernelOp):
 Runner = Callable[[str, list[np.ndarray], Mapping[str, Any]], np.ndarray]
 
 
-def combine_tree(run: Runner, op: str, partials: list[np.ndarray], last: Mapping[str, Any]) -> np.ndarray:
+def combine_tree(run: Runner, op: str, partials: list[np.ndarray], last: Mapping[str, Any],
+                 last_inputs: Sequence[np.ndarray] = ()) -> np.ndarray:
     """Partials ([rows, 1] each) combined two at a time, as a binary tree across PEs; the root level takes
-    `last` (a single partial is only finished)."""
+    the attrs `last` and reads `last_inputs` besides (a single partial is only finished)."""
     while len(partials) > 2:
         pairs = [run(op, [np.concatenate(partials[i : i + 2], axis=1)], {}) for i in range(0, len(partials) - 1, 2)]
         partials = pairs + partials[len(pairs) * 2 :]
-    return run(op, [np.ascontiguousarray(np.concatenate(partials, axis=1))], last)
+    return run(op, [np.ascontiguousarray(np.concatenate(partials, axis=1)), *last_inputs], last)
 
 
 @register
 class Sum(RowReduction):
-    """sum_j x[r, j] / divisor, square-rooted with `root`; 1 FLOP an element."""
+    """sum_j x[r, j] / divisor (or / d[r], the second input, with `row_divisor`), square-rooted with `root`;
+    1 FLOP an element."""
 
     name = "sum"
     combine_op = "sum"
@@ -170,7 +182,11 @@ class Sum(RowReduction):
         return float(attrs.get("divisor", 1.0))
 
     def finish_attrs(self, node: Node, n: int) -> dict[str, Any]:
-        return {"divisor": self.divisor(node.attrs, n), "root": bool(node.attrs.get("root", False))}
+        attrs = {"divisor": self.divisor(node.attrs, n), "root": bool(node.attrs.get("root", False))}
+        return {**attrs, "row_divisor": True} if node.attrs.get("row_divisor") else attrs
+
+    def finish_inputs(self, node: Node, args: list[np.ndarray]) -> list[np.ndarray]:
+        return args[1:] if node.attrs.get("row_divisor") else []
 
     def slices(self, node: Node, plan: KernelPlan, args: list[np.ndarray], run: Runner) -> list[np.ndarray]:
         return [run("sum", [np.ascontiguousarray(args[0][:, k0:k1])], {})
@@ -179,10 +195,20 @@ class Sum(RowReduction):
     def lower(self, spec: KernelSpec) -> KernelIR:
         n = spec.in_shapes[0][-1] if spec.in_shapes and spec.in_shapes[0] else 0
         divisor, root = self.divisor(spec.attrs, n), bool(spec.attrs.get("root", False))
-        return lower_row_reduction(spec, lambda kb, x_row, r: finish(kb, row_sum(kb, x_row, n), divisor, root))
+        per_row = bool(spec.attrs.get("row_divisor", False))
+        if per_row and spec.in_shapes[1:] != ((spec.out_shape[0], 1),):
+            raise ValueError(f"{spec.op}: row divisor has shape {spec.in_shapes[1:]}, "
+                             f"expected [{spec.out_shape[0]}, 1]")
+
+        def body(kb: KernelBuilder, x_row: ir.Value, r: ir.Value) -> ir.Value:
+            by = load_at(kb.b, kb.inputs[1], r) if per_row else divisor
+            return finish(kb, row_sum(kb, x_row, n), by, root)
+
+        return lower_row_reduction(spec, body, extra_inputs=int(per_row))
 
     def reduce_reference(self, x: np.ndarray, extra: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
-        out = x.sum(axis=-1) / self.divisor(attrs, x.shape[-1])
+        by = extra[0].astype(np.float64)[:, 0] if attrs.get("row_divisor") else self.divisor(attrs, x.shape[-1])
+        out = x.sum(axis=-1) / by
         return np.sqrt(out) if attrs.get("root", False) else out
 
 
