@@ -72,3 +72,15 @@ def test_in_place_ops_are_their_out_of_place_rule_and_later_readers_see_the_upda
         expected = model(x)
     for got, want in zip(compiled(x), expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+class IgnoresAnInput(torch.nn.Module):
+    def forward(self, x, shape_only):
+        return torch.relu(x).expand_as(shape_only)
+
+
+def test_an_input_no_output_reads_is_still_an_input_of_the_program():
+    x, other = torch.randn(1, 6), torch.randn(4, 6)
+    compiled = wsc.compile(IgnoresAnInput(), (x, other), "mesh-16x16", time_limit=0.3)
+    assert [n.name for n in compiled.program.graph.inputs] == ["x", "shape_only"]
+    torch.testing.assert_close(compiled(x, other), torch.relu(x).expand(4, 6))

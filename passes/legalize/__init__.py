@@ -190,7 +190,9 @@ def _out_of_place(op: str) -> str:
 
 
 def _drop_dead(graph: Graph) -> Graph:
-    live = set(graph.outputs)
+    """Remove what no output needs. The inputs stay, even one no output reads (an `expand_as` target): the program
+    takes the inputs the model takes."""
+    live = set(graph.outputs) | {n.name for n in graph if n.op == "input"}
     for node in reversed(list(graph)):
         if node.name in live:
             live.update(node.inputs)
