@@ -108,7 +108,7 @@ CONVS = [
     ("3x5_stride2x1_pad1x2", nn.Conv2d(4, 6, (3, 5), stride=(2, 1), padding=(1, 2), bias=False), (2, 4, 9, 11)),
     ("dilation2_stride2_bias", nn.Conv2d(4, 6, 3, stride=2, dilation=2, bias=True), (1, 4, 13, 12)),
     ("groups2_same_bias", nn.Conv2d(4, 8, 3, padding="same", groups=2), (2, 4, 7, 8)),
-    ("even_kernel_same_dilated", nn.Conv2d(4, 4, 4, padding="same", dilation=2, bias=False), (1, 4, 9, 10)),
+    ("even_same_pads_after", nn.Conv2d(4, 4, (4, 2), padding="same", dilation=(1, 3), bias=False), (1, 4, 9, 10)),
     ("depthwise_x2_stride2_bias", nn.Conv2d(6, 12, 3, stride=2, padding=1, groups=6), (2, 6, 9, 9)),
     ("depthwise", nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False), (1, 6, 8, 7)),
     ("1x1_bias", nn.Conv2d(8, 16, 1), (2, 8, 5, 6)),
