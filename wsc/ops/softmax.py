@@ -6,7 +6,8 @@ on the last M columns, earlier columns (a prefix such as cached keys) being alwa
 causal mask buffer `tril(k=S-L)` means. PyTorch's `is_causal=True` is top-left aligned: diagonal 0.
 The visible count is clamped to [0, N]; a row that sees no column (diagonal < 0) is all 0, as
 PyTorch's safe softmax gives it. Masked columns are exactly 0 and are left out of the max and the
-sum rather than set to -inf, so no inf arithmetic happens at all.
+sum rather than set to -inf, so no inf arithmetic happens at all. With attrs["safe"] a row of -inf only is 0
+too, not NaN: aten._safe_softmax, what sdpa gives a query its mask hides from every key.
 Row statistics cover the whole row whatever columns a tile writes.
 
 log_softmax is the same kernel's log: y[r, j] = (x[r, j] - max_r) - log(sum_k exp(x[r, k] - max_r)), torch's
@@ -77,6 +78,10 @@ def lower_softmax(spec: KernelSpec, log: bool = False) -> KernelIR:
                 return [b.call(maxnum, [acc[0], scaled(j)], fastmath=FAST)]
 
             (mx,) = loop(b, i64(0), visible, [f32(float("-inf"))], row_max, name="max")
+            safe = bool(spec.attrs.get("safe", False)) and not log
+            if safe:
+                # A row of -inf only has a max of -inf: subtract 0 instead, so each exp is 0 and the row is 0.
+                mx = b.select(b.fcmp_ordered("==", mx, f32(float("-inf"))), f32(0.0), mx)
 
             def row_sum(j: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
                 return [b.fadd(acc[0], b.call(exp, [b.fsub(scaled(j), mx)]), flags=FAST)]
@@ -87,7 +92,9 @@ def lower_softmax(spec: KernelSpec, log: bool = False) -> KernelIR:
                 with for_range(b, c0, c1, "c") as j:
                     store_at(b, b.fsub(b.fsub(scaled(j), mx), log_total), o_row, j)
             else:
-                if causal and diagonal < 0:
+                if safe:
+                    total = b.select(b.fcmp_ordered("==", total, f32(0.0)), f32(1.0), total)
+                elif causal and diagonal < 0:
                     # A row that sees no column stores only zeros; keep its unused 1 / sum finite all the same.
                     total = b.select(b.icmp_signed("==", visible, i64(0)), f32(1.0), total)
                 inv = b.fdiv(f32(1.0), total)
@@ -156,6 +163,8 @@ class Softmax(KernelOp):
             visible = np.ones_like(x, dtype=bool)
         x = np.where(visible, x, -np.inf)
         top = np.where(visible.any(axis=-1, keepdims=True), x.max(axis=-1, keepdims=True), 0.0)
+        if attrs.get("safe", False):
+            top = np.where(top == -np.inf, 0.0, top)
         e = np.where(visible, np.exp(x - top), 0.0)
         return e / np.maximum(e.sum(axis=-1, keepdims=True), np.finfo(np.float64).tiny)  # a row seeing none: 0
 
