@@ -128,7 +128,8 @@ class Executor:
             for layer in layers:  # a failed run leaves no prefetch in flight nor layer counted as resident
                 self.store.release(layer.name)
         self.stats.seconds += time.perf_counter() - start
-        return [env[o] for o in graph.outputs]
+        # Kernels write float32, a comparison's true as 1.0: an output of dtype bool is handed back as bool.
+        return [env[o].astype(bool) if graph[o].dtype == "bool" else env[o] for o in graph.outputs]
 
     def _keys(self, layer_index: int) -> list[str]:
         layer = self.program.layers[layer_index]

@@ -219,20 +219,16 @@ class Div(Elementwise):
 
 
 def _floor_divide(kb: KernelBuilder, a: ir.Value, b: ir.Value) -> ir.Value:
-    """torch's floor division of floats (its vectorised form): the quotient of a - fmod(a, b), moved down by one
+    """torch's floor division of floats: the quotient of a - fmod(a, b), moved down by one
     where the remainder's sign is not b's, rounded to the nearest integer; a / b itself where b is 0, and a
     zero of a / b's sign where the quotient is 0."""
     bb = kb.b
     zero, one = f32(0.0), f32(1.0)
-    fabs = kb.intrinsic("llvm.fabs")
     quotient = bb.fdiv(a, b)
+    # LLVM's frem is C's fmod, exact. (torch's vector code divides a itself where a / b overflows, as its vector
+    # fmod is not exact there; with an exact one a - mod rounds to a in that case anyway.)
     mod = bb.frem(a, b)
-    # a quotient that overflows is a / b itself (a - mod would be a anyway, but fmod of such a ratio is inexact
-    # in torch's vector library, which is why torch takes a).
-    inf = f32(math.inf)
-    overflow = bb.and_(bb.fcmp_ordered("==", bb.call(fabs, [quotient]), inf),
-                       bb.fcmp_unordered("!=", bb.call(fabs, [a]), inf))
-    div = bb.fdiv(bb.select(overflow, a, bb.fsub(a, mod)), b)
+    div = bb.fdiv(bb.fsub(a, mod), b)
     signs_differ = bb.xor(bb.fcmp_ordered("<", b, zero), bb.fcmp_ordered("<", mod, zero))
     div = bb.select(bb.and_(bb.fcmp_unordered("!=", mod, zero), signs_differ), bb.fsub(div, one), div)
     floor = bb.call(kb.intrinsic("llvm.floor"), [div])
