@@ -49,7 +49,7 @@ def run_op(key: str, start: int, limit: int | None, connection) -> None:
         try:
             outcome = harness.run_sample(op, sample)
             record = {"status": outcome.status, "message": harness.short(outcome.message),
-                      "max_abs_err": outcome.max_abs_err, "allowed_abs_err": outcome.allowed_abs_err}
+                      "max_abs_err": outcome.max_abs_err, "error_share": outcome.error_share}
         except Exception as error:  # the harness itself broke on this sample: still the op's failure to see
             record = {"status": "failed", "message": f"harness error: {type(error).__name__}: {error}"}
         record["seconds"] = round(time.perf_counter() - begin, 3)
