@@ -190,3 +190,45 @@ def test_refusals() -> None:
 
     with pytest.raises(WscError, match=r"aten\.log_softmax\.int .*a softmax into torch\.float64 from float32"):
         wsc.compile(Widen(), (torch.randn(2, 3),), "mesh-16x16", time_limit=0.3)
+
+
+# ------------------------------------------------------------------------------- RMSNorm spelled out
+
+
+def test_hugging_face_llama_rmsnorm_becomes_one_kernel() -> None:
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    x = torch.randn(2, 3, 16, generator=torch.Generator().manual_seed(15)) * 2 + 1
+    module = randomize(LlamaRMSNorm(16, eps=1e-5))
+    compiled = compile_and_check(module, x, rtol=(math.sqrt(16) + 4) * EPS, atol=1e-30)
+    (kernel,) = [n for n in compiled.program.graph if n.is_kernel]
+    assert kernel.op == "rmsnorm" and kernel.attrs["eps"] == 1e-5 and len(kernel.inputs) == 2
+
+
+class SpelledOut(torch.nn.Module):
+    """The chain in the forms it is recognised in (x * x, no weight, the weight on the right) and in forms it
+    must not be: the mean of another tensor's square, the variance read again, a weight that is not [D]."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(5, generator=torch.Generator().manual_seed(16)))
+        self.column = torch.nn.Parameter(torch.randn(3, 1, generator=torch.Generator().manual_seed(17)))
+
+    def forward(self, x):
+        fused = (x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-3),
+                 x * torch.rsqrt(x.pow(2).mean(dim=[2], keepdim=True) + 1e-3) * self.weight)
+        variance = x.pow(2).mean(-1, keepdim=True)
+        other = (x + 1) * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-3)
+        column = self.column * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-3))
+        return (*fused, x * torch.rsqrt(variance + 1e-3), variance, other, column)
+
+
+def test_the_chain_is_one_kernel_only_where_nothing_else_reads_it() -> None:
+    x = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(18)) + 0.5
+    compiled = compile_and_check(SpelledOut(), x, rtol=0, atol=(math.sqrt(5) + 4) * EPS * 20)
+    graph = compiled.program.graph
+    norms = [n for n in graph if n.op == "rmsnorm"]
+    # The two recognised chains, and the weighted one's mean-then-weight at the column: x * r is one, * column not.
+    assert [len(n.inputs) for n in norms] == [1, 2, 1]
+    assert {graph[o].op for o in graph.outputs[:2]} == {"rmsnorm"}
+    assert sum(n.op == "mean" for n in graph) == 2  # the variance read again, and the mean of x + 1's chain

@@ -155,6 +155,8 @@ class Legalize:
                 continue
             if node.attrs.get("multi_output") and "index" not in node.attrs:
                 continue  # legalised element by element, through the nodes that read it
+            if node.name in rw.value:
+                continue  # an earlier rule took it into one op with the chain it ends (a spelled-out RMSNorm)
             rule = _rule_for(node.op)
             if any(i in unknown for i in node.inputs):
                 # Its input was refused, so its own rule cannot run; an op with no rule at all is still named.

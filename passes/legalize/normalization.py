@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from wsc.core.ir import Node
+from wsc.core.ir import Node, Ref
 from wsc.passes.legalize import Rewriter, legalizes
 
 
@@ -90,3 +90,72 @@ def _log_softmax(rw: Rewriter, node: Node) -> str:
     x, dim = rw.arg(node, 0, "self"), rw.arg(node, 1, "dim")
     check_dtype(rw, node, x)
     return over_dim(rw, node, "log_softmax", x, dim)
+
+
+# ---------------------------------------------------------------------------------- RMSNorm spelled out
+
+CASTS = ("aten.to.dtype", "aten._to_copy.default", "aten.to.dtype_layout", "aten.type_as.default")
+CHECKS = ("aten._assert_tensor_metadata.default",)  # read a value only to check it: no use of it
+
+
+def spelled_out_rms_norm(rw: Rewriter, mean: Node) -> str | None:
+    """x * rsqrt(mean(x^2, -1, keepdim=True) + eps), times a weight [D] when one follows, as Hugging Face's
+    Llama writes RMSNorm: the chain from `mean` on becomes one rmsnorm kernel, when nothing else reads the
+    values inside it (casts to the same dtype and metadata checks between its steps are let through). Every
+    node of the chain is given the kernel's value, so legalize passes over them; None when `mean` heads no
+    such chain."""
+    source = rw.source
+
+    def args(node: Node) -> tuple:
+        return tuple(node.attrs.get("args", ()))
+
+    def only_reader(node: Node) -> Node | None:
+        readers = [source[u] for u in source.users(node.name) if source[u].op not in CHECKS]
+        return readers[0] if len(readers) == 1 and node.name not in source.outputs else None
+
+    def refs(node: Node) -> list[str]:
+        return [a.name for a in args(node) if isinstance(a, Ref)]
+
+    square = source[mean.inputs[0]] if len(mean.inputs) == 1 else None
+    if square is None or mean.dtype != "float32" or mean.attrs.get("kwargs", {}).get("dtype") is not None:
+        return None
+    dims, keepdim = (list(args(mean)[1:3]) + [None, None])[:2]
+    rank = len(square.shape)
+    if not keepdim or not isinstance(dims, (list, tuple)) or len(dims) != 1 or dims[0] % max(rank, 1) != rank - 1:
+        return None
+    pow_of_two = square.op == "aten.pow.Tensor_Scalar" and args(square)[1:2] in ((2,), (2.0,))
+    self_product = square.op == "aten.mul.Tensor" and len(refs(square)) == 2 and len(set(refs(square))) == 1
+    if not (pow_of_two or self_product) or not refs(square):
+        return None
+    x = refs(square)[0]
+    add = only_reader(mean)
+    if add is None or add.op != "aten.add.Tensor" or refs(add) != [mean.name]:
+        return None
+    eps = next((a for a in args(add) if isinstance(a, (int, float))), None)
+    if eps is None or add.attrs.get("kwargs", {}).get("alpha", 1) != 1:
+        return None
+    rsqrt = only_reader(add)
+    if rsqrt is None or rsqrt.op != "aten.rsqrt.default":
+        return None
+    scaled = only_reader(rsqrt)
+    if scaled is None or scaled.op != "aten.mul.Tensor" or sorted(refs(scaled)) != sorted([x, rsqrt.name]):
+        return None
+    chain, last = [add, rsqrt, scaled], scaled
+    while (cast := only_reader(last)) is not None and cast.op in CASTS and cast.dtype == last.dtype \
+            and refs(cast)[:1] == [last.name]:
+        chain.append(cast)
+        last = cast
+    weight = None
+    scale = only_reader(last)
+    if scale is not None and scale.op == "aten.mul.Tensor" and len(refs(scale)) == 2 and last.name in refs(scale):
+        other = source[next(r for r in refs(scale) if r != last.name)]
+        if other.shape == (source[x].shape[-1],) and other.dtype == "float32" and other.name in rw.value:
+            weight = rw.value[other.name]
+            chain.append(scale)
+            last = scale
+    if last.shape != source[x].shape or any(n.dtype != "float32" for n in chain):
+        return None
+    value = rw.emit("rmsnorm", [rw.value[x]] + ([weight] if weight else []), last.shape, eps=float(eps))
+    for node in chain:
+        rw.value[node.name] = value
+    return value

@@ -14,6 +14,7 @@ import numpy as np
 
 from wsc.core.ir import Node
 from wsc.passes.legalize import Rewriter, legalizes
+from wsc.passes.legalize.normalization import spelled_out_rms_norm
 
 FLOAT = "float32"  # the kernels compute in float32
 
@@ -59,6 +60,8 @@ def _sum_mean(rw: Rewriter, node: Node) -> str:
     x = rw.arg(node, 0, "self")
     dims = None if node.op.endswith(".default") else rw.arg(node, 1, "dim")
     op = "sum" if node.op.startswith("aten.sum") else "mean"
+    if node.op == "aten.mean.dim" and (norm := spelled_out_rms_norm(rw, node)) is not None:
+        return norm
     return reduce_over(rw, node, op, x, reduced_dims(dims, len(rw.shape(x))))
 
 

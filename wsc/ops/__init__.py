@@ -3,7 +3,10 @@
     wsc/ops/matmul.py      matmul (with its fused bias, GELU and residual epilogue, and its split K)
     wsc/ops/attention.py   fused attention (queries held, keys and values streamed past)
     wsc/ops/layernorm.py   layernorm
-    wsc/ops/softmax.py     row softmax, optionally causal
+    wsc/ops/rmsnorm.py     rmsnorm
+    wsc/ops/softmax.py     row softmax, optionally causal, and log_softmax
+    wsc/ops/reduce.py      row reductions: sum, mean, var, std, amax, amin (a long row split like matmul's K)
+    wsc/ops/nll.py         nll, nll_weight: the pick of a class-index target (cross_entropy)
     wsc/ops/gelu.py        gelu (erf or tanh)
     wsc/ops/elementwise.py add, sub, mul, div, maximum, minimum, pow_tensor, comparisons, logical ops, where
                            (each operand broadcast over the output's leading rows)
