@@ -69,7 +69,8 @@ def _conv_padding(rw: Rewriter, node: Node, padding: Any, kernel: Sequence[int],
     return [[p, p] for p in _per_dim(padding, dims)]
 
 
-@legalizes(*CONVOLUTIONS, "aten.convolution.default", refuses="transposed convolutions")
+@legalizes(*CONVOLUTIONS)
+@legalizes("aten.convolution.default", refuses="transposed convolutions")
 def _conv(rw: Rewriter, node: Node) -> str:
     x, weight, bias = rw.arg(node, 0, "input"), rw.arg(node, 1, "weight"), rw.arg(node, 2, "bias")
     dims = len(rw.shape(weight)) - 2
@@ -147,8 +148,8 @@ def _indices_unread(rw: Rewriter, node: Node, what: str) -> str | None:
     return rw.arg(node, 0, "self" if "pool" in node.op else "input")
 
 
-@legalizes("aten.max_pool1d.default", "aten.max_pool2d.default", "aten.max_pool2d_with_indices.default",
-           refuses="reading the indices")
+@legalizes("aten.max_pool1d.default", "aten.max_pool2d.default")
+@legalizes("aten.max_pool2d_with_indices.default", refuses="reading the indices")
 def _max_pool(rw: Rewriter, node: Node) -> str:
     unread = _indices_unread(rw, node, "indices")
     if unread is not None:
@@ -222,8 +223,8 @@ def _adaptive_avg_pool(rw: Rewriter, node: Node) -> str:
 # ------------------------------------------------------------------------------------------------ batch norm
 
 
-@legalizes("aten.batch_norm.default", "aten._native_batch_norm_legit_no_training.default",
-           refuses="training mode; reading the saved statistics")
+@legalizes("aten.batch_norm.default", refuses="training mode")
+@legalizes("aten._native_batch_norm_legit_no_training.default", refuses="reading the saved mean and rstd")
 def _batch_norm(rw: Rewriter, node: Node) -> str:
     unread = _indices_unread(rw, node, "saved mean and inverse standard deviation")
     if unread is not None:

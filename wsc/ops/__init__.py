@@ -12,6 +12,9 @@
                            (each operand broadcast over the output's leading rows)
     wsc/ops/relu.py        relu
     wsc/ops/embedding.py   embedding lookup
+    wsc/ops/batchnorm.py   batchnorm: eval-mode batch norm, per channel (dim 1)
+    wsc/ops/pool.py        pool: the max or mean of each gathered window (max, average and adaptive pools)
+    wsc/ops/im2col.py      im2col: the windows of a convolution or pooling gathered (layout: routing, no compute)
     wsc/ops/layout.py      reshape, permute, slice: data movement only
 
 For each op: its ABI shapes, FLOPs and backward FLOPs, the SRAM a PE needs for a tile and whether it needs whole
