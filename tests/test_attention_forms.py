@@ -388,6 +388,26 @@ def test_mask_cost_rows_by_hand():
     assert sram_traffic(graph, node, plan, 2)[0] == pairs * (4 + 4 + 3) * 2 + pairs * 1
 
 
+def test_a_value_width_of_its_own_is_costed_as_such():
+    """D = 4 for the scores, Dv = 5 for the weighted sum and the output."""
+    graph, node = graph_of("attention", (2, 3, 5), (2, 3, 4), (2, 6, 4), (2, 6, 5))
+    pairs = 6 * 6
+    assert node.flops == 2 * pairs * (4 + 5) + 5 * pairs
+    tile_rows = 2
+    held = tile_rows * 4 * 2 + tile_rows * 5 * 4 + tile_rows * 2 * 4 + 2 * (4 + 5) * 2  # q, out (fp32), max/sum, k/v
+    assert ops.kernel("attention").sram_bytes(graph, node, plan_of(6, 5, 3, 1).cut, 2) == held
+
+
+@FUSED
+def test_a_bool_mask_computed_by_a_kernel_arrives_as_float(fused):
+    """A comparison kernel writes its bools as float 0.0 and 1.0: the kernels read such a mask as bools all the
+    same (mask_kind f32)."""
+    inputs = qkv() + (padding(2, 7, {1: slice(0, 2)}).float(),)
+    graph = compile_and_check(Attend(lambda q, k, am: (am > 0.5)[:, None, None, :]), inputs, fused)
+    reader = the(graph, "attention" if fused else "mask_bias")
+    assert reader.attrs.get("mask_kind") == "f32" and graph[reader.inputs[-1]].dtype == "bool"
+
+
 # ---------------------------------------------------------------------------------------------------- refusals
 
 
