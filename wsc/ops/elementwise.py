@@ -4,8 +4,8 @@ div, maximum, minimum, pow of two tensors, the comparisons, the logical ops and 
 The output is viewed as [R, C]. Operand k is viewed as [Rk, Ck] with R % Rk == 0 and Ck in {1, C}, and read at
 (r % Rk, c % Ck): a full tensor, a row repeated over the rows (a bias), one value per row, a scalar, on either
 side of the op. That is the family's one code shape; legalize brings every other broadcast torch allows to it
-with layout ops. An operand is float32, or bool (one byte an element: a mask the model takes as input or a
-constant kept as bool) where attrs["kinds"] says so. Every output is float32; a comparison's true is 1.0.
+with layout ops. An operand is float32, or bool (one byte an element: a mask the model takes as input) where
+attrs["kinds"] says so. Every output is float32; a comparison's true is 1.0.
 
 One FLOP an element (pow and rounded division cost more). SRAM: a tile per tensor operand and the output tile;
 traffic: each operand as the kernel indexes it (a full tile, one value per row, or a scalar in a register), the
