@@ -74,7 +74,8 @@ def _extremum(rw: Rewriter, node: Node) -> str:
     return reduce_over(rw, node, op, x, reduced_dims(dims, len(rw.shape(x))))
 
 
-@legalizes("aten.max.dim", "aten.min.dim", refuses="the indices (argmax, argmin) when they are used")
+@legalizes("aten.max.dim", "aten.min.dim",
+           refuses="the indices (argmax, argmin) when they are read, values other than float32")
 def _extremum_dim(rw: Rewriter, node: Node) -> str:
     x, dim = rw.arg(node, 0, "self"), rw.arg(node, 1, "dim")
     if node.attrs.get("index") == 1:
