@@ -102,6 +102,13 @@ class AtenConvolution(nn.Module):
         return torch.ops.aten.convolution(x, self.weight, None, [1, 2], [0, 1], [1, 1], False, [0, 0], 1)
 
 
+class ComputedFilter(AtenConvolution):
+    """A filter that is not a parameter as it stands: the matmul reads it through a reshape."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * 0.5, padding=1, groups=1)
+
+
 # (name, module, input shape): every stride, padding, dilation, groups and bias the rule distinguishes.
 CONVS = [
     ("3x3_pad1_bias", nn.Conv2d(3, 8, 3, padding=1), (2, 3, 9, 10)),
@@ -121,6 +128,7 @@ CONVS = [
     ("conv1d_depthwise_same", nn.Conv1d(4, 4, 5, padding="same", groups=4, bias=False), (2, 4, 9)),
     ("conv3d_bias", nn.Conv3d(2, 4, (2, 3, 3), stride=(1, 2, 2), padding=1), (1, 2, 4, 6, 5)),
     ("aten_convolution", AtenConvolution(), (1, 4, 6, 7)),
+    ("computed_filter", ComputedFilter(), (2, 4, 5, 6)),
 ]
 
 
@@ -152,7 +160,8 @@ def test_convolutions_match_torch_over_stride_padding_dilation_groups_and_bias()
     # One matmul per convolution, and an add for each grouped one with a bias (the matmul's bias is one row).
     assert kernels.count("matmul") == len(CONVS)
     assert kernels.count("add") == 3
-    assert set(kernels) == {"matmul", "add"}
+    assert kernels.count("mul") == 1  # the computed filter's
+    assert set(kernels) == {"matmul", "add", "mul"}
 
 
 def test_conv_cost_rows_count_the_convolution_and_its_filter_is_the_matmul_weight() -> None:

@@ -130,15 +130,12 @@ def _mean(rw: Rewriter, node: Node, windows: str, divisors: np.ndarray) -> str:
     window = rw.shape(windows)[-1]
     flat = divisors.reshape(-1)
     if np.all(flat == flat[0]):
-        pooled = rw.emit("pool", [windows], node.shape, final=True, mode="mean", window=window,
-                         divisor=float(flat[0]))
-    else:
-        pooled = rw.emit("pool", [windows, rw.const(divisors.astype(np.float32))], node.shape, final=True,
-                         mode="mean", window=window)
-    return pooled
+        return rw.emit("pool", [windows], node.shape, final=True, mode="mean", window=window, divisor=float(flat[0]))
+    return rw.emit("pool", [windows, rw.const(divisors.astype(np.float32))], node.shape, final=True, mode="mean",
+                   window=window)
 
 
-def _indices_unread(rw: Rewriter, node: Node, what: str) -> str | None:
+def _unread_extra_output(rw: Rewriter, node: Node, what: str) -> str | None:
     """For a multi-output op's extra outputs (a max pool's indices, a batch norm's saved statistics): the
     value standing for them when nothing reads them (the node is then dropped), else a refusal."""
     if node.attrs.get("index", 0) == 0:
@@ -151,7 +148,7 @@ def _indices_unread(rw: Rewriter, node: Node, what: str) -> str | None:
 @legalizes("aten.max_pool1d.default", "aten.max_pool2d.default")
 @legalizes("aten.max_pool2d_with_indices.default", refuses="reading the indices")
 def _max_pool(rw: Rewriter, node: Node) -> str:
-    unread = _indices_unread(rw, node, "indices")
+    unread = _unread_extra_output(rw, node, "indices")
     if unread is not None:
         return unread
     dims = 1 if "pool1d" in node.op else 2
@@ -226,7 +223,7 @@ def _adaptive_avg_pool(rw: Rewriter, node: Node) -> str:
 @legalizes("aten.batch_norm.default", refuses="training mode")
 @legalizes("aten._native_batch_norm_legit_no_training.default", refuses="reading the saved mean and rstd")
 def _batch_norm(rw: Rewriter, node: Node) -> str:
-    unread = _indices_unread(rw, node, "saved mean and inverse standard deviation")
+    unread = _unread_extra_output(rw, node, "saved mean and inverse standard deviation")
     if unread is not None:
         return unread
     if node.op == "aten.batch_norm.default":

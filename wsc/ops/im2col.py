@@ -22,7 +22,6 @@ adaptive, fill, and form:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -45,17 +44,17 @@ def adaptive_bounds(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
     return (o * size) // out, -((-(o + 1) * size) // out)
 
 
+def adaptive_widest(size: int, out: int) -> int:
+    """The widest of torch's adaptive windows along one dim."""
+    start, end = adaptive_bounds(size, out)
+    return int((end - start).max()) if out else 0
+
+
 def adaptive_index(size: int, out: int) -> np.ndarray:
     """[out, widest window] input positions of torch's adaptive windows, OUTSIDE past each window's end."""
     start, end = adaptive_bounds(size, out)
-    widest = int((end - start).max()) if out else 0
-    index = start[:, None] + np.arange(widest)[None, :]
+    index = start[:, None] + np.arange(adaptive_widest(size, out))[None, :]
     return np.where(index < end[:, None], index, OUTSIDE)
-
-
-def adaptive_widest(size: int, out: int) -> int:
-    start, end = adaptive_bounds(size, out)
-    return int((end - start).max()) if out else 0
 
 
 def gather_windows(x: np.ndarray, tables: Sequence[np.ndarray], fill: float) -> np.ndarray:
@@ -98,8 +97,3 @@ class Im2col(LayoutOp):
             grouped = gathered.reshape(n, g, c // g, *gathered.shape[2:])  # dims after C move one along
             value = grouped.transpose([1, 0, *(i + 1 for i in outs), 2, *(i + 1 for i in kernels)])
         return np.ascontiguousarray(value).reshape(node.shape)
-
-
-def patch_shape(n: int, channels: int, groups: int, output: Sequence[int], kernel: Sequence[int]) -> tuple[int, ...]:
-    """The shape of a "patches" im2col: [G, N * prod(output), C/G * prod(kernel)]."""
-    return groups, n * math.prod(output), channels // groups * math.prod(kernel)
