@@ -1,7 +1,7 @@
 """The op table: one file per kernel family, each defining everything its ops mean.
 
     wsc/ops/matmul.py      matmul (with its fused bias, GELU and residual epilogue, and its split K)
-    wsc/ops/attention.py   fused attention (queries held, keys and values streamed past)
+    wsc/ops/attention.py   fused attention (queries held; keys, values and the mask streamed past), mask_bias
     wsc/ops/layernorm.py   layernorm
     wsc/ops/rmsnorm.py     rmsnorm
     wsc/ops/softmax.py     row softmax, optionally causal, and log_softmax
