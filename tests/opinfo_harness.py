@@ -199,9 +199,11 @@ def output_problem(value: Any) -> str | None:
     """Why eager's output cannot be a wsc program's, or None: it must be tensors (one, or a tuple or list of
     them), none empty."""
     leaves = tree_leaves(value)
-    if not leaves or not all(isinstance(leaf, torch.Tensor) for leaf in leaves):
-        kinds = sorted({type(leaf).__name__ for leaf in leaves if not isinstance(leaf, torch.Tensor)})
-        return f"its output holds no tensor or a {', '.join(kinds)}"
+    if not leaves:
+        return "it returns no tensor"
+    others = sorted({type(leaf).__name__ for leaf in leaves if not isinstance(leaf, torch.Tensor)})
+    if others:
+        return f"its output holds a {', '.join(others)}, not only tensors"
     for leaf in leaves:
         if leaf.numel() == 0:
             return f"a zero-size output {list(leaf.shape)}"
