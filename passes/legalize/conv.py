@@ -162,7 +162,7 @@ def _max_pool(rw: Rewriter, node: Node) -> str:
     return rw.emit("pool", [windows], node.shape, final=True, mode="max", window=math.prod(kernel))
 
 
-def avg_pool_divisors(spatial: Sequence[int], out: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
+def _avg_pool_divisors(spatial: Sequence[int], out: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
                       padding: Sequence[int], count_include_pad: bool, divisor_override: int | None) -> np.ndarray:
     """torch's divisor of each average pool window, [*out]: the override, else the window clipped to the padded
     input (count_include_pad) or to the input itself."""
@@ -189,7 +189,7 @@ def _avg_pool(rw: Rewriter, node: Node) -> str:
     out = node.shape[-dims:]
     windows = _windows(rw, x, out, kernel, 0.0, stride=stride, padding=[[p, p] for p in padding],
                        dilation=[1] * dims, adaptive=False)
-    divisors = avg_pool_divisors(rw.shape(x)[2:], out, kernel, stride, padding, count_include_pad, override)
+    divisors = _avg_pool_divisors(rw.shape(x)[2:], out, kernel, stride, padding, count_include_pad, override)
     return _mean(rw, node, windows, divisors)
 
 
