@@ -227,6 +227,15 @@ def test_keys_and_values_with_a_batch_of_one(fused, kv_heads, gqa):
     assert not [n for n in graph if n.op == "expand"]
 
 
+@FUSED
+@pytest.mark.parametrize("queries", [(4, 3, 8), (1, 4, 3, 8)], ids=["lower_rank", "batch_of_one"])
+def test_queries_sdpa_broadcasts_over_the_keys_batch(queries, fused):
+    """Queries of a lower rank than the keys, or of a batch of 1, serve every batch row of the keys: the output
+    has the keys' batch."""
+    graph = compile_and_check(Attend(is_causal=True), tensors(queries, (2, 4, 6, 8), (2, 4, 6, 8), seed=4), fused)
+    assert graph[graph.outputs[0]].shape == (2, 4, 3, 8)
+
+
 def test_hugging_face_llama_shares_its_heads():
     """transformers' Llama with sdpa and 6 query heads over 2 key/value heads: what 5.x emits (repeat_kv before
     sdpa, a causal mask folded to the diagonal) runs as shared heads."""

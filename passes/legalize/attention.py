@@ -84,6 +84,7 @@ def _attention(rw: Rewriter, node: Node) -> str:
     if rw.arg(node, 3, "attn_mask") is not None and is_causal:
         raise rw.unsupported(node, "both an attn_mask and is_causal=True (PyTorch refuses them together)")
     k, v = _shared_heads(rw, node)
+    q = _broadcast_queries(rw, node, q)
     heads = _line_up(rw, node, q, k, v)
     diagonal: int | None = 0 if is_causal else None
     mask: str | None = None
@@ -136,6 +137,19 @@ def _unrepeated(rw: Rewriter, ref: Ref | None) -> tuple[str, int] | None:
             or any(o not in (1, full) for o, full in zip(single_outer, outer, strict=True)):
         return None
     return _reshape(rw, rw.value[single.name], (*single_outer, kv, s, d)), g
+
+
+def _broadcast_queries(rw: Rewriter, node: Node, q: str) -> str:
+    """The queries at the output's batch and heads: sdpa broadcasts them over the keys' or the mask's (queries
+    of a lower rank, or a batch of 1), and the kernels hold a query row per output row, so they are materialised
+    (S_q x D per head, small beside the scores)."""
+    *batch, s_q, d = rw.shape(q)
+    out_batch = tuple(node.shape[:-2])
+    padded = _padded(tuple(batch), len(out_batch))
+    if padded == out_batch or len(padded) != len(out_batch) or \
+            any(b not in (1, o) for b, o in zip(padded, out_batch, strict=True)):
+        return q  # as it is, or not a broadcast: _line_up says why
+    return rw.emit("expand", [q], (*out_batch, s_q, d), rw.out[q].dtype)
 
 
 def _line_up(rw: Rewriter, node: Node, q: str, k: str, v: str) -> _Heads:
