@@ -48,6 +48,8 @@ def held_as(rw: Rewriter, name: str) -> str:
         return node.dtype
     if node.op == "const":
         return str(np.asarray(node.attrs["value"]).dtype)
+    if ops.is_layout(node.op) and ops.layout_op(node.op).converts:
+        return node.dtype
     if ops.is_layout(node.op):
         data = [i for i in node.inputs if rw.out[i].dtype == node.dtype] or list(node.inputs[:1])
         return str(np.result_type(*(np.dtype(held_as(rw, i)) for i in data)))

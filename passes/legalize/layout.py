@@ -320,12 +320,21 @@ def _identity(rw: Rewriter, node: Node) -> str:
     return rw.arg(node, 0, "self")
 
 
-@legalizes("aten.to.dtype_layout", "aten.to.dtype", "aten._to_copy.default", "aten.type_as.default")
+# The dtypes a cast may take a value to or from: what the kernels and the host hold. A cast between float dtypes
+# changes the compute precision, which is the whole program's (--weights-dtype), not an op's.
+_CASTABLE = ("float32", "int64", "int32", "bool")
+
+
+@legalizes("aten.to.dtype_layout", "aten.to.dtype", "aten.to.device", "aten._to_copy.default",
+           "aten.type_as.default", refuses="casts to or from dtypes other than float32, int64, int32 and bool")
 def _cast(rw: Rewriter, node: Node) -> str:
     x = rw.arg(node, 0, "self")
-    if rw.out[x].dtype != node.dtype:
-        raise rw.unsupported(node, f"a cast from {rw.out[x].dtype} to {node.dtype} (compile in one dtype)")
-    return x
+    have = rw.out[x].dtype
+    if have == node.dtype:
+        return x  # a move to the device or a cast to the dtype it has: nothing to do
+    if have not in _CASTABLE or node.dtype not in _CASTABLE:
+        raise rw.unsupported(node, f"a cast from {have} to {node.dtype} (compile the model in one float dtype)")
+    return rw.emit("cast", [x], node.shape, node.dtype, final=True)
 
 
 @legalizes("aten.dropout.default")

@@ -63,6 +63,9 @@ class LayoutOp(Op):
     # True when the output holds the input's elements in the same order (a reshape): a kernel's output block
     # is then still its block when the last dimension is kept, so what reads it may be fused through it.
     keeps_order: ClassVar[bool] = False
+    # True when the output is held in the node's own dtype whatever its input's (a cast); otherwise a layout op
+    # hands on the dtype its input is held in.
+    converts: ClassVar[bool] = False
 
     def bytes_moved(self, in_nodes: Sequence[Node], node: Node) -> int:
         return node.nbytes

@@ -175,3 +175,16 @@ class Index(LayoutOp):
         for dim, index in zip(node.attrs["dims"], indices, strict=True):
             where[dim] = _checked(self.name, index, value.shape[dim], dim, negative=True)
         return np.ascontiguousarray(value[tuple(where)]).reshape(node.shape)
+
+
+@register
+class Cast(LayoutOp):
+    """The same elements converted to the node's dtype (int64 or bool to float32, a mask to bool: nonzero is
+    True), as torch converts them: a float to an integer rounds toward zero."""
+
+    name = "cast"
+    converts = True
+
+    def move(self, node: Node, *values: np.ndarray) -> np.ndarray:
+        (value,) = values
+        return value.astype(np.dtype(node.dtype))
