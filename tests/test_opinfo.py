@@ -11,7 +11,7 @@ import random
 import re
 
 import pytest
-from opinfo_harness import SampleModule, covered_ops, describe, run_sample, samples
+from opinfo_harness import SampleModule, covered_ops, describe, run_sample, samples, unexpressible
 
 from wsc.core.errors import WscError
 from wsc.core.ir import SOURCE_OPS
@@ -22,11 +22,13 @@ PICK_SEED = 0
 
 
 def picked() -> list:
-    """PER_OP samples of each covered op, drawn by a generator seeded with the op's name: the same every run."""
+    """PER_OP samples of each covered op, drawn from those wsc can be given by a generator seeded with the op's
+    name: the same every run."""
     cases = []
     for key, op in covered_ops().items():
         every = samples(op)
-        for index in sorted(random.Random(f"{PICK_SEED}:{key}").sample(range(len(every)), min(PER_OP, len(every)))):
+        usable = [i for i, sample in enumerate(every) if unexpressible(op, sample) is None] or range(len(every))
+        for index in sorted(random.Random(f"{PICK_SEED}:{key}").sample(usable, min(PER_OP, len(usable)))):
             cases.append(pytest.param(op, every[index], id=f"{key}-{index}"))
     return cases
 
