@@ -119,7 +119,7 @@ class Executor:
         """One pass of the graph over one micro-batch, layer by layer."""
         graph, env = self.graph, {}
         for node, value in zip(graph.inputs, inputs, strict=True):
-            env[node.name] = np.ascontiguousarray(value)
+            env[node.name] = np.asarray(value, order="C")  # not ascontiguousarray: it makes 0-d values 1-d
         start = time.perf_counter()
         layers = self.program.layers
         try:

@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     c.set_defaults(run=_compile)
     o = sub.add_parser("ops", help="list the supported ATen ops and wsc kernels")
+    o.add_argument("--markdown", action="store_true", help="one table row per family of ATen ops (the README's)")
     o.set_defaults(run=_ops)
     k = sub.add_parser("check", help="prove a compile's placement.json legal, independently of the compiler")
     k.add_argument("out", help="the output folder of a compile")
@@ -87,9 +88,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _ops(args: argparse.Namespace) -> int:
-    from wsc.passes.legalize import refused_cases, supported_aten_ops
+    from wsc.passes.legalize import families, refused_cases, supported_aten_ops
     from wsc.runtime.lowering import supported_ops
 
+    if args.markdown:
+        print("| family | ATen ops (`aten.` and overloads left out) | refused cases |")
+        print("|---|---|---|")
+        for family, aten_ops in families().items():
+            names = sorted({op.split(".")[1] for op in aten_ops})
+            refusals = sorted({refused_cases(op) for op in aten_ops} - {""})
+            print(f"| {family} | {', '.join(names)} | {'; '.join(refusals) or '-'} |")
+        return 0
     print("ATen ops wsc legalises (and the cases each refuses):")
     width = max(map(len, supported_aten_ops()))
     for op in supported_aten_ops():

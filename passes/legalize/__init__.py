@@ -44,6 +44,14 @@ def supported_aten_ops() -> list[str]:
     return sorted(_RULES)
 
 
+def families() -> dict[str, list[str]]:
+    """The ATen ops by the family whose module holds their rule ("elementwise", "layout", ...), in name order."""
+    grouped: dict[str, list[str]] = {}
+    for op in sorted(_RULES):
+        grouped.setdefault(_RULES[op].__module__.rsplit(".", 1)[-1], []).append(op)
+    return dict(sorted(grouped.items()))
+
+
 def refused_cases(aten_op: str) -> str:
     """What the rule of `aten_op` refuses ("" when it takes every case)."""
     return _REFUSES.get(aten_op, "")

@@ -306,9 +306,10 @@ def _node(fx_node: torch.fx.Node, op: str, inputs: tuple[str, ...], attrs: dict)
     if val is not None and hasattr(val, "shape"):
         try:
             shape = tuple(int(d) for d in val.shape)
-        except TypeError as error:  # a SymInt that is not a plain number
+        except Exception as error:  # a SymInt that is not a plain number (torch raises several kinds for it)
             raise WscError(
-                f"op {fx_node.name} has a dynamic shape {tuple(val.shape)}; compile with static input shapes"
+                f"op {fx_node.name} ({op}) has a shape that depends on the input values {tuple(val.shape)}; "
+                "compile ops of static shapes"
             ) from error
         dtype = TORCH_DTYPES.get(val.dtype, str(val.dtype).removeprefix("torch."))
     return Node(

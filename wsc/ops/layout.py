@@ -141,6 +141,7 @@ class IndexSelect(LayoutOp):
 
     def move(self, node: Node, *values: np.ndarray) -> np.ndarray:
         value, index = values
+        value = value.reshape(value.shape or (1,))  # torch takes a 0-d input as one of one element
         dim = node.attrs["dim"]
         index = _checked(self.name, index, value.shape[dim], dim).reshape(-1)
         return np.ascontiguousarray(np.take(value, index, axis=dim)).reshape(node.shape)
@@ -155,10 +156,11 @@ class Gather(LayoutOp):
 
     def move(self, node: Node, *values: np.ndarray) -> np.ndarray:
         value, index = values
+        value, index = value.reshape(value.shape or (1,)), index.reshape(index.shape or (1,))  # 0-d as torch takes it
         dim = node.attrs["dim"]
         where: list[np.ndarray] = list(np.indices(index.shape, sparse=True))
         where[dim] = _checked(self.name, index, value.shape[dim], dim)
-        return np.ascontiguousarray(value[tuple(where)])
+        return np.ascontiguousarray(value[tuple(where)]).reshape(node.shape)
 
 
 @register
