@@ -62,11 +62,13 @@ class Area:
     region: tuple[int, int] | None = None  # pipelined mode: the band of mesh rows (first, count) of the layer
 
 
-def rectangle(cut: Cut, area: Area) -> tuple[int, int] | None:
+def rectangle(cut: Cut, area: Area, fold_strips: bool = False) -> tuple[int, int] | None:
     """The PE rectangle (h, w) for a cut: the block grid itself (K slices stacked in the rows) when it fits
     the area, else its PEs folded row-major into a rectangle as near square as the area allows (a strip as
-    tall as the mesh would cut it in two for every other kernel)."""
-    if cut.row_blocks * cut.k_splits <= area.rows and cut.col_blocks <= area.cols:
+    tall as the mesh would cut it in two for every other kernel). With `fold_strips`, a grid taller than half
+    the area is folded too: many such strips side by side leave no band wide enough for a wide kernel."""
+    tall = fold_strips and cut.row_blocks * cut.k_splits > area.rows // 2 and cut.pes > 1
+    if cut.row_blocks * cut.k_splits <= area.rows and cut.col_blocks <= area.cols and not tall:
         return cut.row_blocks * cut.k_splits, cut.col_blocks
     h = min(area.rows, max(math.isqrt(cut.pes), math.ceil(cut.pes / area.cols)))
     w = math.ceil(cut.pes / h)
@@ -123,6 +125,7 @@ class Partition:
     name: ClassVar[str] = "partition"
     fill: float = 0.5
     reserved_bytes: int = 8192
+    fold_strips: bool = False  # fold block grids taller than half the mesh (see `rectangle`)
 
     def __call__(self, program: Program) -> Program:
         mapped: dict[str, dict[str, KernelPlan]] = {}
@@ -145,7 +148,7 @@ class Partition:
                                      "weight-streaming", error.needed, error.offered) from None
                 mapped[key] = plans
             layers.append(replace(layer, kernels=plans, region=area.region))
-        return replace(program, layers=layers, fill=self.fill)
+        return replace(program, layers=layers, fill=self.fill, folded_strips=self.fold_strips)
 
     def partition_layer(self, program: Program, layer: Layer, area: Area) -> dict[str, KernelPlan]:
         """Each kernel's plan: its cut and its rectangle."""
@@ -188,10 +191,10 @@ class Partition:
                 if ops.kernel(k.op).whole_rows:  # more PEs can only mean more row blocks (folded into the area)
                     h, w = min(rows, max(shares[k.name], cut.row_blocks)), 1
                 wider = Cut(h, w, splits)
-                if sram_bytes(graph, k, wider, size, resident) <= capacity and rectangle(wider, area):
+                if sram_bytes(graph, k, wider, size, resident) <= capacity and rectangle(wider, area, self.fold_strips):
                     cut = wider
                     break
-            h, w = rectangle(cut, area) or rectangle(least[k.name], area)  # type: ignore[misc]
+            h, w = rectangle(cut, area, self.fold_strips) or rectangle(least[k.name], area, self.fold_strips)  # type: ignore[misc]
             plans[k.name] = KernelPlan(k.name, rows, cols, cut, h, w, sram_bytes(graph, k, cut, size, resident),
                                        reduction_dim(graph, k))
         return plans

@@ -74,6 +74,10 @@ class Grouped:
 # faster, but past some share their rectangles no longer pack (Cerebras-GPT 1.3B at 16 sequences per pass
 # places at 65% and not at 80%), and the rest leaves the placer room.
 FILLS = (0.65, 0.5)
+# When no share places, the last one is tried again with tall block grids folded near square: a layer of many
+# full-height strips (a 7B decoder's rotary and element-wise kernels at 2048 tokens) leaves no band for its
+# widest kernel. Tried last, since a strip's PEs talk to their neighbours over shorter routes.
+FOLDED_RETRY = True
 
 
 def shape_passes(options: CompileOptions) -> list:
@@ -81,9 +85,10 @@ def shape_passes(options: CompileOptions) -> list:
     return [FoldConstants(), Legalize(fused_attention=options.fused_attention), FuseEpilogues(), GroupLayers()]
 
 
-def fill_passes(options: CompileOptions, fill: float) -> list:
+def fill_passes(options: CompileOptions, fill: float, fold_strips: bool = False) -> list:
     """The passes that depend on the share of the mesh the kernels get: run once per fill tried."""
-    return [Partition(fill=fill), Place(strategy=options.strategy, seed=options.seed, time_limit=options.time_limit),
+    return [Partition(fill=fill, fold_strips=fold_strips),
+            Place(strategy=options.strategy, seed=options.seed, time_limit=options.time_limit),
             Route(router=options.router), Estimate()]
 
 
@@ -201,17 +206,18 @@ def group(captured: Captured, tokens: int, target: Target, options: CompileOptio
 def map_grouped(grouped: Grouped, options: CompileOptions, *, verify_ir: bool,
                 on_pass: Callable[[str, float], None] | None) -> Compiled:
     """The fill passes on the grouped program: at `options.fill`, else at each share in FILLS in turn until
-    one places. Each try starts from the grouped program itself: the passes return a new Program (partition
-    new Layers) and leave theirs as it was. The pass seconds reported are the shape passes' and the fill
-    passes' of the try that placed."""
+    one places, and last at the last share with tall block grids folded. Each try starts from the grouped
+    program itself: the passes return a new Program (partition new Layers) and leave theirs as it was. The pass
+    seconds reported are the shape passes' and the fill passes' of the try that placed."""
     fills = [options.fill] if options.fill is not None else list(FILLS)
-    for fill in fills:
-        manager = PassManager(fill_passes(options, fill), verify=verify_ir, on_pass=on_pass,
+    tries = [(fill, False) for fill in fills] + [(fills[-1], True)]
+    for fill, fold_strips in tries:
+        manager = PassManager(fill_passes(options, fill, fold_strips), verify=verify_ir, on_pass=on_pass,
                               checks=[ops.verify_plans], ran_before=list(grouped.pass_seconds))
         try:
             program = manager.run(grouped.program)
         except DoesNotPlace:
-            if fill == fills[-1]:
+            if (fill, fold_strips) == tries[-1]:
                 raise
             continue
         return Compiled(program, grouped.captured, {**grouped.pass_seconds, **manager.seconds})
