@@ -74,6 +74,12 @@ UNEXPRESSIBLE_SAMPLES = {
                                                    "random: dropout draws from torch's generator"),
     "nn.functional.max_pool2d": (lambda sample: bool(sample.kwargs.get("return_indices")),
                                  "a tuple output: the values and their indices (return_indices=True)"),
+    # An output whose shape is the value of an input tensor: no static-shape program has it (wsc refuses it).
+    "repeat_interleave": (lambda sample: any(isinstance(a, torch.Tensor)
+                                             for a in (*sample.args, *sample.kwargs.values())),
+                          "a shape from input values: the repeats are a tensor"),
+    "narrow": (lambda sample: any(isinstance(a, torch.Tensor) for a in sample.args),
+               "a shape from input values: the start is a tensor"),
 }
 
 INPUT_DTYPES = (torch.float32, torch.int64, torch.bool)

@@ -84,3 +84,22 @@ def test_an_input_no_output_reads_is_still_an_input_of_the_program():
     compiled = wsc.compile(IgnoresAnInput(), (x, other), "mesh-16x16", time_limit=0.3)
     assert [n.name for n in compiled.program.graph.inputs] == ["x", "shape_only"]
     torch.testing.assert_close(compiled(x, other), torch.relu(x).expand(4, 6))
+
+
+class Narrow(torch.nn.Module):
+    def forward(self, x, start):
+        return x.narrow(0, start, 2)
+
+
+class Repeats(torch.nn.Module):
+    def forward(self, x, repeats):
+        return x.repeat_interleave(repeats)
+
+
+@pytest.mark.parametrize("model, second", [(Narrow(), torch.tensor(1)), (Repeats(), torch.tensor([1, 2, 0, 3]))])
+def test_a_shape_that_depends_on_input_values_is_one_line(model, second):
+    with pytest.raises(WscError) as refusal:
+        wsc.compile(model, (torch.randn(4), second), "mesh-16x16", time_limit=0.3)
+    message = str(refusal.value)
+    assert "\n" not in message and len(message) < 200
+    assert "depends on the" in message and "input values" in message or "values of its inputs" in message

@@ -129,6 +129,10 @@ def _capture(model: nn.Module, example_inputs: tuple) -> Captured:
             keywords = forward_kwargs(model, example_inputs) or None
             exported = torch.export.export(model, tuple(example_inputs), kwargs=keywords, strict=False)
     except Exception as export_error:  # export raises many types; each means "try the fallback"
+        if _unbacked(export_error):  # no tracer makes such a shape static: the fallback would only hide why
+            raise WscError("cannot capture the model: a shape in it depends on the values of its inputs (a tensor "
+                           "used as a size, a start or a count of repeats); pass that value as a Python "
+                           "number") from None
         try:
             return _from_symbolic_trace(model, example_inputs)
         except WscError:
@@ -183,6 +187,13 @@ def _diagnose(model: nn.Module, example_inputs: tuple, export_error: Exception,
         return WscError(f"cannot capture the model: {both}; data-dependent control flow (an `if` on a tensor's "
                         "value) is the usual cause: make the branch static")
     return WscError(f"cannot capture the model: {both}; the CLI's --debug shows the tracers' own output")
+
+
+def _unbacked(error: Exception) -> bool:
+    """Whether torch.export failed on a size it could only know from a tensor's value (an unbacked symbol)."""
+    text = f"{type(error).__name__}: {error}"
+    return any(mark in text for mark in ("PendingUnbackedSymbolNotFound", "GuardOnDataDependentSymNode",
+                                         "unbacked symbol"))
 
 
 def _data_dependent(error: Exception) -> bool:
