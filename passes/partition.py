@@ -187,7 +187,10 @@ class Partition:
                 # Never fewer blocks than the least cut along either side, but stay within the share: a
                 # tall least cut and a wide share grid must not multiply into a rectangle of both.
                 h = max(h, cut.row_blocks)
-                w = max(cut.col_blocks, min(w, shares[k.name] // (h * splits)))
+                # More row blocks than the least cut's make each tile shorter, so fewer column blocks may fit
+                # than the least cut needs: a wide least cut raised in height for lanes must not keep its width.
+                fewest = self.fewest_col_blocks(graph, k, h, splits, size, capacity, resident) or cut.col_blocks
+                w = max(fewest, min(w, shares[k.name] // (h * splits)))
                 if ops.kernel(k.op).whole_rows:  # more PEs can only mean more row blocks (folded into the area)
                     h, w = min(rows, max(shares[k.name], cut.row_blocks)), 1
                 wider = Cut(h, w, splits)
