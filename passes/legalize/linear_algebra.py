@@ -1,6 +1,7 @@
 """Rules for the matrix products: matmul in every rank combination torch allows (mm, bmm, mv, dot, outer and
 inner are cases of it), linear, addmm, addmv and baddbmm with their scaling factors and a bias of any
-broadcastable shape, and the einsum contractions a batched matmul covers.
+broadcastable shape, and einsum: its diagonals strided slices, the indices one operand alone holds summed
+within it, and the rest batched matmuls, two operands at a time.
 
 Each becomes the matmul kernel, out[g] = a[g] @ b[g]^T + bias: its second operand is read transposed ([N, K]),
 so a weight stored [N, K] (a Linear's, or the W of `x @ W.T`, whose two transposes cancel) is read as it is.
@@ -13,12 +14,14 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from wsc.core.ir import Node
 from wsc.passes.legalize import Rewriter, legalizes
 from wsc.passes.legalize.layout import expand, permute, reshape, swap_last
+from wsc.passes.legalize.reduce import reduce_over
 
 
 def _scaled(rw: Rewriter, x: str, factor: float) -> str:
@@ -144,25 +147,93 @@ def _einsum_terms(equation: str, shapes: list[tuple[int, ...]]) -> tuple[list[st
     return terms, "".join(ellipsis) + "".join(sorted(c for c, n in counts.items() if n == 1 and c not in ellipsis))
 
 
-@legalizes("aten.einsum.default",
-           refuses="equations that are not one batched matmul: three or more operands, sums within one "
-                   "operand, repeated indices (diagonals)")
+def reduced_within(rw: Rewriter, op: str, x: str, dims: Sequence[int], keepdim: bool = False) -> str:
+    """x reduced by `op` over `dims` inside another op's rule: the reduce rules' `reduce_over`, which names its
+    result after the node it computes, given a stand-in node of the reduced shape so that the rule's own
+    result keeps the ATen node's name. `op` is one whose value over one element is that element (sum, amax)."""
+    shape = rw.shape(x)
+    dims = sorted({int(d) % len(shape) for d in dims}) if shape else []
+    out = tuple(1 if d in dims else n for d, n in enumerate(shape) if keepdim or d not in dims)
+    ones = [d for d in dims if shape[d] == 1]
+    if ones:  # a sum, max or min over one element is that element: those dims are dropped by a reshape
+        x = reshape(rw, x, [n for d, n in enumerate(shape) if d not in ones])
+        dims = [d - sum(o < d for o in ones) for d in dims if d not in ones]
+    if not dims:
+        return reshape(rw, x, out)
+    origin = rw.origin
+    assert origin is not None
+    rw.origin = stand_in = replace(origin, name=f"{origin.name}_{op}{rw.count}", shape=out)
+    try:
+        return reduce_over(rw, stand_in, op, x, list(dims))
+    finally:
+        rw.origin = origin
+
+
+def _diagonals(rw: Rewriter, node: Node, x: str, term: str) -> tuple[str, str]:
+    """x with each index its term repeats taken once, on the diagonal: those dims moved last and flattened, a
+    diagonal of r dims of n is every (1 + n + ... + n^(r-1))-th element of the n^r, a strided slice."""
+    for c in dict.fromkeys(term):
+        at = [i for i, t in enumerate(term) if t == c]
+        if len(at) == 1:
+            continue
+        sizes = {rw.shape(x)[i] for i in at}
+        if len(sizes) != 1:
+            raise rw.unsupported(node, f"einsum index {c!r} repeated over dims of sizes {sorted(sizes)}")
+        n = sizes.pop()
+        rest = [i for i, t in enumerate(term) if t != c]
+        kept = tuple(rw.shape(x)[i] for i in rest)
+        x = reshape(rw, permute(rw, x, rest + at), (*kept, n ** len(at)))
+        step = sum(n ** k for k in range(len(at)))
+        if n > 1:
+            x = rw.emit("slice", [x], (*kept, n), dtype=rw.out[x].dtype, dim=len(kept), start=0,
+                        end=(n - 1) * step + 1, step=step)
+        x = reshape(rw, x, (*kept, n))
+        term = "".join(term[i] for i in rest) + c
+    return x, term
+
+
+def _summed_out(rw: Rewriter, x: str, term: str, needed: set[str]) -> tuple[str, str]:
+    """x with the indices no other operand and not the output holds summed away: a sum within the operand."""
+    dims = [i for i, c in enumerate(term) if c not in needed]
+    if not dims:
+        return x, term
+    return reduced_within(rw, "sum", x, dims), "".join(c for c in term if c in needed)
+
+
+@legalizes("aten.einsum.default", refuses="an index repeated in the output, or over dims of different sizes")
 def _einsum(rw: Rewriter, node: Node) -> str:
+    """Each operand loses its diagonals and the indices only it holds (summed within it); one operand is then a
+    permute, two are one batched matmul, and more are contracted two at a time from the left, each product
+    keeping the indices a later operand or the output holds."""
     equation = rw.arg(node, 0, "equation")
     operands = [rw.value[r.name] for r in rw.arg(node, 1, "tensors")]
     terms, out = _einsum_terms(equation, [rw.shape(x) for x in operands])
-    if len(operands) > 2:
-        raise rw.unsupported(node, f"einsum {equation!r} of {len(operands)} operands (a matmul takes two: write "
-                                   "it as einsums of two)")
-    if any(len(set(t)) != len(t) for t in (*terms, out)):
-        raise rw.unsupported(node, f"einsum {equation!r} repeats an index within one term (a diagonal)")
-    if len(operands) == 1:
-        if sorted(terms[0]) != sorted(out):
-            raise rw.unsupported(node, f"einsum {equation!r} sums within its operand (a reduction, not a matmul)")
-        return permute(rw, operands[0], [terms[0].index(c) for c in out], final=True)
-    (ta, tb), (a, b) = terms, operands
-    if any(c in ta + tb and ((c in ta) != (c in tb)) and c not in out for c in ta + tb):
-        raise rw.unsupported(node, f"einsum {equation!r} sums over an index of one operand only (a reduction)")
+    if len(set(out)) != len(out):
+        raise rw.unsupported(node, f"einsum {equation!r} repeats an index in its output")
+    pairs = [_diagonals(rw, node, x, t) for x, t in zip(operands, terms, strict=True)]
+    x, term = pairs[0]
+    if len(pairs) == 1:
+        x, term = _summed_out(rw, x, term, set(out))
+        return reshape(rw, permute(rw, x, [term.index(c) for c in out]), node.shape, final=True)
+    for k in range(1, len(pairs)):
+        later = set(out).union(*(t for _, t in pairs[k + 1:]))
+        y, other = pairs[k]
+        x, term = _summed_out(rw, x, term, later | set(other))
+        y, other = _summed_out(rw, y, other, later | set(term))
+        last = k == len(pairs) - 1
+        # Kept in the order the product holds them (shared, the first's own, the second's), so none is moved.
+        held = [*(c for c in term if c in other), *term, *other]
+        kept = out if last else "".join(dict.fromkeys(c for c in held if c in later))
+        x = _contraction(rw, (x, term), (y, other), kept, node.shape if last else None)
+        term = kept
+    return x
+
+
+def _contraction(rw: Rewriter, first: tuple[str, str], second: tuple[str, str], out: str,
+                 shape: Sequence[int] | None) -> str:
+    """The einsum of two operands whose every index is in the other or in `out`, as one batched matmul; `shape`
+    is the node's (the result is then its value), None for a product a later operand still multiplies."""
+    (a, ta), (b, tb) = first, second
     batch = [c for c in out if c in ta and c in tb]
     rows, cols = [c for c in out if c not in tb], [c for c in out if c not in ta]
     summed = [c for c in ta if c in tb and c not in out]
@@ -181,6 +252,7 @@ def _einsum(rw: Rewriter, node: Node) -> str:
     order = [grouped.index(c) for c in out]
     spread = tuple(size(c) for c in grouped)
     if order == list(range(len(out))):
-        return _product(rw, matrix(a, ta, rows), matrix(b, tb, cols), node.shape)
+        return _product(rw, matrix(a, ta, rows), matrix(b, tb, cols), spread if shape is None else shape,
+                        final=shape is not None)
     product = _product(rw, matrix(a, ta, rows), matrix(b, tb, cols), spread, final=False)
-    return permute(rw, product, order, final=True)
+    return permute(rw, product, order, final=shape is not None)
