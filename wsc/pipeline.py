@@ -216,10 +216,13 @@ def map_grouped(grouped: Grouped, options: CompileOptions, *, verify_ir: bool,
                               checks=[ops.verify_plans], ran_before=list(grouped.pass_seconds))
         try:
             program = manager.run(grouped.program)
-        except DoesNotPlace:
-            if (fill, fold_strips) == tries[-1]:
-                raise
-            continue
+        except DoesNotPlace as error:
+            if (fill, fold_strips) != tries[-1]:
+                continue
+            if grouped.program.mode == "pipelined":  # each layer has only its band of rows
+                raise DoesNotPlace(f"pipelined mode cannot place every layer in its band of rows: {error}; use "
+                                   "--mode weight-streaming", error.needed, error.offered) from None
+            raise
         return Compiled(program, grouped.captured, {**grouped.pass_seconds, **manager.seconds})
     raise AssertionError("unreachable: the last fill returns or raises")
 
