@@ -11,16 +11,20 @@
     wsc/ops/elementwise.py add, sub, mul, div, maximum, minimum, pow_tensor, comparisons, logical ops, where
                            (each operand broadcast over the output's leading rows)
     wsc/ops/relu.py        relu
+    wsc/ops/unary.py       neg, abs, exp, log, log1p, expm1, sqrt, rsqrt, reciprocal, square, sin, cos, tanh, erf,
+                           sigmoid, silu, softplus, leaky_relu, elu, clamp, pow (a number exponent)
     wsc/ops/embedding.py   embedding lookup
     wsc/ops/batchnorm.py   batchnorm: eval-mode batch norm, per channel (dim 1)
     wsc/ops/pool.py        pool: the max or mean of each gathered window (max, average and adaptive pools)
     wsc/ops/im2col.py      im2col: the windows of a convolution or pooling gathered (layout: routing, no compute)
-    wsc/ops/layout.py      reshape, permute, slice: data movement only
+    wsc/ops/layout.py      reshape, permute, slice, concat, expand, repeat, repeat_interleave, flip, pad,
+                           index_select, gather, index, cast: data movement only
 
 For each op: its ABI shapes, FLOPs and backward FLOPs, the SRAM a PE needs for a tile and whether it needs whole
 rows, its SRAM traffic, how it may be cut (a reduction that can be split), its LLVM lowering and its numpy
-reference (see `base.py` for the methods and their defaults). Every module of this package is loaded with it, so adding
-an op is adding a file here (and, for the ATen ops that produce it, a rule in the family's module of passes/legalize/).
+reference (see `base.py` for the methods and their defaults). Every module of this package is loaded with it, so
+adding an op is adding a file here (and, for the ATen ops that produce it, a rule in the family's module of
+passes/legalize/).
 `docs/architecture.md` walks through adding one.
 """
 
