@@ -1,4 +1,4 @@
-"""Rules for convolutional nets: convolutions, pooling and batch norm in eval mode.
+"""Rules for convolutional nets: convolutions, pooling and batch norm (eval and training mode).
 
 A convolution is an implicit GEMM: im2col gathers each output position's window of the input (a layout op;
 on the wafer, routing the activations to the PEs that hold the filter), the matmul kernel multiplies the
@@ -6,19 +6,29 @@ windows by the filter read as its [N, K] operand (K = C/groups * prod(kernel), t
 puts the channels back at dim 1. Groups are the matmul's batch: group g's windows meet group g's filters.
 Pools gather their windows the same way and reduce them with the pool kernel. Inputs without a batch dim
 (torch takes a conv2d on [C, H, W]) get a batch of one for the gather and lose it again after.
+
+Batch norm is the batchnorm kernel in both modes: eval mode gives it the running statistics, training mode the
+batch's own (a mean and a biased var reduction over every dim but the channels), so the normalisation stays
+one kernel. Training mode also moves the running statistics towards the batch's; that is computed only where
+the graph reads them afterwards (see `_batch_norm_call`).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from wsc.core.ir import Node
+from wsc.core.ir import Node, Ref
 from wsc.ops.im2col import adaptive_bounds, adaptive_widest
 from wsc.passes.legalize import Rewriter, legalizes
+from wsc.passes.legalize.elementwise import emit_elementwise
+from wsc.passes.legalize.layout import permute, reshape
+from wsc.passes.legalize.reduce import reduce_over
 
 CONVOLUTIONS = ("aten.conv1d.default", "aten.conv2d.default", "aten.conv3d.default", "aten.conv1d.padding",
                 "aten.conv2d.padding", "aten.conv3d.padding")
@@ -136,13 +146,13 @@ def _mean(rw: Rewriter, node: Node, windows: str, divisors: np.ndarray) -> str:
 
 
 def _unread_extra_output(rw: Rewriter, node: Node, what: str) -> str | None:
-    """For a multi-output op's extra outputs (a max pool's indices, a batch norm's saved statistics): the
-    value standing for them when nothing reads them (the node is then dropped), else a refusal."""
+    """For a multi-output op's extra outputs (a max pool's indices): the value standing for them when nothing
+    reads them (the node is then dropped), else a refusal."""
     if node.attrs.get("index", 0) == 0:
         return None
     if rw.source.users(node.name) or node.name in rw.source.outputs:
         raise rw.unsupported(node, f"its {what} are read; only its first output is supported")
-    return rw.arg(node, 0, "self" if "pool" in node.op else "input")
+    return rw.arg(node, 0, "self")
 
 
 @legalizes("aten.max_pool1d.default", "aten.max_pool2d.default")
@@ -220,24 +230,197 @@ def _adaptive_avg_pool(rw: Rewriter, node: Node) -> str:
 # ------------------------------------------------------------------------------------------------ batch norm
 
 
-@legalizes("aten.batch_norm.default", refuses="training mode")
-@legalizes("aten._native_batch_norm_legit_no_training.default", refuses="reading the saved mean and rstd")
-def _batch_norm(rw: Rewriter, node: Node) -> str:
-    unread = _unread_extra_output(rw, node, "saved mean and inverse standard deviation")
-    if unread is not None:
-        return unread
-    if node.op == "aten.batch_norm.default":
-        if rw.arg(node, 5, "training"):
-            raise rw.unsupported(node, "batch norm in training mode (batch statistics); call model.eval() first")
-        eps = rw.arg(node, 7, "eps")
-    else:
-        eps = rw.arg(node, 6, "eps")
+@dataclass(frozen=True)
+class _Form:
+    """Where an ATen batch norm op holds its arguments (indices into its args), and how it treats the running
+    statistics: `stats` whether it takes them (at 3 and 4), `training` the index of its flag (None: eval mode
+    only), `returns_stats` whether it returns the updated ones as its outputs 3 and 4 instead of writing them
+    in place (the functional op of a decomposed graph)."""
+
+    stats: bool
+    training: int | None
+    momentum: int
+    eps: int
+    returns_stats: bool = False
+
+
+_FORMS = {
+    "aten.batch_norm.default": _Form(True, 5, 6, 7),
+    "aten._native_batch_norm_legit_no_training.default": _Form(True, None, 5, 6),
+    "aten._native_batch_norm_legit.default": _Form(True, 5, 6, 7),
+    "aten._native_batch_norm_legit.no_stats": _Form(False, 3, 4, 5),
+    "aten.native_batch_norm.default": _Form(True, 5, 6, 7),
+    "aten._native_batch_norm_legit_functional.default": _Form(True, 5, 6, 7, returns_stats=True),
+}
+RUNNING = {"mean": (3, "running_mean"), "var": (4, "running_var")}
+
+
+@dataclass
+class _Call:
+    """One batch norm call, its operands as they were when it ran: the getitem nodes of a multi-output op each
+    come to the rule, and the first of them may already have rebound the running statistics to their updates."""
+
+    x: str
+    weight: str | None
+    bias: str | None
+    running: dict[str, str | None]  # "mean", "var" -> the running statistic the call read
+    training: bool
+    momentum: float
+    eps: float
+    updated: dict[str, str] = field(default_factory=dict)  # "mean", "var" -> the running statistic after it
+
+
+@dataclass
+class _State:
+    parents: dict[str, str]  # getitem node -> the multi-output node it reads
+    calls: dict[str, _Call] = field(default_factory=dict)  # by the call's node
+    batch: dict[str, tuple[str, str]] = field(default_factory=dict)  # x -> its batch mean and biased var [C]
+
+
+_STATE: weakref.WeakKeyDictionary[Rewriter, _State] = weakref.WeakKeyDictionary()
+
+
+def _state(rw: Rewriter) -> _State:
+    if rw not in _STATE:
+        # A getitem node carries its producer's op and args but not its name; the producer is the last
+        # multi-output node before it with the same op and args (two calls alike are told apart by position).
+        parents, last = {}, {}
+        for each in rw.source:
+            key = (each.op, repr(each.attrs.get("args")), repr(each.attrs.get("kwargs")))
+            if each.attrs.get("multi_output") and "index" not in each.attrs:
+                last[key] = each.name
+            elif "index" in each.attrs and key in last:
+                parents[each.name] = last[key]
+        _STATE[rw] = _State(parents)
+    return _STATE[rw]
+
+
+def _call_name(rw: Rewriter, node: Node) -> str:
+    return _state(rw).parents.get(node.name, node.name)
+
+
+def _ref_name(node: Node, index: int, name: str) -> str | None:
+    """The ATen node an argument names, None when it is not a tensor."""
+    args, kwargs = node.attrs.get("args", ()), node.attrs.get("kwargs", {})
+    value = args[index] if index < len(args) else kwargs.get(name)
+    return value.name if isinstance(value, Ref) else None
+
+
+def _read_later(rw: Rewriter, node: Node, name: str) -> bool:
+    """Whether anything after this call reads the ATen value `name` (a running statistic it updates in place):
+    a node not legalised yet that is not part of the call, or the graph's outputs."""
+    call = _call_name(rw, node)
+    return name in rw.source.outputs or any(
+        user not in rw.value and _call_name(rw, rw.source[user]) != call for user in rw.source.users(name))
+
+
+def _batch_norm_call(rw: Rewriter, node: Node) -> _Call:
+    """The call the node is (or is an output of), read once. A call in training mode that updates running
+    statistics in place rebinds them to their updates when something after it reads them, as torch's later
+    readers see the updated buffers; else the update is not computed."""
+    state = _state(rw)
+    name = _call_name(rw, node)
+    if name in state.calls:
+        return state.calls[name]
+    form = _FORMS[node.op]
     x = rw.arg(node, 0, "input")
-    shape = rw.shape(x)
-    if len(shape) < 2:
-        raise rw.unsupported(node, f"an input of rank {len(shape)}; batch norm needs [N, C, ...]")
-    given = {"weight": rw.arg(node, 1, "weight"), "bias": rw.arg(node, 2, "bias"),
-             "mean": rw.arg(node, 3, "running_mean"), "var": rw.arg(node, 4, "running_var")}
+    if len(rw.shape(x)) < 2:
+        raise rw.unsupported(node, f"an input of rank {len(rw.shape(x))}; batch norm needs [N, C, ...]")
+    running = {which: rw.arg(node, index, arg) if form.stats else None for which, (index, arg) in RUNNING.items()}
+    training = bool(rw.arg(node, form.training, "training")) if form.training is not None else False
+    call = _Call(x, rw.arg(node, 1, "weight"), rw.arg(node, 2, "bias"), running, training,
+                 float(rw.arg(node, form.momentum, "momentum")), float(rw.arg(node, form.eps, "eps")))
+    state.calls[name] = call
+    if training and not form.returns_stats:
+        for which, (index, arg) in RUNNING.items():
+            ref = _ref_name(node, index, arg)
+            if ref is not None and _read_later(rw, node, ref):
+                rw.value[ref] = _running_update(rw, node, call, which)
+    return call
+
+
+def _batch_statistics(rw: Rewriter, node: Node, x: str) -> tuple[str, str]:
+    """The batch's mean and biased variance of each channel of x [N, C, ...], [C] each: the channels moved
+    first once, read as [C, N * inner] by both reductions. Computed once per input (every output of a call,
+    and calls on the same input, share them)."""
+    state = _state(rw)
+    if x not in state.batch:
+        shape = rw.shape(x)
+        channels = shape[1]
+        rows = reshape(rw, permute(rw, x, [1, 0, *range(2, len(shape))]), (channels, math.prod(shape) // channels))
+        origin = rw.origin
+        assert origin is not None
+        stats = []
+        for op, attrs in (("mean", {}), ("var", {"correction": 0.0})):
+            # reduce_over names its result after the node it is given: a stand-in, so the call keeps its name.
+            rw.origin = stand_in = replace(origin, name=f"{origin.name}_batch_{op}{rw.count}", shape=(channels,),
+                                           dtype="float32")
+            try:
+                stats.append(reduce_over(rw, stand_in, op, rows, [1], **attrs))
+            finally:
+                rw.origin = origin
+        state.batch[x] = (stats[0], stats[1])
+    return state.batch[x]
+
+
+def _running_update(rw: Rewriter, node: Node, call: _Call, which: str, final: bool = False) -> str:
+    """(1 - momentum) * running + momentum * the batch's statistic, the variance unbiased (n / (n - 1)), as
+    torch updates the running statistics."""
+    running = call.running[which]
+    assert running is not None  # only a call given running statistics updates them
+    if which in call.updated:
+        return call.updated[which]
+    shape = rw.shape(call.x)
+    channels, n = shape[1], math.prod(shape) // shape[1]
+    mean, var = _batch_statistics(rw, node, call.x)
+    if which == "var" and n < 2:
+        raise rw.unsupported(node, "a running variance updated from one value per channel (its unbiased "
+                                   "variance is undefined)")
+    batch, factor = (mean, call.momentum) if which == "mean" else (var, call.momentum * n / (n - 1))
+    kept = emit_elementwise(rw, node, "mul", [running, 1.0 - call.momentum], out=(channels,), final=False)
+    alpha = float(np.float32(factor))
+    call.updated[which] = emit_elementwise(rw, node, "add", [kept, batch], out=(channels,), final=final,
+                                           attrs={} if alpha == 1 else {"alpha": alpha})
+    return call.updated[which]
+
+
+def _unread(rw: Rewriter, node: Node) -> bool:
+    return not rw.source.users(node.name) and node.name not in rw.source.outputs
+
+
+@legalizes("aten.batch_norm.default", refuses="values other than float32 in training mode")
+@legalizes("aten._native_batch_norm_legit_no_training.default", refuses="reading the saved mean and rstd")
+@legalizes("aten._native_batch_norm_legit.default", "aten._native_batch_norm_legit.no_stats",
+           "aten.native_batch_norm.default", "aten._native_batch_norm_legit_functional.default",
+           refuses="reading the saved mean and rstd in eval mode, values other than float32 in training mode")
+def _batch_norm(rw: Rewriter, node: Node) -> str:
+    call = _batch_norm_call(rw, node)
+    index = node.attrs.get("index", 0)
+    if index and _unread(rw, node):
+        return call.x  # a stand-in: nothing reads it, so it is dropped
+    if index in (1, 2):
+        if not call.training:
+            raise rw.unsupported(node, "its saved mean and inverse standard deviation are read in eval mode "
+                                       "(torch leaves them empty); only its first output is supported")
+        mean, var = _batch_statistics(rw, node, call.x)
+        if index == 1:
+            return mean
+        shifted = emit_elementwise(rw, node, "add", [var, call.eps], out=node.shape, final=False)
+        return rw.emit("rsqrt", [shifted], node.shape, final=True)
+    if index in (3, 4):  # the functional op's updated running statistics
+        which = "mean" if index == 3 else "var"
+        if not call.training:
+            kept = call.running[which]
+            assert kept is not None  # the functional op's schema requires them
+            return kept
+        return _running_update(rw, node, call, which, final=True)
+    shape = rw.shape(call.x)
+    if call.training:
+        mean, var = _batch_statistics(rw, node, call.x)
+        given = {"mean": mean, "var": var, "weight": call.weight, "bias": call.bias}
+    else:
+        given = {**call.running, "weight": call.weight, "bias": call.bias}
     operands = [name for name in ("mean", "var", "weight", "bias") if given[name] is not None]
-    return rw.emit("batchnorm", [x] + [given[name] for name in operands], node.shape, final=True, eps=float(eps),
-                   channels=shape[1], inner=math.prod(shape[2:]), operands=operands)
+    return rw.emit("batchnorm", [call.x] + [given[name] for name in operands], node.shape, final=True,
+                   eps=call.eps, channels=shape[1], inner=math.prod(shape[2:]), operands=operands)
+
