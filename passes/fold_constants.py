@@ -40,6 +40,31 @@ def aten_op(name: str) -> Any | None:
         return None
 
 
+# Composite ATen ops whose schema does not mark what they write: the positions of the arguments written.
+# batch_norm in training mode (its argument 5) updates its running mean and variance (arguments 3 and 4).
+UNMARKED_WRITES = {"aten.batch_norm.default": lambda args: (3, 4) if len(args) > 5 and args[5] else ()}
+
+
+def mutated_inputs(node: Node) -> list[str]:
+    """The nodes an op writes in place, from its schema (`add_`'s self, native_batch_norm's running stats) or
+    UNMARKED_WRITES: what reads them afterwards must not see the value they had before."""
+    args, kwargs = node.attrs.get("args", ()), node.attrs.get("kwargs", {})
+    if node.op in UNMARKED_WRITES:
+        return [args[i].name for i in UNMARKED_WRITES[node.op](args) if isinstance(args[i], Ref)]
+    op = aten_op(node.op)
+    schema = getattr(op, "_schema", None)
+    if schema is None:
+        return []
+    written = []
+    for i, argument in enumerate(schema.arguments):
+        if argument.alias_info is None or not argument.alias_info.is_write:
+            continue
+        value = args[i] if i < len(args) else kwargs.get(argument.name)
+        if isinstance(value, Ref):
+            written.append(value.name)
+    return written
+
+
 @dataclass(frozen=True)
 class FoldConstants:
     name: ClassVar[str] = "fold-constants"
@@ -58,7 +83,10 @@ class FoldConstants:
                 values[node.name] = known  # a buffer is data the model carries: what reads it may fold
                 out.add(node)
                 continue
-            value = self.evaluate(graph, node, values)
+            written = mutated_inputs(node)
+            value = self.evaluate(graph, node, values, written)
+            for name in written:
+                values.pop(name, None)  # changed in place from here on: no longer the value it had
             if value is not None and value.numel() <= self.max_elements:
                 values[node.name] = value
                 out.add(Node(node.name, "const", (), tuple(value.shape), node.dtype,
@@ -68,7 +96,10 @@ class FoldConstants:
         out.outputs = list(graph.outputs)
         return out
 
-    def evaluate(self, graph: Graph, node: Node, values: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    def evaluate(self, graph: Graph, node: Node, values: dict[str, torch.Tensor],
+                 written: tuple[str, ...] | list[str] = ()) -> torch.Tensor | None:
+        """The node's value, or None when it cannot be known at compile time. The inputs an op writes in place
+        are handed to it as copies: a model's buffer is never changed by compiling it."""
         if node.op in ("input", "param", "const") or any(word in node.op for word in NEVER_FOLD):
             return None
         op = aten_op(node.op)
@@ -85,7 +116,8 @@ class FoldConstants:
         def real(value: Any) -> Any:
             if isinstance(value, Ref):
                 if value.name in values:
-                    return values[value.name]
+                    known = values[value.name]
+                    return known.clone() if value.name in written else known
                 src = graph[value.name]  # a shape-only op's input: any tensor of its shape and dtype will do
                 return torch.zeros(src.shape, dtype=TORCH_DTYPE.get(src.dtype, torch.float32))
             if isinstance(value, (list, tuple)):

@@ -300,3 +300,22 @@ def test_what_is_refused_is_one_line() -> None:
     with pytest.raises(WscError, match="a running variance updated from one value per channel") as refusal:
         Legalize().run(graph)
     assert "\n" not in str(refusal.value)
+
+
+class ReadsItsRunningStatsAfter(torch.nn.Module):
+    """A reader of a running stat that involves no input: folding it with the buffer's value before the update
+    would be wrong."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        return self.norm(x), self.norm.running_mean * 2.0, self.norm.running_var.unsqueeze(-1)
+
+
+def test_a_running_stat_read_after_the_update_is_not_folded_to_its_old_value():
+    model = ReadsItsRunningStatsAfter().train()
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(3)) * 2 + 1
+    compiled = wsc.compile(model, (x,), "mesh-16x16", time_limit=0.3, strategy="row-major")
+    assert compiled.report["verification"]["status"] == "pass", compiled.report["verification"]
