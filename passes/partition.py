@@ -125,7 +125,9 @@ class Partition:
     name: ClassVar[str] = "partition"
     fill: float = 0.5
     reserved_bytes: int = 8192
-    fold_strips: bool = False  # fold block grids taller than half the mesh (see `rectangle`)
+    # The compact try: fold block grids taller than half the mesh (see `rectangle`) and hold each kernel to its
+    # share of PEs.
+    fold_strips: bool = False
 
     def __call__(self, program: Program) -> Program:
         mapped: dict[str, dict[str, KernelPlan]] = {}
@@ -187,9 +189,12 @@ class Partition:
                 # Never fewer blocks than the least cut along either side, but stay within the share: a
                 # tall least cut and a wide share grid must not multiply into a rectangle of both.
                 h = max(h, cut.row_blocks)
-                # More row blocks than the least cut's make each tile shorter, so fewer column blocks may fit
-                # than the least cut needs: a wide least cut raised in height for lanes must not keep its width.
-                fewest = self.fewest_col_blocks(graph, k, h, splits, size, capacity, resident) or cut.col_blocks
+                # A wide least cut raised in height for lanes keeps its width, which carries more lanes but may
+                # take more than the share. The compact try (the fill search's last) holds it to the share: more
+                # row blocks make each tile shorter, so fewer column blocks fit than the least cut needs.
+                fewest = cut.col_blocks
+                if self.fold_strips:
+                    fewest = self.fewest_col_blocks(graph, k, h, splits, size, capacity, resident) or fewest
                 w = max(fewest, min(w, shares[k.name] // (h * splits)))
                 if ops.kernel(k.op).whole_rows:  # more PEs can only mean more row blocks (folded into the area)
                     h, w = min(rows, max(shares[k.name], cut.row_blocks)), 1
