@@ -3,8 +3,8 @@
 Activations stay resident between layers (as they stay on the wafer); a layer's weights are streamed in just
 before it runs and released right after. Every kernel runs through its JIT-compiled LLVM function over exactly
 the tiles the partitioner chose; outputs start as NaN, so an element no tile computed cannot pass for a value.
-Layout ops (reshape, permute, slice, concat, gather, cast, ...) only move data, as the fabric does. What each op does is the op table's
-(`wsc/ops/`): its ABI shapes, its kernel, how it runs with a split reduction.
+Layout ops (reshape, permute, slice, concat, gather, cast, ...) only move data, as the fabric does. What each op
+does is the op table's (`wsc/ops/`): its ABI shapes, its kernel, how it runs with a split reduction.
 """
 
 from __future__ import annotations
