@@ -127,7 +127,7 @@ class Partition:
     reserved_bytes: int = 8192
     # The compact try: fold block grids taller than half the mesh (see `rectangle`) and hold each kernel to its
     # share of PEs.
-    fold_strips: bool = False
+    compact: bool = False
 
     def __call__(self, program: Program) -> Program:
         mapped: dict[str, dict[str, KernelPlan]] = {}
@@ -150,7 +150,7 @@ class Partition:
                                      "weight-streaming", error.needed, error.offered) from None
                 mapped[key] = plans
             layers.append(replace(layer, kernels=plans, region=area.region))
-        return replace(program, layers=layers, fill=self.fill, folded_strips=self.fold_strips)
+        return replace(program, layers=layers, fill=self.fill, compact=self.compact)
 
     def partition_layer(self, program: Program, layer: Layer, area: Area) -> dict[str, KernelPlan]:
         """Each kernel's plan: its cut and its rectangle."""
@@ -193,16 +193,16 @@ class Partition:
                 # take more than the share. The compact try (the fill search's last) holds it to the share: more
                 # row blocks make each tile shorter, so fewer column blocks fit than the least cut needs.
                 fewest = cut.col_blocks
-                if self.fold_strips:
+                if self.compact:
                     fewest = self.fewest_col_blocks(graph, k, h, splits, size, capacity, resident) or fewest
                 w = max(fewest, min(w, shares[k.name] // (h * splits)))
                 if ops.kernel(k.op).whole_rows:  # more PEs can only mean more row blocks (folded into the area)
                     h, w = min(rows, max(shares[k.name], cut.row_blocks)), 1
                 wider = Cut(h, w, splits)
-                if sram_bytes(graph, k, wider, size, resident) <= capacity and rectangle(wider, area, self.fold_strips):
+                if sram_bytes(graph, k, wider, size, resident) <= capacity and rectangle(wider, area, self.compact):
                     cut = wider
                     break
-            h, w = rectangle(cut, area, self.fold_strips) or rectangle(least[k.name], area, self.fold_strips)  # type: ignore[misc]
+            h, w = rectangle(cut, area, self.compact) or rectangle(least[k.name], area, self.compact)  # type: ignore[misc]
             plans[k.name] = KernelPlan(k.name, rows, cols, cut, h, w, sram_bytes(graph, k, cut, size, resident),
                                        reduction_dim(graph, k))
         return plans

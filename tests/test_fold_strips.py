@@ -29,8 +29,8 @@ def test_the_fill_search_ends_with_a_folded_try(monkeypatch):
     unpatched = place.Place.__call__
 
     def places_only_folded(self, program):
-        tried.append((program.fill, program.folded_strips))
-        if not program.folded_strips:
+        tried.append((program.fill, program.compact))
+        if not program.compact:
             raise DoesNotPlace("does not pack", 1, 0)
         return unpatched(self, program)
 
@@ -38,15 +38,15 @@ def test_the_fill_search_ends_with_a_folded_try(monkeypatch):
     model, inputs = tiny_gpt(layers=1)
     compiled = wsc.compile(model, inputs, "mesh-16x16", time_limit=0.3, verify=False)
     assert tried[:3] == [(0.65, False), (0.5, False), (0.5, True)]
-    assert compiled.report["placement"]["folded_strips"] is True
+    assert compiled.report["placement"]["compact"] is True
     assert compiled.report["placement"]["fill"] == 0.5
 
 
 def test_when_every_try_fails_the_last_refusal_is_raised(monkeypatch):
     def never(self, program):
-        raise DoesNotPlace(f"does not pack at {program.fill} folded={program.folded_strips}", 1, 0)
+        raise DoesNotPlace(f"does not pack at {program.fill} compact={program.compact}", 1, 0)
 
     monkeypatch.setattr(place.Place, "__call__", never)
     model, inputs = tiny_gpt(layers=1)
-    with pytest.raises(DoesNotPlace, match="at 0.5 folded=True"):
+    with pytest.raises(DoesNotPlace, match="at 0.5 compact=True"):
         wsc.compile(model, inputs, "mesh-16x16", time_limit=0.3, verify=False)

@@ -74,10 +74,9 @@ class Grouped:
 # faster, but past some share their rectangles no longer pack (Cerebras-GPT 1.3B at 16 sequences per pass
 # places at 65% and not at 80%), and the rest leaves the placer room.
 FILLS = (0.65, 0.5)
-# When no share places, the last one is tried again with tall block grids folded near square: a layer of many
-# full-height strips (a 7B decoder's rotary and element-wise kernels at 2048 tokens) leaves no band for its
-# widest kernel. Tried last, since a strip's PEs talk to their neighbours over shorter routes.
-FOLDED_RETRY = True
+# When no share places, the last one is tried again compact: tall block grids folded near square (a layer of
+# many full-height strips, a 7B decoder's rotary and element-wise kernels at 2048 tokens, leaves no band for its
+# widest kernel) and each kernel held to its share. Tried last, since strips and wide rectangles route better.
 
 
 def shape_passes(options: CompileOptions) -> list:
@@ -85,9 +84,9 @@ def shape_passes(options: CompileOptions) -> list:
     return [FoldConstants(), Legalize(fused_attention=options.fused_attention), FuseEpilogues(), GroupLayers()]
 
 
-def fill_passes(options: CompileOptions, fill: float, fold_strips: bool = False) -> list:
+def fill_passes(options: CompileOptions, fill: float, compact: bool = False) -> list:
     """The passes that depend on the share of the mesh the kernels get: run once per fill tried."""
-    return [Partition(fill=fill, fold_strips=fold_strips),
+    return [Partition(fill=fill, compact=compact),
             Place(strategy=options.strategy, seed=options.seed, time_limit=options.time_limit),
             Route(router=options.router), Estimate()]
 
@@ -206,18 +205,18 @@ def group(captured: Captured, tokens: int, target: Target, options: CompileOptio
 def map_grouped(grouped: Grouped, options: CompileOptions, *, verify_ir: bool,
                 on_pass: Callable[[str, float], None] | None) -> Compiled:
     """The fill passes on the grouped program: at `options.fill`, else at each share in FILLS in turn until
-    one places, and last at the last share with tall block grids folded. Each try starts from the grouped
+    one places, and last the compact try at the last share (Partition.compact). Each try starts from the grouped
     program itself: the passes return a new Program (partition new Layers) and leave theirs as it was. The pass
     seconds reported are the shape passes' and the fill passes' of the try that placed."""
     fills = [options.fill] if options.fill is not None else list(FILLS)
     tries = [(fill, False) for fill in fills] + [(fills[-1], True)]
-    for fill, fold_strips in tries:
-        manager = PassManager(fill_passes(options, fill, fold_strips), verify=verify_ir, on_pass=on_pass,
+    for fill, compact in tries:
+        manager = PassManager(fill_passes(options, fill, compact), verify=verify_ir, on_pass=on_pass,
                               checks=[ops.verify_plans], ran_before=list(grouped.pass_seconds))
         try:
             program = manager.run(grouped.program)
         except DoesNotPlace as error:
-            if (fill, fold_strips) != tries[-1]:
+            if (fill, compact) != tries[-1]:
                 continue
             if grouped.program.mode == "pipelined":  # each layer has only its band of rows
                 raise DoesNotPlace(f"pipelined mode cannot place every layer in its band of rows: {error}; use "

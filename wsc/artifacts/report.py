@@ -55,7 +55,7 @@ def placement_summary(program: Program) -> dict[str, Any]:
         "router": ",".join(sorted(routers)),
         "mode": program.mode,
         "fill": program.fill,
-        "folded_strips": program.folded_strips,
+        "compact": program.compact,
         "pes_used": pes_used,
         "utilization": pes_used / program.target.usable_pes,
         "wirelength": sum(p.wirelength for p in placements),

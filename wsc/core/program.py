@@ -170,7 +170,7 @@ class Program:
     weights: Mapping[str, Any] | None = None  # store key -> tensor, when a pass must read a weight's values
     estimate: dict[str, Any] = field(default_factory=dict)
     fill: float = 0.0  # partition's record: the share of the usable PEs it handed to each layer's kernels
-    folded_strips: bool = False  # partition's record: the compact try (tall grids folded, kernels held to their share)
+    compact: bool = False  # partition's record: the compact try (tall grids folded, kernels held to their share)
     timeline: list[Slot] = field(default_factory=list)  # weight streaming: the estimate's slot per layer pass
 
     @property
