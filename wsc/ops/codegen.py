@@ -198,6 +198,14 @@ def store_at(b: ir.IRBuilder, value: ir.Value, ptr: ir.Value, index: ir.Value) -
     b.store(value, b.gep(ptr, [index], inbounds=True))
 
 
+def horner(b: ir.IRBuilder, x: ir.Value, coeffs: tuple[float, ...]) -> ir.Value:
+    """The polynomial sum(coeffs[i] * x**i) in float32 by Horner's rule, each step one fused multiply-add."""
+    acc = f32(coeffs[-1])
+    for c in reversed(coeffs[:-1]):
+        acc = b.fadd(b.fmul(acc, x, flags=CONTRACT), f32(c), flags=CONTRACT)
+    return acc
+
+
 def lower_unary(spec: KernelSpec, emit: Callable[[KernelBuilder, ir.Value], ir.Value]) -> KernelIR:
     """An elementwise kernel of one input: out[r, c] = emit(x[r, c]) over the tiles (gelu, relu, ...)."""
     if len(spec.out_shape) != 2 or spec.in_shapes != (spec.out_shape,):

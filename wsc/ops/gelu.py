@@ -26,6 +26,7 @@ from wsc.ops.codegen import (
     KernelIR,
     KernelSpec,
     f32,
+    horner,
     lower_unary,
 )
 
@@ -51,13 +52,6 @@ _ERF_LARGE = (
 )
 
 
-def _horner(b: ir.IRBuilder, x: ir.Value, coeffs: tuple[float, ...]) -> ir.Value:
-    acc = f32(coeffs[-1])
-    for c in reversed(coeffs[:-1]):
-        acc = b.fadd(b.fmul(acc, x, flags=CONTRACT), f32(c), flags=CONTRACT)
-    return acc
-
-
 def emit_erf(kb: KernelBuilder, x: ir.Value) -> ir.Value:
     b = kb.b
     fabs = kb.intrinsic("llvm.fabs")
@@ -65,9 +59,9 @@ def emit_erf(kb: KernelBuilder, x: ir.Value) -> ir.Value:
     copysign = kb.intrinsic("llvm.copysign", 2)
     ax = b.call(fabs, [x])
     x2 = b.fmul(x, x)
-    small = b.fmul(x, _horner(b, x2, _ERF_SMALL))
+    small = b.fmul(x, horner(b, x2, _ERF_SMALL))
     t = b.fdiv(f32(1.0), b.fadd(f32(1.0), b.fmul(f32(_ERF_P), ax), flags=CONTRACT))
-    tail = b.fmul(b.fmul(t, _horner(b, t, _ERF_LARGE)), b.call(exp, [b.fsub(f32(0.0), x2)]))
+    tail = b.fmul(b.fmul(t, horner(b, t, _ERF_LARGE)), b.call(exp, [b.fsub(f32(0.0), x2)]))
     large = b.call(copysign, [b.fsub(f32(1.0), tail), x])
     return b.select(b.fcmp_ordered("<", ax, f32(1.0)), small, large)
 

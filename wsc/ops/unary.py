@@ -25,7 +25,7 @@ import numpy as np
 from llvmlite import ir
 
 from wsc.ops.base import KernelOp, Shape, register
-from wsc.ops.codegen import CONTRACT, KernelBuilder, KernelIR, KernelSpec, f32, lower_unary
+from wsc.ops.codegen import KernelBuilder, KernelIR, KernelSpec, f32, horner, lower_unary
 from wsc.ops.gelu import emit_erf
 
 Attrs = Mapping[str, Any]
@@ -54,13 +54,6 @@ _TANH_POLY = (
 )
 
 
-def _horner(b: ir.IRBuilder, x: ir.Value, coeffs: tuple[float, ...]) -> ir.Value:
-    acc = f32(coeffs[-1])
-    for c in reversed(coeffs[:-1]):
-        acc = b.fadd(b.fmul(acc, x, flags=CONTRACT), f32(c), flags=CONTRACT)
-    return acc
-
-
 def emit_tanh(kb: KernelBuilder, x: ir.Value) -> ir.Value:
     """tanh(x) to about 1 ulp relative everywhere, as copysign(tanh(|x|), x) (so tanh(-0.0) = -0.0). Near 0 the
     odd polynomial (1 - 2 / (exp(2x) + 1) would cancel there, as gelu.py's form does); elsewhere
@@ -69,7 +62,7 @@ def emit_tanh(kb: KernelBuilder, x: ir.Value) -> ir.Value:
     b = kb.b
     ax = call(kb, "llvm.fabs", x)
     x2 = b.fmul(x, x)
-    small = b.fadd(ax, b.fmul(ax, b.fmul(x2, _horner(b, x2, _TANH_POLY))))
+    small = b.fadd(ax, b.fmul(ax, b.fmul(x2, horner(b, x2, _TANH_POLY))))
     e = call(kb, "llvm.exp", b.fmul(ax, f32(2.0)))
     large = b.fsub(f32(1.0), b.fdiv(f32(2.0), b.fadd(e, f32(1.0))))
     return call(kb, "llvm.copysign", b.select(b.fcmp_ordered("<", ax, f32(_TANH_SMALL)), small, large), x)
