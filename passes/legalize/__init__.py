@@ -10,6 +10,7 @@ copied from the captured nodes: a rule computes the shapes of only the intermedi
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -128,10 +129,7 @@ def refusal(refused: list[Unsupported]) -> WscError:
     """One error naming every unsupported op of the model: the first line how many and the first of them, the
     others one per line. The same op refused for the same reason at the same line (every block of a model) is
     named once, with how many times."""
-    counts: dict[tuple[str, str, str], int] = {}
-    for each in refused:
-        key = (each.op, each.source, each.why)
-        counts[key] = counts.get(key, 0) + 1
+    counts = Counter((each.op, each.source, each.why) for each in refused)  # first seen first
     lines = [Unsupported(*key).line() + (f" ({times} times)" if times > 1 else "") for key, times in counts.items()]
     if len(lines) == 1:
         return WscError(f"{lines[0]}; `wsc ops` lists what is supported")
