@@ -11,7 +11,7 @@ Runs on the captured graph, before legalize; folded nodes become `const` nodes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -97,7 +97,7 @@ class FoldConstants:
         return out
 
     def evaluate(self, graph: Graph, node: Node, values: dict[str, torch.Tensor],
-                 written: tuple[str, ...] | list[str] = ()) -> torch.Tensor | None:
+                 written: Sequence[str] = ()) -> torch.Tensor | None:
         """The node's value, or None when it cannot be known at compile time. The inputs an op writes in place
         are handed to it as copies: a model's buffer is never changed by compiling it."""
         if node.op in ("input", "param", "const") or any(word in node.op for word in NEVER_FOLD):
