@@ -1,7 +1,9 @@
-"""Placement: every strategy is legal on random layers, cpsat is never worse, misfits raise WscError."""
+"""Placement: every strategy is legal on random layers, cpsat finds a brute-forced optimum the heuristics miss,
+anneal improves on greedy, misfits raise WscError."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from functools import cache
@@ -70,11 +72,52 @@ def test_dead_pes_are_never_covered(case: str, strategy: str) -> None:
             assert not (r.y <= row < r.y + r.h and r.x <= col < r.x + r.w), (r, (row, col))
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_cpsat_is_never_worse_than_the_heuristics(case: str) -> None:
-    best = solved(case, "cpsat")[3].wirelength
-    for strategy in ("greedy", "row-major", "snake", "anneal"):
-        assert best <= solved(case, strategy)[3].wirelength
+def brute_force_optimum(kernels: list[KernelRect], flows: list[Flow], mesh: Mesh) -> int | None:
+    """The least bytes x hops over every non-overlapping arrangement on a defect-free mesh (None: none fits),
+    by enumeration, written without the placers' helpers: doubled centres, rounded up at the end."""
+    positions = [[(x, y) for y in range(mesh.rows - k.h + 1) for x in range(mesh.cols - k.w + 1)] for k in kernels]
+    index = {k.name: i for i, k in enumerate(kernels)}
+    best = None
+    for corners in itertools.product(*positions):
+        boxes = [(x, y, k.w, k.h) for (x, y), k in zip(corners, kernels, strict=True)]
+        if any(ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah
+               for i, (ax, ay, aw, ah) in enumerate(boxes) for bx, by, bw, bh in boxes[i + 1 :]):
+            continue
+        doubled = 0
+        for f in flows:
+            (ax, ay, aw, ah), (bx, by, bw, bh) = boxes[index[f.src]], boxes[index[f.dst]]
+            doubled += f.bytes * (abs(2 * ax + aw - 2 * bx - bw) + abs(2 * ay + ah - 2 * by - bh))
+        best = doubled if best is None else min(best, doubled)
+    return None if best is None else (best + 1) // 2
+
+
+def test_cpsat_finds_the_optimum_that_every_heuristic_misses() -> None:
+    # Four one-row kernels on a 3-wide, 4-tall mesh (10 of its 12 PEs): k0 and k1 span the width, k2 and k3
+    # are 2 wide. The optimum stacks k0, k3, k1, k2 from the top (all at x = 0): centres 2, 1.5, 2 and 1.5
+    # hops apart for k0-k1 (10 B), k1-k2 (20 B), k2-k3 (10 B) and k0-k3 (30 B): 20 + 30 + 20 + 45 = 115.
+    # Greedy (and anneal from it) stacks k1, k0, k3, k2: 10 + 70 + 10 + 45 = 135.
+    mesh = Mesh(4, 3)
+    kernels = [KernelRect("k0", 3, 1), KernelRect("k1", 3, 1), KernelRect("k2", 2, 1), KernelRect("k3", 2, 1)]
+    flows = [Flow("k0", "k1", 10), Flow("k1", "k2", 20), Flow("k2", "k3", 10), Flow("k0", "k3", 30)]
+    assert brute_force_optimum(kernels, flows, mesh) == 115
+    heuristics = {s: place(kernels, flows, mesh, s).wirelength for s in ("greedy", "row-major", "snake", "anneal")}
+    assert min(heuristics.values()) == 135  # the hint cpsat starts from is not the optimum
+    p = place(kernels, flows, mesh, "cpsat", time_limit=2.0)
+    assert p.status == "OPTIMAL" and p.wirelength == 115 and p.gap == 0.0
+    assert check_placement(p, kernels, mesh) == []
+
+
+@pytest.mark.xfail(strict=True, reason="cpsat weighs flows in whole multiples of the smallest (20 B): 30 B "
+                   "rounds to 40 B, so the model's optimum is not the true one, yet the status says OPTIMAL")
+def test_cpsat_optimal_is_the_true_optimum_when_flows_are_not_multiples_of_the_smallest() -> None:
+    # Weights 20 : 30 : 40 B become 1 : 2 : 2 in the model; its optimum has 195 byte-hops, the true one 185.
+    mesh = Mesh(4, 4)
+    kernels = [KernelRect("k0", 1, 2), KernelRect("k1", 1, 1), KernelRect("k2", 3, 2)]
+    flows = [Flow("k0", "k1", 20), Flow("k1", "k2", 30), Flow("k0", "k2", 40)]
+    assert brute_force_optimum(kernels, flows, mesh) == 185
+    p = place(kernels, flows, mesh, "cpsat", time_limit=2.0)
+    assert p.status == "OPTIMAL"
+    assert p.wirelength == 185
 
 
 def test_small_problem_is_solved_to_optimality() -> None:
@@ -171,12 +214,15 @@ def test_random_is_reproducible_with_its_seed() -> None:
 
 
 def test_anneal_improves_on_greedy_and_is_reproducible() -> None:
-    kernels, flows = random_layer(3, WAFER, 15, 300, 250)
-    start = time.perf_counter()
-    annealed = place(kernels, flows, WAFER, "anneal", seed=1)
-    assert time.perf_counter() - start < 5.0
-    assert annealed.wirelength <= place(kernels, flows, WAFER, "greedy").wirelength
-    assert annealed.rects == place(kernels, flows, WAFER, "anneal", seed=1).rects
+    # Five kernels on a 12 x 12 mesh where greedy's answer is not a local optimum: annealing from it finds a
+    # placement strictly shorter (7,365,972 -> 6,830,069 byte-hops today; the test asserts only "shorter").
+    mesh = Mesh(12, 12)
+    kernels, flows = random_layer(4, mesh, 5, 4, 4)
+    greedy_length = place(kernels, flows, mesh, "greedy").wirelength
+    annealed = place(kernels, flows, mesh, "anneal", seed=0)
+    assert check_placement(annealed, kernels, mesh) == []
+    assert annealed.wirelength == wirelength(annealed.rects, flows) < greedy_length
+    assert annealed.rects == place(kernels, flows, mesh, "anneal", seed=0).rects
 
 
 def test_a_kernel_with_spare_pes_may_cover_that_many_dead_pes() -> None:
