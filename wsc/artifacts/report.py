@@ -9,11 +9,33 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
+
 from wsc import ops
 from wsc.artifacts.routes_json import route_json
+from wsc.core.mesh import Rect
 from wsc.core.program import Program
 
 SCHEMA_VERSION = 1
+TILE_RULE = "row-major over the working PEs"  # placement.json's tile_pes.rule: how slots map to PEs
+
+
+def tile_pes_json(rect: Rect, pes: np.ndarray) -> dict[str, Any]:
+    """A kernel's slot -> PE map (`pes`, (x, y) per slot, as `wsc.core.mesh.tile_pes` gives it) as the rule
+    plus the slots it moves off the clean-mesh PE (rect.x + p % w, rect.y + p // w). A dead PE moves every
+    later slot one PE along, so the moved slots are listed as runs [slot, x, y, n]: slots slot .. slot+n-1
+    sit on the n PEs that follow one another row-major in the rectangle from (x, y) on. A run ends at each
+    dead PE, so a kernel lists about as many runs as it covers dead PEs, and none on a clean mesh."""
+    offsets = (pes[:, 1] - rect.y) * rect.w + (pes[:, 0] - rect.x)
+    moved = np.flatnonzero(offsets != np.arange(len(offsets)))
+    runs: list[list[int]] = []
+    if moved.size:
+        first = int(moved[0])  # every later slot is moved too: offsets only grow faster than slots
+        tail = offsets[first:]
+        starts = first + np.flatnonzero(np.diff(tail, prepend=tail[0] - 2) != 1)
+        ends = np.append(starts[1:], len(offsets))
+        runs = [[int(a), int(pes[a, 0]), int(pes[a, 1]), int(b - a)] for a, b in zip(starts, ends, strict=True)]
+    return {"rule": TILE_RULE, "moved": runs}
 
 
 def placement_json(program: Program) -> dict[str, Any]:
@@ -26,7 +48,8 @@ def placement_json(program: Program) -> dict[str, Any]:
             rect = rects[name]
             kernels.append({"name": name, "op": program.graph[name].op, "x": rect.x, "y": rect.y,
                             "w": rect.w, "h": rect.h, "pes": plan.pes, "sram_bytes_per_pe": plan.sram_bytes_per_pe,
-                            "grid": [plan.row_blocks, plan.col_blocks, plan.k_splits]})
+                            "grid": [plan.row_blocks, plan.col_blocks, plan.k_splits],
+                            "tile_pes": tile_pes_json(rect, program.tile_pes(layer, name))})
         edges = []
         for i, f in enumerate(layer.flows):
             edge: dict[str, Any] = {"src": f.src, "dst": f.dst, "bytes": f.bytes}

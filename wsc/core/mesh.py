@@ -5,8 +5,9 @@ The dead-PE grid (`dead_grid`, cached per mesh as `Mesh.dead_grid`) is built one
 routers, the partitioner, the independent checker of placement.json (`wsc check`) and the pictures (`wsc viz`).
 
 Defect model (see passes/place.py for why): a kernel asks for a w x h rectangle and `pes` working PEs. The
-rectangle may cover up to `w * h - pes` dead PEs (its `slack`); its tiles go to the working PEs only. With
-`pes` left out the kernel needs every PE of its rectangle, so it may cover no dead PE at all.
+rectangle may cover up to `w * h - pes` dead PEs (its `slack`); its tiles go to the working PEs only, in
+row-major order (`tile_pes`). With `pes` left out the kernel needs every PE of its rectangle, so it may cover
+no dead PE at all.
 """
 
 from __future__ import annotations
@@ -104,6 +105,40 @@ class Rect:
     y: int
     w: int
     h: int
+
+
+def tile_pes(rect: Rect, count: int, dead: Mesh | np.ndarray) -> np.ndarray:
+    """The (x, y) mesh coordinates of the PE that holds each of a placed kernel's first `count` slots,
+    int64 of shape (count, 2); x is the column and y the row, as in Rect (a dead PE's (row, col) is (y, x)).
+
+    Slot p = block * k_splits + k_slice (see KernelPlan; count is the plan's `active_pes`) goes to the p-th
+    working PE of the rectangle in row-major order from its top-left corner, so on a clean rectangle it is
+    (rect.x + p % rect.w, rect.y + p // rect.w) and each dead PE pushes every later slot one PE along. `dead`
+    is the mesh (its `dead_grid`; give `mesh_of(target)`, whose dead PEs include those cut off from the main
+    region) or a bool [rows, cols] grid, True where a PE is dead. Raises WscError when the rectangle lies
+    outside the grid or holds fewer working PEs than `count`."""
+    offsets = _working_offsets(rect, count, dead)
+    return np.stack([rect.x + offsets % rect.w, rect.y + offsets // rect.w], axis=1)
+
+
+def _working_offsets(rect: Rect, count: int, dead: Mesh | np.ndarray) -> np.ndarray:
+    """Row-major offsets (y * w + x from the rectangle's corner) of its first `count` working PEs."""
+    grid = dead.dead_grid if isinstance(dead, Mesh) else dead
+    rows, cols = grid.shape
+    where = f"kernel {rect.name}'s {rect.w}x{rect.h} rectangle at x={rect.x}, y={rect.y}"
+    if rect.x < 0 or rect.y < 0 or rect.w <= 0 or rect.h <= 0 or rect.x + rect.w > cols or rect.y + rect.h > rows:
+        raise WscError(f"{where} is not inside the {rows} x {cols} mesh; give a placed rectangle of this mesh")
+    if count < 0:
+        raise WscError(f"{where}: {count} tiles asked for; give the plan's active_pes (at least 0)")
+    window = grid[rect.y : rect.y + rect.h, rect.x : rect.x + rect.w]
+    if not window.any():  # the common case, and all of a clean mesh: no search
+        offsets = np.arange(min(count, rect.w * rect.h), dtype=np.int64)
+    else:
+        offsets = np.flatnonzero(~window.ravel()).astype(np.int64)[:count]
+    if len(offsets) < count:
+        raise WscError(f"{where} holds {len(offsets)} working PEs, fewer than the kernel's {count} tiles; "
+                       "place it again on this mesh (its rectangle must keep a working PE for every tile)")
+    return offsets
 
 
 @dataclass

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from wsc.core.dtypes import SHORT_BYTES
+from wsc.core.errors import WscError
 from wsc.core.ir import Graph
+from wsc.core.mesh import mesh_of, tile_pes
 from wsc.targets import DTYPES, Target
 
 if TYPE_CHECKING:  # the passes' own types; the program only holds them
@@ -47,8 +49,10 @@ class KernelPlan:
     matmul's reduction dimension K (`k_dim`) into `cut.k_splits` slices: each block is then computed as
     k_splits partial sums on different PEs and reduced across them. The cut is the one source of truth: the
     tile table (`tiles[b]` = (r0, r1, c0, c1) of block b) and the K slice bounds are derived from it, so what
-    the executor runs and what the estimate charges cannot disagree. PE p of the rectangle (p = y * w + x,
-    counted from its top-left corner) computes block p // k_splits over K slice p % k_splits; PEs past
+    the executor runs and what the estimate charges cannot disagree. Slot p = block * k_splits + k_slice
+    (block p // k_splits over K slice p % k_splits) goes to the p-th working PE of the placed rectangle in
+    row-major order from its top-left corner: PE (x0 + p % w, y0 + p // w) on a clean mesh
+    (`wsc.core.mesh.tile_pes`; `Program.tile_pe` names the PE of one block and K slice); PEs past
     cut.pes idle. The iteration space (rows, cols, k_dim) is the node's, carried so that the tables derive
     without the graph; `wsc.ops.verify_plans` holds it to the node when programs are verified.
     """
@@ -183,6 +187,46 @@ class Program:
         if node_name in self.batched_inputs:
             return (shape[0] * self.micro_batches, *shape[1:])
         return shape
+
+    def tile_pes(self, layer: Layer | int, kernel: str) -> np.ndarray:
+        """(x, y) of the PE holding each slot (block * k_splits + k_slice) of a placed kernel, shape
+        (active_pes, 2): row-major over the working PEs of its rectangle (`wsc.core.mesh.tile_pes`)."""
+        layer, plan = self._placed_kernel(layer, kernel)
+        assert layer.placement is not None  # checked by _placed_kernel
+        return tile_pes(layer.placement.rects[kernel], plan.active_pes, mesh_of(self.target))
+
+    def tile_pe(self, layer: Layer | int, kernel: str, block: int, k_slice: int = 0) -> tuple[int, int]:
+        """(x, y) mesh coordinates (x the column, y the row) of the PE that computes block `block` (an index
+        of the plan's `tiles`) over K slice `k_slice` of `kernel` in `layer` (a Layer of this program or its
+        index). Raises WscError naming the choices when the layer is not placed or the kernel, block or
+        slice is not one of it."""
+        layer, plan = self._placed_kernel(layer, kernel)
+        blocks = plan.row_blocks * plan.col_blocks
+        if not 0 <= block < blocks:
+            raise WscError(f"block {block} is not a block of kernel {kernel} in layer {layer.index} "
+                           f"({layer.name}); give one of 0..{blocks - 1}")
+        if not 0 <= k_slice < plan.k_splits:
+            raise WscError(f"K slice {k_slice} is not a slice of kernel {kernel} in layer {layer.index} "
+                           f"({layer.name}); give one of 0..{plan.k_splits - 1}")
+        slot = block * plan.k_splits + k_slice
+        assert layer.placement is not None  # checked by _placed_kernel
+        x, y = tile_pes(layer.placement.rects[kernel], slot + 1, mesh_of(self.target))[slot]
+        return int(x), int(y)
+
+    def _placed_kernel(self, layer: Layer | int, kernel: str) -> tuple[Layer, KernelPlan]:
+        if isinstance(layer, int):
+            if not 0 <= layer < len(self.layers):
+                raise WscError(f"layer {layer} is not a layer of this program; give one of 0..{len(self.layers) - 1}")
+            layer = self.layers[layer]
+        if kernel not in layer.kernels:
+            names = list(layer.kernels)
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            raise WscError(f"layer {layer.index} ({layer.name}) has no kernel {kernel!r}; its {len(names)} "
+                           f"kernels are {shown or 'none'}")
+        if layer.placement is None or kernel not in layer.placement.rects:
+            raise WscError(f"kernel {kernel} of layer {layer.index} ({layer.name}) is not placed yet; "
+                           "ask after the place pass")
+        return layer, layer.kernels[kernel]
 
     def verify(self) -> None:
         """The invariants after any pass: a valid graph, and every layer naming real nodes of it."""
