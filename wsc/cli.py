@@ -82,8 +82,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="layer index to draw (default: the first layer with the most kernels)")
     v.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="FILE.svg, FILE.png or FILE.html (self-contained page)")
-    v.set_defaults(run=lambda args: __import__("wsc.artifacts.viz", fromlist=["main"]).main(args.out, args.output,
-                                                                                   args.layer))
+    v.add_argument("--highlight", nargs="?", const="", default=None, metavar="LAYER:KERNEL[@X,Y]",
+                   help="outline that kernel (and mark PE X,Y of it) on the layer drawn; given bare, the kernel "
+                        "report.json's verification.located names")
+    v.set_defaults(run=lambda args: __import__("wsc.artifacts.viz", fromlist=["main"]).main(
+        args.out, args.output, args.layer, args.highlight))
     return parser
 
 

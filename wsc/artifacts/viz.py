@@ -1,9 +1,11 @@
-"""`wsc viz OUT [--layer N] -o FILE.svg|.png|.html`: pictures of a compile, from its output folder alone.
+"""`wsc viz OUT [--layer N] [--highlight [LAYER:KERNEL[@X,Y]]] -o FILE.svg|.png|.html`: pictures of a compile,
+from its output folder alone.
 
 The map of the wafer with one layer's kernels on it, where that layer's links are hot, and the per-layer
-time split into compute, fabric and weight streaming. The HTML is one self-contained page (no fetches, so
-it opens offline and can be mailed): the summary, the SVG inline and the per-layer table; every compile
-writes it as report.html.
+time split into compute, fabric and weight streaming. `--highlight` outlines one kernel (and a PE of it) on
+the map: the one named, or the one report.json's verification found computing a wrong value. The HTML is
+one self-contained page (no fetches, so it opens offline and can be mailed): the summary, the SVG inline
+and the per-layer table; every compile writes it as report.html.
 """
 
 from __future__ import annotations
@@ -41,29 +43,32 @@ def load(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def render(placement: dict[str, Any], report: dict[str, Any], fmt: str, layer_index: int | None = None,
-           source: str = "the output folder") -> bytes:
-    """The picture in `fmt` (.svg, .png or .html) as bytes. Missing keys or wrong types in the artifacts
-    become a one-line error rather than a traceback."""
+           source: str = "the output folder", highlight: str | None = None) -> bytes:
+    """The picture in `fmt` (.svg, .png or .html) as bytes. `highlight` is `--highlight`'s value (see
+    `viz_data.highlight`). Missing keys or wrong types in the artifacts become a one-line error rather than
+    a traceback."""
     try:
-        layer = vd.choose_layer(placement, layer_index)
+        layer, marked = vd.highlight(placement, report, highlight, layer_index)
         if fmt == ".svg":
-            return render_svg(placement, report, layer).encode()
+            return render_svg(placement, report, layer, marked).encode()
         if fmt == ".html":
-            return render_html(placement, report, layer).encode()
+            return render_html(placement, report, layer, marked).encode()
         from wsc.artifacts.viz_png import render_png  # matplotlib only when a PNG is asked for
 
-        return render_png(placement, report, layer)
+        return render_png(placement, report, layer, marked)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
         raise WscError(f"{source} has a malformed placement.json or report.json ({type(error).__name__}: "
                        f"{error}); compile again") from None
 
 
-def main(out: str, output: str, layer: int | None = None) -> int:
+def main(out: str, output: str, layer: int | None = None, highlight: str | None = None) -> int:
+    """`wsc viz`; `highlight` None (not given), "" (given bare: report.json's verification.located) or
+    LAYER:KERNEL[@X,Y]."""
     fmt = Path(output).suffix.lower()
     if fmt not in FORMATS:
         raise WscError(f"-o {output}: unknown picture format {fmt or '(none)'!r}; use .svg, .png or .html")
     placement, report = load(Path(out))
-    write_atomic(Path(output), render(placement, report, fmt, layer, source=out))
+    write_atomic(Path(output), render(placement, report, fmt, layer, source=out, highlight=highlight))
     print(f"wrote {output}")
     return 0
 
@@ -94,8 +99,10 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def render_html(placement: dict[str, Any], report: dict[str, Any], layer: dict[str, Any]) -> str:
-    rows = "".join(f"<tr><th>{_cell(k)}</th><td>{_cell(v)}</td></tr>" for k, v in summary_rows(report))
+def render_html(placement: dict[str, Any], report: dict[str, Any], layer: dict[str, Any],
+                highlight: vd.Highlight | None = None) -> str:
+    summary = summary_rows(report) + ([("highlight", highlight.label)] if highlight else [])
+    rows = "".join(f"<tr><th>{_cell(k)}</th><td>{_cell(v)}</td></tr>" for k, v in summary)
     head = ("<tr><th>#</th><th>layer</th><th>seconds</th><th>bound</th><th>compute</th><th>fabric</th>"
             "<th>stream</th><th>GFLOP</th><th>weights</th><th>PEs</th></tr>")
     body = "".join(
@@ -119,7 +126,7 @@ svg {{ max-width: 100%; height: auto; }}
 <h1>{name}</h1>
 <table class="summary">{rows}</table>
 <h2>Placement, link load and per-layer time</h2>
-{render_svg(placement, report, layer)}
+{render_svg(placement, report, layer, highlight)}
 <h2>Layers</h2>
 <table class="layers">{head}{body}</table>
 </body></html>

@@ -7,6 +7,8 @@ folder, including one written by an older wsc or on another machine.
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,9 @@ from wsc.core.mesh import dead_grid, row_runs
 PALETTE = ["#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#4e79a7",
            "#f28e2b", "#59a14f", "#b07aa1", "#9c755f", "#76b7b2", "#edc948", "#ff9da7", "#bab0ac"]
 TERM_COLOURS = {"compute": "#0072b2", "fabric": "#e69f00", "stream": "#009e73"}
+# `--highlight`'s outline, label and PE: magenta, which no kernel, term, heat-map or dead-PE colour is, so the
+# highlighted kernel stands out on any layer.
+HIGHLIGHT = "#ff00ff"
 # The heat map's ramp, from an idle cell to the busiest one (light yellow through orange to dark red).
 HEAT_STOPS = [(0.0, (255, 255, 204)), (0.25, (254, 217, 118)), (0.5, (253, 141, 60)), (0.75, (227, 26, 28)),
               (1.0, (128, 0, 38))]
@@ -42,6 +47,95 @@ def choose_layer(placement: dict[str, Any], index: int | None) -> dict[str, Any]
         if layer["index"] == index:
             return layer
     raise WscError(f"--layer {index} is not a layer of this compile; give one of 0..{len(layers) - 1}")
+
+
+@dataclass(frozen=True)
+class Highlight:
+    """The kernel `wsc viz --highlight` marks (its placement.json entry, in the drawn layer) and optionally
+    one PE of it, (x, y)."""
+
+    layer: int
+    kernel: dict[str, Any]
+    pe: tuple[int, int] | None = None
+
+    def label_anchor(self, cols: int) -> tuple[float, str]:
+        """Where the label starts along x and how it aligns ("start", "middle" or "end"): a kernel in the
+        left third of the mesh starts it at its left edge, one in the right third ends it at its right edge,
+        and one in between centres it, so the label runs toward the middle and stays on the panel."""
+        k = self.kernel
+        centre = k["x"] + k["w"] / 2
+        if centre < cols / 3:
+            return float(k["x"]), "start"
+        if centre > 2 * cols / 3:
+            return float(k["x"] + k["w"]), "end"
+        return centre, "middle"
+
+    @property
+    def label(self) -> str:
+        pe = f" PE ({self.pe[0]}, {self.pe[1]})" if self.pe else ""
+        return f"layer {self.layer} {self.kernel['name']} ({self.kernel['op']}){pe}"
+
+
+SPEC = re.compile(r"(-?\d+):(.+?)(?:@(-?\d+),(-?\d+))?")
+
+
+def highlight(placement: dict[str, Any], report: dict[str, Any], spec: str | None,
+              layer_index: int | None) -> tuple[dict[str, Any], Highlight | None]:
+    """The layer to draw and what to highlight on it. `spec` is `--highlight`'s value: None (not given), ""
+    (given bare: report.json's `verification.located`, the kernel the verification found wrong) or
+    LAYER:KERNEL[@X,Y]. The drawn layer is the highlighted one; `--layer`, when given too, must name it."""
+    if spec is None:
+        return choose_layer(placement, layer_index), None
+    if spec == "":
+        what = "report.json's verification.located"
+        verification = report.get("verification")
+        located = verification.get("located") if isinstance(verification, dict) else None
+        if located is None:
+            raise WscError("report.json's verification found no failing kernel to highlight (it has no "
+                           "verification.located); give --highlight LAYER:KERNEL")
+        kind = located.get("kind", "kernel") if isinstance(located, dict) else "kernel"
+        if kind == "weight":  # a streamed weight, or a layout op (it only moves data), holds no PE of the map
+            readers = located.get("read_by") or []
+            hint = f", e.g. {located.get('layer_index')}:{readers[0]}, a kernel reading it" if readers else ""
+            raise WscError(f"{what} is weight {located.get('key', located.get('kernel'))!r}, not a kernel on the "
+                           f"mesh; give --highlight LAYER:KERNEL{hint}")
+        if kind != "kernel":
+            raise WscError(f"{what} is {kind} {located.get('kernel')!r}, which holds no PE of the mesh; give "
+                           "--highlight LAYER:KERNEL")
+        pe = located.get("pe") if isinstance(located, dict) else None
+        if not (isinstance(located, dict) and type(located.get("layer_index")) is int
+                and isinstance(located.get("kernel"), str)
+                and (pe is None or (isinstance(pe, list) and len(pe) == 2 and all(type(v) is int for v in pe)))):
+            raise WscError(f"{what} is not {{layer_index: int, kernel: str, pe: [x, y] or null}} ({located!r}); "
+                           "give --highlight LAYER:KERNEL")
+        index, name = located["layer_index"], located["kernel"]
+        at = None if pe is None else (pe[0], pe[1])
+    else:
+        what = f"--highlight {spec}"
+        match = SPEC.fullmatch(spec)
+        if match is None:
+            raise WscError(f"{what}: not LAYER:KERNEL[@X,Y]; give e.g. --highlight 1:linear or 1:linear@3,4")
+        index, name = int(match[1]), match[2]
+        at = None if match[3] is None else (int(match[3]), int(match[4]))
+    layers = placement["layers"]
+    layer = next((each for each in layers if each["index"] == index), None)
+    if layer is None:
+        raise WscError(f"{what}: layer {index} is not a layer of this compile; give one of 0..{len(layers) - 1}")
+    if layer_index is not None and layer_index != index:
+        raise WscError(f"--layer {layer_index} disagrees with {what} (layer {index}); drop --layer or give "
+                       f"--layer {index}")
+    kernel = next((k for k in layer["kernels"] if k["name"] == name), None)
+    if kernel is None:
+        names = [k["name"] for k in layer["kernels"]]
+        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        raise WscError(f"{what}: layer {index} ({layer['name']}) has no kernel {name!r}; its {len(names)} kernels "
+                       f"are {shown}; give one of them")
+    if at is not None:
+        x, y, w, h = (kernel[key] for key in ("x", "y", "w", "h"))
+        if not (x <= at[0] < x + w and y <= at[1] < y + h):
+            raise WscError(f"{what}: PE ({at[0]}, {at[1]}) is not inside kernel {name}'s rectangle "
+                           f"(x {x}..{x + w - 1}, y {y}..{y + h - 1}); give a PE inside it or leave @X,Y out")
+    return layer, Highlight(index, kernel, at)
 
 
 def dead_pe_grid(mesh: dict[str, Any]) -> np.ndarray:

@@ -17,7 +17,8 @@ PNG_SIZE = (1800, 1000)  # width, height in pixels
 DPI = 100
 
 
-def render_png(placement: dict[str, Any], report: dict[str, Any], layer: dict[str, Any]) -> bytes:
+def render_png(placement: dict[str, Any], report: dict[str, Any], layer: dict[str, Any],
+               highlight: vd.Highlight | None = None) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,7 +31,8 @@ def render_png(placement: dict[str, Any], report: dict[str, Any], layer: dict[st
     grid = fig.add_gridspec(2, 2, height_ratios=[3, 2], left=0.05, right=0.97, top=0.93, bottom=0.1,
                             hspace=0.3, wspace=0.35)
     fig.suptitle(f"{report['model']['name']} on {placement['target']} ({rows}x{cols} PEs): "
-                 f"layer {layer['index']} {layer['name']}", fontsize=14)
+                 f"layer {layer['index']} {layer['name']}"
+                 + (f"; highlighted {highlight.label}" if highlight else ""), fontsize=14)
 
     ax = fig.add_subplot(grid[0, 0])
     dead = vd.dead_pe_grid(mesh).astype(float)
@@ -45,9 +47,25 @@ def render_png(placement: dict[str, Any], report: dict[str, Any], layer: dict[st
         if size >= 4:  # smaller would be unreadable: the legend names every kernel anyway
             ax.text(k["x"] + k["w"] / 2, k["y"] + k["h"] / 2, k["op"], ha="center", va="center",
                     fontsize=size, rotation=90 if upright else 0, clip_on=True)
-    ax.legend(handles=[Patch(facecolor=vd.kernel_colour(i), label=f"{k['name']} ({k['op']})")
-                       for i, k in enumerate(layer["kernels"][:24])],
-              loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    handles = [Patch(facecolor=vd.kernel_colour(i), label=f"{k['name']} ({k['op']})")
+               for i, k in enumerate(layer["kernels"][:24])]
+    if highlight is not None:  # a thick outline over the kernels, its label, and the PE ringed
+        k = highlight.kernel
+        ax.add_patch(Rectangle((k["x"], k["y"]), k["w"], k["h"], fill=False, edgecolor=vd.HIGHLIGHT, linewidth=3,
+                               zorder=5))
+        tx, anchor = highlight.label_anchor(cols)
+        ax.text(tx, k["y"], highlight.label, color=vd.HIGHLIGHT, fontsize=9, fontweight="bold",
+                ha={"start": "left", "middle": "center", "end": "right"}[anchor],
+                va="bottom" if k["y"] > rows * 0.04 else "top",
+                zorder=6, clip_on=True, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+        if highlight.pe is not None:
+            px, py = highlight.pe
+            ax.add_patch(Rectangle((px, py), 1, 1, facecolor=vd.HIGHLIGHT, edgecolor="none", zorder=6))
+            ax.plot([px + 0.5], [py + 0.5], marker="o", markersize=14, markerfacecolor="none",
+                    markeredgecolor=vd.HIGHLIGHT, markeredgewidth=2, zorder=6)
+        handles.insert(0, Patch(facecolor="none", edgecolor=vd.HIGHLIGHT, linewidth=3,
+                                label=f"highlighted: {highlight.kernel['name']}"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
     ax.set_xlim(0, cols)
     ax.set_ylim(rows, 0)
     ax.set_title(f"placement: {len(layer['kernels'])} kernels, {len(mesh.get('dead_pes', []))} dead PEs (black)",

@@ -45,7 +45,8 @@ def mesh_scale(rows: int, cols: int) -> float:
     return min(PANEL_W / cols, PANEL_H / rows)
 
 
-def placement_panel(placement: dict[str, Any], layer: dict[str, Any]) -> list[str]:
+def placement_panel(placement: dict[str, Any], layer: dict[str, Any],
+                    highlight: vd.Highlight | None = None) -> list[str]:
     mesh = placement["mesh"]
     rows, cols = mesh["rows"], mesh["cols"]
     s = mesh_scale(rows, cols)
@@ -71,6 +72,35 @@ def placement_panel(placement: dict[str, Any], layer: dict[str, Any]) -> list[st
         turn = f' transform="rotate(-90 {cx} {cy})"' if upright else ""
         out.append(f'<text class="label" x="{cx}" y="{cy}"{turn} font-size="{_num(px / s)}" text-anchor="middle" '
                    f'dominant-baseline="central" fill="#000">{_attr(k["op"])}</text>')
+    if highlight is not None:
+        out += highlight_marks(highlight, rows, cols, s)
+    out.append("</g>")
+    return out
+
+
+def highlight_marks(highlight: vd.Highlight, rows: int, cols: int, s: float) -> list[str]:
+    """The highlighted kernel's thick outline and label, and its PE as a filled cell in a ring (one PE of a
+    wafer is under a pixel wide), in PE units at scale s; drawn last, over the kernels."""
+    k, colour = highlight.kernel, vd.HIGHLIGHT
+    out = ['<g class="highlight">',
+           f'<rect class="highlight" x="{k["x"]}" y="{k["y"]}" width="{k["w"]}" height="{k["h"]}" fill="none" '
+           f'stroke="{colour}" stroke-width="{_num(3 / s)}"><title>{_attr(highlight.label)}</title></rect>']
+    if highlight.pe is not None:
+        x, y = highlight.pe
+        out.append(f'<rect class="highlight-pe" x="{x}" y="{y}" width="1" height="1" fill="{colour}"/>')
+        out.append(f'<circle class="highlight-pe" cx="{_num(x + 0.5)}" cy="{_num(y + 0.5)}" r="{_num(max(8 / s, 1))}" '
+                   f'fill="none" stroke="{colour}" stroke-width="{_num(2 / s)}"/>')
+    # Above the rectangle, or inside its top edge when it touches the mesh's top; a white halo keeps it
+    # readable over other kernels.
+    px = 12.0
+    above = k["y"] * s >= px + 4
+    ty = k["y"] - 3 / s if above else k["y"] + (px + 3) / s
+    if not above and k["y"] + k["h"] >= rows:
+        ty = min(ty, rows - 2 / s)
+    tx, anchor = highlight.label_anchor(cols)
+    out.append(f'<text class="highlight-label" x="{_num(tx)}" y="{_num(ty)}" font-size="{_num(px / s)}" '
+               f'text-anchor="{anchor}" font-weight="bold" fill="{colour}" stroke="#fff" '
+               f'stroke-width="{_num(3 / s)}" paint-order="stroke">{_attr(highlight.label)}</text>')
     out.append("</g>")
     return out
 
@@ -133,7 +163,8 @@ def timeline_panel(layers: list[dict[str, Any]], width: float, chosen: str) -> l
     return out
 
 
-def render_svg(placement: dict[str, Any], report: dict[str, Any], layer: dict[str, Any]) -> str:
+def render_svg(placement: dict[str, Any], report: dict[str, Any], layer: dict[str, Any],
+               highlight: vd.Highlight | None = None) -> str:
     mesh = placement["mesh"]
     rows, cols = mesh["rows"], mesh["cols"]
     s = mesh_scale(rows, cols)
@@ -143,7 +174,7 @@ def render_svg(placement: dict[str, Any], report: dict[str, Any], layer: dict[st
     sim = report["simulation"]
     heat, peak = heat_panel(placement, layer)
     title = (f"{report['model']['name']} on {placement['target']} ({mesh['rows']}x{mesh['cols']} PEs): "
-             f"layer {layer['index']} {layer['name']}")
+             f"layer {layer['index']} {layer['name']}" + (f"; highlighted {highlight.label}" if highlight else ""))
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_num(width)}" height="{_num(height)}" '
              f'viewBox="0 0 {_num(width)} {_num(height)}" font-family="sans-serif">',
              f"<title>{_attr(title)}</title>",
@@ -154,7 +185,7 @@ def render_svg(placement: dict[str, Any], report: dict[str, Any], layer: dict[st
              f'<text x="{2 * GAP + map_w}" y="{GAP - 2}" font-size="12">link load (bytes through each '
              f'{vd.heat_cell(rows, cols)}x{vd.heat_cell(rows, cols)}-PE cell per step; busiest '
              f'{_attr(vd.bytes_text(peak))})</text>',
-             f'<g transform="translate({GAP},{GAP})">', *placement_panel(placement, layer), "</g>",
+             f'<g transform="translate({GAP},{GAP})">', *placement_panel(placement, layer, highlight), "</g>",
              f'<g transform="translate({_num(2 * GAP + map_w)},{GAP})">', *heat, "</g>",
              f'<text x="{GAP}" y="{_num(map_h + 2 * GAP + 4)}" font-size="12">per-layer time: step '
              f'{_attr(vd.seconds_text(sim["step_seconds"]))}, {_attr(sim["bottleneck"])}-bound</text>',
