@@ -82,12 +82,26 @@ def build_model(size: str = "111M", seq: int = 128, batch: int = 1, seed: int = 
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     torch.manual_seed(seed)
-    model = CerebrasGPT(*SIZES[size])
-    # GPT-2 style init (std 0.02) keeps activations in the range a trained model has.
-    for p in model.parameters():
-        if p.dim() > 1:
-            nn.init.normal_(p, std=0.02)
-    return model.eval()
+    return init_weights(CerebrasGPT(*SIZES[size])).eval()
+
+
+def init_weights(model: nn.Module, std: float = 0.02) -> nn.Module:
+    """GPT-2 style init (std 0.02 for every matrix) keeps activations in the range a trained model has (a
+    narrow model needs a wider `std` for that: about 1 / sqrt(d_model)). The
+    vectors leave the identity too, as a trained model's have: layernorm weights around 1 and biases around 0
+    (std 0.1), linear biases std 0.02; a compiled program that ignored a norm's weight or dropped a bias
+    would otherwise compute the same numbers as a correct one. Draws from torch's global generator."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.copy_(1 + 0.1 * torch.randn_like(module.weight))
+                module.bias.copy_(0.1 * torch.randn_like(module.bias))
+            elif isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.copy_(0.02 * torch.randn_like(module.bias))
+        for p in model.parameters():
+            if p.dim() > 1:
+                nn.init.normal_(p, std=std)
+    return model
 
 
 def example_inputs(size: str = "111M", seq: int = 128, batch: int = 1, seed: int = 0) -> tuple:

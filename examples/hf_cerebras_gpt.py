@@ -61,7 +61,22 @@ def build_model(size: str = "111M", seq: int = 128, batch: int = 1, checkpoint: 
     model = GPT2LMHeadModel(config(size, **overrides))
     if checkpoint:
         load_checkpoint(model, Path(checkpoint))
+    else:
+        away_from_identity(model)
     return LogitsOnly(model.eval()).eval()
+
+
+def away_from_identity(model: nn.Module) -> None:
+    """transformers initialises every layer norm to the identity and every bias to zero, which a trained
+    model's are not, and under which a compiled norm that ignored its weight would pass for a correct one."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm) and module.weight.device.type != "meta":
+                module.weight.copy_(1 + 0.1 * torch.randn_like(module.weight))
+                module.bias.copy_(0.1 * torch.randn_like(module.bias))
+        for name, p in model.named_parameters():
+            if name.endswith(".bias") and p.device.type != "meta" and not p.any():
+                p.copy_(0.02 * torch.randn_like(p))
 
 
 def load_checkpoint(model: nn.Module, folder: Path) -> None:

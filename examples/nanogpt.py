@@ -100,7 +100,18 @@ class GPT(nn.Module):
 def build_model(n_layer: int = 4, n_head: int = 4, n_embd: int = 128, vocab_size: int = 50257,
                 block_size: int = 1024, seq: int = 64, batch: int = 1, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return GPT(vocab_size, block_size, n_layer, n_head, n_embd).eval()
+    model = GPT(vocab_size, block_size, n_layer, n_head, n_embd)
+    # nanoGPT's own init leaves every layernorm at the identity and every bias at zero, which a trained model's
+    # are not, and under which a compiled norm that ignored its weight would pass for a correct one.
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.copy_(1 + 0.1 * torch.randn_like(module.weight))
+                if module.bias is not None:
+                    module.bias.copy_(0.1 * torch.randn_like(module.bias))
+            elif isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.copy_(0.02 * torch.randn_like(module.bias))
+    return model.eval()
 
 
 def example_inputs(n_layer: int = 4, n_head: int = 4, n_embd: int = 128, vocab_size: int = 50257,

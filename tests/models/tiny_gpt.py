@@ -14,7 +14,7 @@ _spec.loader.exec_module(gpt)
 
 def build_model(layers: int = 2, seq: int = 12, batch: int = 1):
     torch.manual_seed(0)
-    return gpt.CerebrasGPT(layers, 32, 4, 128, vocab=97, max_positions=64).eval()
+    return gpt.init_weights(gpt.CerebrasGPT(layers, 32, 4, 128, vocab=97, max_positions=64), std=32**-0.5).eval()
 
 
 def example_inputs(layers: int = 2, seq: int = 12, batch: int = 1):
