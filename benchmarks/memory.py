@@ -76,7 +76,7 @@ def main() -> None:
     print(f"{'wsc (weight streaming)':24}{wsc_peak / 1e9:>10.2f} GB")
     print(f"{'eager PyTorch':24}{eager_peak / 1e9:>10.2f} GB")
     print(f"wsc / eager = {wsc_peak / eager_peak:.3f}; verification {v['status']}, max abs error "
-          f"{v['max_abs_err']:.2e} (tolerance {v['tolerance']:.0e})")
+          f"{v['max_abs_err']:.2e}, {v['error_ratio']:.2g} of its bound (tolerance {v['tolerance']:g})")
 
 
 if __name__ == "__main__":

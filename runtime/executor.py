@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +20,7 @@ from wsc import ops
 from wsc.core import progress
 from wsc.core.errors import WscError
 from wsc.core.ir import Node
-from wsc.core.program import KernelPlan, Program
+from wsc.core.program import KernelPlan, Layer, Program
 from wsc.runtime.lowering import compile_kernel
 from wsc.runtime.weight_store import WeightStore
 
@@ -78,6 +79,9 @@ class Executor:
                     self.kernels[name] = compile_kernel(node.op, out, ins, kernel_attrs(node))
         self.last_use = self._last_use()
         self.stats = RunStats()
+        # Called with (layer, name, value) for each weight as streamed in and each value as computed, while
+        # its layer runs: what a per-layer diff compares, without the executor holding any value longer.
+        self.observer: Callable[[Layer, str, np.ndarray], None] | None = None
 
     def _last_use(self) -> dict[str, int]:
         """The last layer that reads each value: after it, the activation is freed."""
@@ -145,15 +149,24 @@ class Executor:
                 self.store.prefetch(layers[i + 1].name, self._keys(i + 1))
             for w, key in zip(layer.weights, keys, strict=True):
                 env[w] = weights[key].reshape(graph[w].shape)
+                if self.observer is not None:
+                    self.observer(layer, w, env[w])
             del weights
             for name in layer.nodes:
                 env[name] = self._execute(graph[name], layer.kernels.get(name), env)
+                if self.observer is not None:
+                    self.observer(layer, name, env[name])
             self.store.release(layer.name)
             for w in layer.weights:
                 env.pop(w, None)
             for dead in [v for v in env if self.last_use.get(v, -1) <= layer.index]:
                 del env[dead]
             self.stats.layers.append({"layer": layer.name, "seconds": time.perf_counter() - layer_start})
+
+    def execute(self, layer: Layer, name: str, values: dict[str, np.ndarray]) -> np.ndarray:
+        """Node `name` of `layer` alone, on the given values of its inputs, over the same tiles as in a run: how
+        a kernel is checked on its golden inputs, apart from any error upstream of it."""
+        return self._execute(self.graph[name], layer.kernels.get(name), values)
 
     def _execute(self, node: Node, plan: KernelPlan | None, env: dict[str, np.ndarray]) -> np.ndarray:
         if node.op == "const":

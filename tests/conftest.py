@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,9 +31,39 @@ def tiny_gpt(layers: int = 2, d_model: int = 32, heads: int = 4, d_ffn: int = 12
              seq: int = 12, batch: int = 1):
     gpt = load_example("cerebras_gpt")
     torch.manual_seed(0)
-    model = gpt.CerebrasGPT(layers, d_model, heads, d_ffn, vocab=vocab, max_positions=64).eval()
+    # Matrices of std 1 / sqrt(d_model): activations of about unit scale, which exercise every kernel's range
+    # (GELU's curve, softmax's spread) as a trained model's do; 0.02 would leave them near zero at d_model 32.
+    model = gpt.init_weights(gpt.CerebrasGPT(layers, d_model, heads, d_ffn, vocab=vocab, max_positions=64),
+                             std=d_model**-0.5).eval()
     ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(1))
     return model, (ids,)
+
+
+# A target whose PEs hold so little that the tiny GPT's MLP down projection splits its K across PEs.
+SMALL_PE_TARGET = """\
+name: small-pe
+description: PEs with 1 KB free, so the MLP's down projection must split K across PEs
+mesh: {rows: 64, cols: 64}
+pe:
+  sram_bytes: 9216
+  flops_per_cycle: {fp16: 8, fp32: 2}
+clock_hz: 850.0e+6
+fabric: {link_bytes_per_cycle: 4, hop_latency_cycles: 1, colors: 24}
+io: {stream_bytes_per_second: 150.0e+9}
+"""
+
+
+@contextmanager
+def derived(plan, **values):
+    """A plan whose derived tables (tiles, k_bounds) are replaced for the duration: a plan cannot hold a table
+    that disagrees with its cut, so this writes past the derivation, to show the executor (and verification)
+    run exactly the tables the plan hands them."""
+    saved = {name: getattr(plan, name) for name in values}
+    vars(plan).update(values)
+    try:
+        yield
+    finally:
+        vars(plan).update(saved)
 
 
 @pytest.fixture(scope="session")

@@ -176,15 +176,16 @@ def test_weights_from_a_checkpoint_fp32_and_fp16(tmp_path, capsys):
                               "--time-limit", "0.3", "--out", str(out)).returncode
         reports[dtype] = json.loads((out / "report.json").read_text())
         assert code == 0, reports[dtype]["verification"]
-    for dtype, tolerance in (("fp32", 1e-3), ("fp16", 1e-2)):
+    for dtype, weight_eps in (("fp32", 0.0), ("fp16", 2.0**-11)):
         v = reports[dtype]["verification"]
-        assert v["status"] == "pass" and v["tolerance"] == tolerance and v["weights_dtype"] == dtype
+        assert v["status"] == "pass" and v["tolerance"] == 1.0 and v["weights_dtype"] == dtype
+        assert v["rule"]["weight_eps"] == weight_eps
     assert reports["fp32"]["verification"]["max_abs_err"] < 1e-5
     assert reports["fp16"]["memory"]["streamed_bytes"] * 2 == reports["fp32"]["memory"]["streamed_bytes"]
 
 
 BAD_OPTIONS = [
-    (["--tolerance", "-1"], "--tolerance -1.0 is not an error bound"),
+    (["--tolerance", "-1"], "--tolerance -1.0 is not a factor of the derived error bound"),
     (["--time-limit", "0"], "--time-limit 0.0 is not a time"),
     (["--micro-batch", "0"], "--micro-batch 0 is not a number of sequences"),
     (["--systems", "0"], "--systems 0 is not a number of wafers"),
@@ -213,7 +214,7 @@ def test_a_bad_option_is_one_line_exit_2_and_nothing_is_built(flags, message, tm
 def test_the_cli_hands_one_checked_options_object_to_wsc_compile(tmp_path, capsys, monkeypatch):
     import wsc.api
     from wsc.core.errors import WscError
-    from wsc.options import FP16_TOLERANCE, CompileOptions
+    from wsc.options import DEFAULT_TOLERANCE, CompileOptions
 
     given = []
 
@@ -226,7 +227,7 @@ def test_the_cli_hands_one_checked_options_object_to_wsc_compile(tmp_path, capsy
                                   "--strategy", "greedy", "--weights-dtype", "fp16", "--seed", "7", "--no-verify",
                                   "--out", str(tmp_path / "out")), "stop here")
     assert given == [CompileOptions(strategy="greedy", weights_dtype="fp16", seed=7, verify=False)]
-    assert given[0].verify_tolerance == FP16_TOLERANCE  # the same default rule as wsc.compile's
+    assert given[0].verify_tolerance == DEFAULT_TOLERANCE == 1.0  # fp16's rounding is in the bound, not here
 
 
 def test_the_cli_builds_the_weights_only_when_they_fit(tmp_path, capsys, monkeypatch):

@@ -11,7 +11,10 @@ import torch
 from conftest import ROOT, tiny_gpt
 
 from wsc.backend import make_backend
-from wsc.pipeline import DEFAULT_TOLERANCE
+
+# Compiled against eager on the tiny GPT: about 1e-6 apart when right; a wrong tile, mask or scale moves
+# them by far more.
+CLOSE = 1e-4
 
 
 def test_a_second_sequence_length_compiles_per_shape_and_matches_eager():
@@ -29,7 +32,7 @@ def test_a_second_sequence_length_compiles_per_shape_and_matches_eager():
             ids = torch.randint(0, 97, (1, seq), generator=torch.Generator().manual_seed(seq))
             out, expected = compiled(ids), model(ids)
             assert out.shape == expected.shape == (1, seq, 97)
-            assert (out - expected).abs().max() < DEFAULT_TOLERANCE
+            assert (out - expected).abs().max() < CLOSE
             assert not torch.equal(out, expected)  # computed by wsc's kernels
     assert len(graphs) <= 2  # the static graph, then at most one dynamic graph for every other length
 
@@ -41,7 +44,7 @@ def test_dynamic_from_the_first_call():
     with torch.no_grad():
         for seq in (10, 6):
             ids = torch.randint(0, 97, (1, seq), generator=torch.Generator().manual_seed(seq))
-            assert (compiled(ids) - model(ids)).abs().max() < DEFAULT_TOLERANCE
+            assert (compiled(ids) - model(ids)).abs().max() < CLOSE
 
 
 def test_backend_is_an_attribute_of_the_package_and_import_wsc_stays_light():

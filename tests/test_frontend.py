@@ -11,15 +11,18 @@ from torch.utils.flop_counter import FlopCounterMode
 import wsc
 from wsc.core.errors import WscError
 from wsc.frontend.meta import empty_weights
-from wsc.pipeline import DEFAULT_TOLERANCE
 
 FAST = {"time_limit": 0.3}
+
+# Compiled against eager on the tiny GPT: about 1e-6 apart when right; a wrong tile, mask or scale moves
+# them by far more.
+CLOSE = 1e-4
 
 
 def assert_verified(compiled: wsc.CompiledModel) -> None:
     v = compiled.report["verification"]
     assert v["status"] == "pass", v
-    assert v["max_abs_err"] <= DEFAULT_TOLERANCE
+    assert v["max_abs_err"] <= CLOSE
 
 
 def test_hugging_face_gpt2_compiles_and_verifies(small_target):
@@ -98,7 +101,7 @@ def test_python_api_returns_tensors_and_checks_inputs(small_target):
     out = compiled(ids)
     assert isinstance(out, torch.Tensor) and out.shape == (2, 6, 97)
     with torch.no_grad():
-        assert (out - model(ids)).abs().max() < DEFAULT_TOLERANCE
+        assert (out - model(ids)).abs().max() < CLOSE
     with pytest.raises(WscError, match=r"input 0 is int64\[2, 7\] but the model was compiled for int64\[2, 6\]"):
         compiled(torch.zeros(2, 7, dtype=torch.long))
     with pytest.raises(WscError, match=r"input 0 is int32\[2, 6\]"):
@@ -123,7 +126,7 @@ def test_torch_compile_backend(small_target):
         out = torch.compile(model, backend=counting)(*inputs)
         expected = model(*inputs)
     assert len(calls) == 1
-    assert (out - expected).abs().max() < DEFAULT_TOLERANCE
+    assert (out - expected).abs().max() < CLOSE
     assert not torch.equal(out, expected)  # computed by wsc's kernels, not by eager PyTorch
 
 

@@ -39,7 +39,7 @@ def test_a_batch_too_big_for_one_pass_runs_in_micro_batches_and_matches_eager(ti
     assert program.tokens == 8 * 32 and program.estimate["micro_batch_tokens"] == 4 * 32
     run = run_compiled(compiled, inputs)
     assert run.outputs[0].shape == (8, 32, 97)
-    result = verify(model, inputs, run.outputs)
+    result = verify(model, inputs, run.outputs, compiled.program)
     assert result["status"] == "pass" and result["max_abs_err"] < 1e-4
     # Each pass streams every layer's weights again, as the performance model charges.
     one_pass = sum(layer.streamed_bytes(program.graph, 4) for layer in program.layers)

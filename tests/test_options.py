@@ -13,13 +13,13 @@ import wsc
 from wsc import api, backend, options
 from wsc.core.errors import WscError
 from wsc.frontend.meta import empty_weights
-from wsc.options import DEFAULT_TOLERANCE, FP16_TOLERANCE, MODES, CompileOptions
+from wsc.options import DEFAULT_TOLERANCE, MODES, CompileOptions
 from wsc.passes.placers import STRATEGIES
 from wsc.passes.routers import ROUTERS
 from wsc.runtime.weight_store import STORE_DTYPES
 
 BAD = [
-    ("tolerance", -1.0, "--tolerance -1.0 is not an error bound; give a number of 0 or more"),
+    ("tolerance", -1.0, "--tolerance -1.0 is not a factor of the derived error bound; give a number of 0 or more"),
     ("tolerance", float("nan"), "--tolerance nan"),
     ("tolerance", float("inf"), "--tolerance inf"),
     ("time_limit", 0.0, "--time-limit 0.0 is not a time; give"),
@@ -36,6 +36,7 @@ BAD = [
     ("mode", "streaming", "unknown mode 'streaming'; use one of weight-streaming, pipelined"),
     ("weights_dtype", "bf16", "unknown weights dtype 'bf16'; use one of fp32, fp16"),
     ("verify", "yes", "verify='yes' is not a bool"),
+    ("verify_layers", 1, "verify_layers=1 is not a bool"),
     ("fused_attention", 1, "fused_attention=1 is not a bool"),
     ("weights", "/nonexistent/w.safetensors", "--weights /nonexistent/w.safetensors does not exist; give"),
 ]
@@ -76,22 +77,29 @@ def test_options_are_frozen_and_changed_through_of_which_checks_again():
         CompileOptions.of(stratgy="greedy")
 
 
-def test_the_tolerance_defaults_to_the_weights_dtypes():
-    assert CompileOptions().verify_tolerance == DEFAULT_TOLERANCE == 1e-3
-    assert CompileOptions(weights_dtype="fp16").verify_tolerance == FP16_TOLERANCE == 1e-2
+def test_the_tolerance_scales_the_derived_bound():
+    assert CompileOptions().verify_tolerance == DEFAULT_TOLERANCE == 1.0
+    assert CompileOptions(weights_dtype="fp16").verify_tolerance == 1.0  # fp16's rounding is in the rule
     assert CompileOptions(weights_dtype="fp16", tolerance=0.5).verify_tolerance == 0.5  # a given one wins
     assert CompileOptions(tolerance=0).verify_tolerance == 0
-    # The rule follows a change of dtype: the default is not frozen in at construction.
-    assert CompileOptions.of(CompileOptions(), weights_dtype="fp16").verify_tolerance == FP16_TOLERANCE
 
 
-def test_wsc_compile_with_fp16_weights_is_held_to_the_fp16_tolerance(small_target):
+def test_wsc_compile_with_fp16_weights_is_held_to_the_fp16_bound(small_target):
+    """The API, like the CLI, allows fp16 weights their rounding: the rule's weight term is fp16's unit
+    roundoff, and the same run held to the fp32 rule (no weight term) fails."""
+    from wsc import pipeline, verification
+
     model, inputs = tiny_gpt(layers=1)
     compiled = wsc.compile(model, inputs, small_target, strategy="greedy", weights_dtype="fp16")
     v = compiled.report["verification"]
-    assert (v["status"], v["tolerance"], v["weights_dtype"]) == ("pass", FP16_TOLERANCE, "fp16")
+    assert (v["status"], v["tolerance"], v["weights_dtype"]) == ("pass", 1.0, "fp16")
+    assert v["rule"]["weight_eps"] == 2.0**-11
+    run = pipeline.run_compiled(compiled.compiled, inputs, weights_dtype="fp16")
+    first = v["outputs"][0]
+    fp32_rule = verification.relative_bound(first["terms"], first["weighted"], "fp32", 1.0)
+    assert verification.compare(run.outputs[0], model(*inputs).detach().numpy(), fp32_rule)["status"] == "fail"
     skipped = wsc.compile(model, inputs, small_target, strategy="greedy", weights_dtype="fp16", verify=False)
-    assert skipped.report["verification"]["tolerance"] == FP16_TOLERANCE
+    assert skipped.report["verification"]["tolerance"] == 1.0
 
 
 def test_the_weights_fit_when_twice_their_bytes_are_within_the_share_of_memory(monkeypatch):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_gpt
+from conftest import SMALL_PE_TARGET, derived, tiny_gpt
 
 from wsc.core.errors import WscError
 from wsc.frontend.capture import to_numpy
@@ -25,7 +24,7 @@ def compiled_tiny(small_target):
 def test_compiled_gpt_matches_eager(compiled_tiny):
     model, inputs, compiled = compiled_tiny
     result = run_compiled(compiled, inputs)
-    check = verify(model, inputs, result.outputs)
+    check = verify(model, inputs, result.outputs, compiled.program)
     assert check["status"] == "pass"
     assert check["max_abs_err"] < 1e-4
 
@@ -50,20 +49,7 @@ def test_prefetch_holds_at_most_two_layers(compiled_tiny):
     run = run_compiled(compiled, inputs, prefetch=True)
     assert run.executor.store.peak_resident_layers == 2
     assert run.executor.store.peak_resident_bytes == max(a + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-    assert verify(model, inputs, run.outputs)["status"] == "pass"
-
-
-@contextmanager
-def derived(plan, **values):
-    """A plan whose derived tables (tiles, k_bounds) are replaced for the duration: a plan cannot hold a table
-    that disagrees with its cut, so this writes past the derivation, to show the executor runs exactly the
-    tables the plan hands it."""
-    saved = {name: getattr(plan, name) for name in values}
-    vars(plan).update(values)
-    try:
-        yield
-    finally:
-        vars(plan).update(saved)
+    assert verify(model, inputs, run.outputs, compiled.program)["status"] == "pass"
 
 
 def test_corrupted_tile_fails_verification(compiled_tiny):
@@ -75,7 +61,7 @@ def test_corrupted_tile_fails_verification(compiled_tiny):
     corrupted[0, 3] = max(corrupted[0, 2], corrupted[0, 3] - 1)  # PE 0 stops one column short
     with derived(plan, tiles=corrupted):
         result = run_compiled(compiled, inputs)
-        check = verify(model, inputs, result.outputs)
+        check = verify(model, inputs, result.outputs, compiled.program)
     assert check["status"] == "fail"
     assert check["max_abs_err"] is None  # the element no PE computed is still NaN
 
@@ -88,7 +74,7 @@ def test_overlapping_tiles_in_wrong_place_fail_too(compiled_tiny):
     corrupted = plan.tiles.copy()
     corrupted[-1] = corrupted[0]  # the last PE recomputes the first PE's tile; its own is never computed
     with derived(plan, tiles=corrupted):
-        check = verify(model, inputs, run_compiled(compiled, inputs).outputs)
+        check = verify(model, inputs, run_compiled(compiled, inputs).outputs, compiled.program)
     assert check["status"] == "fail"
 
 
@@ -119,24 +105,11 @@ def test_missing_weight_and_broken_store_are_clear_errors(tmp_path: Path):
 def test_batch_two_and_symbolic_trace_model(small_target):
     model, inputs = tiny_gpt(layers=1, batch=2, seq=5)
     compiled = compile_model(model, inputs, small_target, time_limit=1.0)
-    check = verify(model, inputs, run_compiled(compiled, inputs).outputs)
+    check = verify(model, inputs, run_compiled(compiled, inputs).outputs, compiled.program)
     assert check["status"] == "pass"
     assert compiled.program.tokens == 10
     with torch.no_grad():
         assert to_numpy(model(*inputs)).shape == (2, 5, 97)
-
-
-SMALL_PE_TARGET = """\
-name: small-pe
-description: PEs with 1 KB free, so the MLP's down projection must split K across PEs
-mesh: {rows: 64, cols: 64}
-pe:
-  sram_bytes: 9216
-  flops_per_cycle: {fp16: 8, fp32: 2}
-clock_hz: 850.0e+6
-fabric: {link_bytes_per_cycle: 4, hop_latency_cycles: 1, colors: 24}
-io: {stream_bytes_per_second: 150.0e+9}
-"""
 
 
 def test_k_split_reduction_is_executed(tmp_path):
@@ -152,11 +125,11 @@ def test_k_split_reduction_is_executed(tmp_path):
     assert split, "the small PEs should force a K split"
     assert all(p.sram_bytes_per_pe <= 9216 - 8192 for layer in compiled.program.layers
                for p in layer.kernels.values())
-    assert verify(model, inputs, run_compiled(compiled, inputs).outputs)["status"] == "pass"
+    assert verify(model, inputs, run_compiled(compiled, inputs).outputs, compiled.program)["status"] == "pass"
     plan = split[0]
     bounds = plan.k_bounds.copy()
     # Slice 0 now reaches 3 columns into slice 2 and slice 1 is empty: those columns are summed twice.
     bounds[1] = bounds[2] + 3
     with derived(plan, k_bounds=bounds):
-        check = verify(model, inputs, run_compiled(compiled, inputs).outputs)
+        check = verify(model, inputs, run_compiled(compiled, inputs).outputs, compiled.program)
     assert check["status"] == "fail"

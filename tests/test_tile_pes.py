@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import tiny_gpt
+from conftest import SMALL_PE_TARGET, tiny_gpt
 
 from wsc.artifacts.check import Malformed, check_output, main
 from wsc.artifacts.report import placement_json
@@ -20,18 +20,6 @@ from wsc.core.errors import WscError
 from wsc.core.mesh import Mesh, Rect, mesh_of, tile_pes
 from wsc.pipeline import compile_model
 from wsc.targets import load_target
-
-SMALL_PE_TARGET = """\
-name: small-pe
-description: PEs with 1 KB free, so the MLP's down projection must split K across PEs
-mesh: {rows: 64, cols: 64}
-pe:
-  sram_bytes: 9216
-  flops_per_cycle: {fp16: 8, fp32: 2}
-clock_hz: 850.0e+6
-fabric: {link_bytes_per_cycle: 4, hop_latency_cycles: 1, colors: 24}
-io: {stream_bytes_per_second: 150.0e+9}
-"""
 
 
 def row_major(rect: Rect, count: int, dead: set[tuple[int, int]]) -> list[tuple[int, int]]:

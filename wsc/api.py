@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from wsc import pipeline
+from wsc import verification as checks
 from wsc.artifacts.atomic import write_atomic
 from wsc.artifacts.report import build_report, dumps, placement_json
 from wsc.core.errors import WscError
@@ -90,6 +91,28 @@ class CompiledModel:
             write_atomic(out / name, data)
 
 
+def buffer_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: b.detach().clone() for name, b in module.named_buffers() if not b.is_meta}
+
+
+def set_buffers(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, b in module.named_buffers():
+            if name in state:
+                b.copy_(state[name])
+
+
+def worst_pass(program, verification: dict[str, Any]) -> int:
+    """The pass (micro-batch) of the step holding the worst output element, which the per-layer diff reruns."""
+    worst = [o for o in verification.get("outputs", []) if o["input"] == verification.get("worst_input")]
+    worst.sort(key=lambda o: -1.0 if o.get("error_ratio") is None and o["status"] == "pass"
+               else float("inf") if o.get("error_ratio") is None else o["error_ratio"], reverse=True)
+    if program.micro_batches == 1 or not worst or not worst[0].get("worst_index"):
+        return 0
+    rows = program.graph[worst[0]["name"]].shape[0]
+    return min(program.micro_batches - 1, worst[0]["worst_index"][0] // rows)
+
+
 def check_inputs(program, inputs: tuple) -> list[np.ndarray]:
     """The inputs must match what the program was compiled for: same count, dtypes and (whole-step) shapes."""
     expected = program.graph.inputs
@@ -127,9 +150,11 @@ def compile(module: torch.nn.Module, example_inputs: tuple, target: str | Target
     `weights` names a store to run from (a safetensors file, a sharded checkpoint folder or its index); the
     module may then be built without weights (wsc.frontend.meta.empty_weights): the eager reference loads them from
     the store after the compiled run, whose peak memory is measured first. `weights_dtype` fp16 streams half
-    the bytes (the kernels still compute in fp32) and is verified to FP16_TOLERANCE unless a tolerance is
-    given. The batch is split over `systems` wafers (data parallel), and each one's share is run in passes of
-    `micro_batch` sequences (default: the most that fit)."""
+    the bytes (the kernels still compute in fp32), and verification allows for their rounding. Verification
+    runs the capture input and a shuffled one (wsc.verification.shuffled); on a failure, or with
+    `verify_layers`, it diffs every layer and kernel with eager's values and names the first wrong one
+    (`report["verification"]["located"]`). The batch is split over `systems` wafers (data parallel), and
+    each one's share is run in passes of `micro_batch` sequences (default: the most that fit)."""
     start = time.perf_counter()
     options = CompileOptions.of(options, **keywords)
     target = load_target(target) if isinstance(target, str) else target
@@ -137,6 +162,16 @@ def compile(module: torch.nn.Module, example_inputs: tuple, target: str | Target
     name = model_name or type(module).__name__
     compiled = pipeline.compile_model(module, example_inputs, target, options, model_name=name, on_pass=on_pass)
     result = CompiledModel(compiled, {})
+    verification, memory, run_seconds = verify_compiled(compiled, module, example_inputs, options)
+    result.report = build_report(compiled, verification=verification, memory=memory, run_seconds=run_seconds,
+                                 total_seconds=time.perf_counter() - start, model_info=model_info or {})
+    return result
+
+
+def verify_compiled(compiled: pipeline.Compiled, module: torch.nn.Module, example_inputs: tuple,
+                    options: CompileOptions) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """Run the compiled program and hold it to eager PyTorch (unless `options.verify` is off or the model
+    cannot be run here): the report's verification and memory sections, and the seconds of the run."""
     tolerance = options.verify_tolerance
     verification: dict[str, Any] = {"status": "skipped", "max_abs_err": None, "tolerance": tolerance}
     memory: dict[str, Any] = {"peak_rss_bytes": None}
@@ -149,16 +184,36 @@ def compile(module: torch.nn.Module, example_inputs: tuple, target: str | Target
                                 f"{physical_memory_bytes() / 1e9:.0f} GB of memory")
     elif options.verify:
         store = options.weights
-        run = pipeline.run_compiled(compiled, example_inputs, store, options.weights_dtype)
-        run_seconds = run.executor.stats.seconds
+        input_sets = [("capture", example_inputs), ("shuffled (seed 1)", checks.shuffled(example_inputs, seed=1))]
+        run = pipeline.run_compiled(compiled, example_inputs, store, options.weights_dtype,
+                                    also=[inputs for _, inputs in input_sets[1:]])
+        run_seconds = run.seconds
         memory = {"peak_rss_bytes": run.peak_rss_bytes,  # measured before the eager reference below
                   "peak_resident_layers": run.executor.store.peak_resident_layers,
                   "peak_resident_weight_bytes": run.executor.store.peak_resident_bytes,
                   "streamed_bytes": run.executor.store.streamed_bytes}
         if store is not None:
             pipeline.load_weights(module, compiled.captured, store)
-        verification = pipeline.verify(module, example_inputs, run.outputs, tolerance)
-        verification["weights_dtype"] = options.weights_dtype
-    result.report = build_report(compiled, verification=verification, memory=memory, run_seconds=run_seconds,
-                                 total_seconds=time.perf_counter() - start, model_info=model_info or {})
-    return result
+        # Eager runs may move the module's buffers (batch norm's running statistics in train mode), and every
+        # input was run by the program on the buffers as they were: each eager run starts from them too, and
+        # the module is left as one eager call on the capture input leaves it.
+        before = buffer_state(module)
+        per_input, after_capture = [], None
+        for (label, inputs), outputs in zip(input_sets, [run.outputs, *run.more_outputs], strict=True):
+            set_buffers(module, before)
+            per_input.append((label, pipeline.verify(module, inputs, outputs, compiled.program, tolerance,
+                                                     options.weights_dtype)))
+            after_capture = after_capture or buffer_state(module)
+        set_buffers(module, after_capture or before)
+        verification = checks.combine(per_input, options.weights_dtype, tolerance)
+        if verification["status"] == "fail" or options.verify_layers:
+            label = verification["worst_input"]
+            inputs = dict(input_sets)[label]
+            diff = pipeline.diff_layers(compiled, module, inputs, store, options.weights_dtype, tolerance,
+                                        worst_pass(compiled.program, verification))
+            if diff is not None:
+                verification["layers_input"] = label
+                verification["layers"] = diff.layers()
+                # A pass names nothing, even where a value inside the program nears its bound.
+                verification["located"] = diff.located() if verification["status"] == "fail" else None
+    return verification, memory, run_seconds

@@ -41,7 +41,10 @@ def make_backend(target: str = "cs2-sim", options: CompileOptions | None = None,
         compiled = api.compile(module, inputs, target, options, model_name="torch.compile graph")
         if compiled.report["verification"]["status"] == "fail":
             v = compiled.report["verification"]
-            raise WscError(f"compiled graph differs from eager by {v['max_abs_err']} (tolerance {v['tolerance']})")
+            where = v.get("located")
+            first = f"; first wrong: {where['kernel']} in layer {where['layer_index']}" if where else ""
+            raise WscError(f"compiled graph differs from eager by {v['max_abs_err']} ({v.get('error_ratio')} of "
+                           f"the bound at tolerance {v['tolerance']}){first}")
         return compiled
 
     def backend(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:

@@ -10,7 +10,9 @@
     route        each flow between kernels -> dimension-ordered routes, link loads
     estimate     time per step on the target, its roofline bound and the bottleneck
     run          JIT-compiled kernels execute the layers, weights streamed from the store
-    verify       compare with eager PyTorch
+    verify       compare with eager PyTorch on the capture input and a shuffled one, each output to the bound
+                 its arithmetic allows (wsc/verification.py); on a failure, every layer and kernel diffed
+                 with the captured graph's values to name the first kernel wrong by itself
 
 The passes up to group-layers depend on the graph's shapes only and run once per capture (shape_passes);
 partition and what follows depend on the share of the mesh the kernels get, and are what the search for a
@@ -21,8 +23,9 @@ from __future__ import annotations
 
 import resource
 import tempfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +33,12 @@ import numpy as np
 import torch
 
 from wsc import micro_batch as micro_batch_lib
-from wsc import ops, progress
+from wsc import ops, progress, verification
 from wsc.core.errors import DoesNotPlace, WscError
 from wsc.core.passmanager import PassManager
 from wsc.core.program import Program
 from wsc.frontend.capture import Captured, capture, fixed_shapes, run_eager, to_numpy
+from wsc.frontend.golden import golden_values
 from wsc.options import DEFAULT_TOLERANCE, CompileOptions
 from wsc.passes.estimate import Estimate
 from wsc.passes.fold_constants import FoldConstants
@@ -239,14 +243,16 @@ class RunResult:
     outputs: list[np.ndarray]
     executor: Executor
     peak_rss_bytes: int
+    seconds: float = 0.0  # the first input's run
+    more_outputs: list[list[np.ndarray]] = field(default_factory=list)  # for each of `also`'s inputs
 
 
-def run_compiled(compiled: Compiled, example_inputs: tuple, store_path: Path | None = None,
-                 weights_dtype: str = "fp32", prefetch: bool = True) -> RunResult:
-    """Execute the program layer by layer, streaming weights from a store: the one at `store_path` (a
-    safetensors file, a sharded checkpoint folder or its index), else one written from the model's weights.
-    With weights_dtype fp16 the store holds (and streams) half-precision weights; the kernels compute in fp32.
-    With `prefetch`, the next layer's weights are copied in while the current layer runs."""
+@contextmanager
+def opened_store(compiled: Compiled, store_path: Path | None = None,
+                 weights_dtype: str = "fp32") -> Iterator[WeightStore]:
+    """The weight store a run streams from: the one at `store_path` (a safetensors file, a sharded checkpoint
+    folder or its index), else one written from the model's weights, in `weights_dtype` (a store of another
+    dtype is converted); its keys bound to the program's weights. Closed (and a written one removed) after."""
     with tempfile.TemporaryDirectory(prefix="wsc-store-") as tmp:
         if store_path is None:
             store_path = write_store(Path(tmp) / "weights.safetensors",
@@ -256,14 +262,26 @@ def run_compiled(compiled: Compiled, example_inputs: tuple, store_path: Path | N
             store_path = write_store(Path(tmp) / "weights.safetensors", LazyWeights(source), dtype="fp16")
             source.close()
         store = WeightStore(store_path)
-        bind_store_keys(compiled, store)
-        executor = Executor(compiled.program, store, prefetch=prefetch)
         try:
-            outputs = executor.run([to_numpy(t) for t in example_inputs])
+            bind_store_keys(compiled, store)
+            yield store
         finally:
             store.close()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        return RunResult(outputs, executor, peak)
+
+
+def run_compiled(compiled: Compiled, example_inputs: tuple, store_path: Path | None = None,
+                 weights_dtype: str = "fp32", prefetch: bool = True, also: Sequence[tuple] = ()) -> RunResult:
+    """Execute the program layer by layer, streaming weights from a store (see `opened_store`): on
+    `example_inputs`, then on each input of `also` (whose outputs are `more_outputs`). With weights_dtype fp16
+    the store holds (and streams) half-precision weights; the kernels compute in fp32. With `prefetch`, the
+    next layer's weights are copied in while the current layer runs."""
+    with opened_store(compiled, store_path, weights_dtype) as store:
+        executor = Executor(compiled.program, store, prefetch=prefetch)
+        outputs = executor.run([to_numpy(t) for t in example_inputs])
+        seconds = executor.stats.seconds
+        more = [executor.run([to_numpy(t) for t in inputs]) for inputs in also]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return RunResult(outputs, executor, peak, seconds, more)
 
 
 class LazyWeights(Mapping):
@@ -317,35 +335,45 @@ def load_weights(module: torch.nn.Module, captured: Captured, store_path: Path) 
     module.load_state_dict(state, strict=False, assign=True)
 
 
-def verify(model: torch.nn.Module, example_inputs: tuple, outputs: list[np.ndarray],
-           tolerance: float = DEFAULT_TOLERANCE) -> dict:
-    """Eager PyTorch on the same inputs. Pass when the largest absolute difference is within `tolerance`
-    times the outputs' scale (their largest magnitude, at least 1): rounding grows with the values, so
-    logits of 30 may differ by ten times what logits of 3 do, for the same arithmetic."""
+def verify(model: torch.nn.Module, example_inputs: tuple, outputs: list[np.ndarray], program: Program,
+           tolerance: float = DEFAULT_TOLERANCE, weights_dtype: str = "fp32") -> dict:
+    """Eager PyTorch on the same inputs, each output held to the bound wsc.verification derives for its
+    path (scaled by `tolerance`)."""
     with torch.no_grad(), progress.stage("eager PyTorch reference"):
-        expected_list = run_eager(model, example_inputs)  # the tensors of its output, as capture flattened them
-    if len(outputs) != len(expected_list):
-        return {"status": "fail", "max_abs_err": None, "tolerance": tolerance}
-    worst, scale = 0.0, 1.0
-    for got, want in zip(outputs, expected_list, strict=True):
-        want_np = to_numpy(want).astype(np.float32)
-        if got.shape != want_np.shape:
-            worst = float("inf")
-            break
-        # Where eager gives NaN or an infinity, the compiled program must give the same; the error and the
-        # scale are over the finite values.
-        finite = np.isfinite(want_np)
-        special_agrees = (np.isnan(got) & np.isnan(want_np)) | (got == want_np)
-        if not special_agrees[~finite].all():
-            worst = float("nan")
-            break
-        if finite.any():
-            scale = max(scale, float(np.max(np.abs(want_np[finite]))))
-        err = float(np.max(np.abs(got[finite] - want_np[finite]))) if finite.any() else 0.0
-        worst = err if np.isnan(err) else max(worst, err)
-        if np.isnan(worst):
-            break
-    allowed = tolerance * scale
-    status = "pass" if worst <= allowed else "fail"  # NaN compares false: an uncomputed tile fails
-    return {"status": status, "max_abs_err": None if np.isnan(worst) else worst, "tolerance": tolerance,
-            "output_scale": scale, "allowed_abs_err": allowed}
+        expected = run_eager(model, example_inputs)  # the tensors of its output, as capture flattened them
+    return verification.verify_outputs(program, [to_numpy(e) for e in expected], outputs, tolerance, weights_dtype)
+
+
+def golden_weights(compiled: Compiled, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The model's own weights by store key (those loaded into a module built on meta included); None when
+    some are still on the meta device."""
+    state = model.state_dict()
+    weights = {k: (state[k] if v.is_meta and k in state else v) for k, v in compiled.weights.items()}
+    return None if any(v.is_meta for v in weights.values()) else weights
+
+
+def diff_layers(compiled: Compiled, model: torch.nn.Module, example_inputs: tuple, store_path: Path | None,
+                weights_dtype: str, tolerance: float, step_pass: int = 0) -> verification.LayerDiff | None:
+    """Run pass `step_pass` of the step on `example_inputs` once more, every value held to its golden value
+    (the captured graph interpreted by PyTorch on the model's weights): in the program and, for each kernel,
+    alone on golden inputs. None when the model's weights are not all real."""
+    program = compiled.program
+    weights = golden_weights(compiled, model)
+    if weights is None:
+        return None
+    arrays = [to_numpy(t) for t in example_inputs]
+    if program.micro_batches > 1:
+        for i, node in enumerate(program.graph.inputs):
+            if node.name in program.batched_inputs:
+                rows = node.shape[0]
+                arrays[i] = arrays[i][step_pass * rows:(step_pass + 1) * rows]
+    wanted = {n.holds for n in program.graph if n.holds}
+    with progress.stage("per-layer diff with eager PyTorch"):
+        golden = golden_values(compiled.captured, arrays, weights, wanted)
+        with opened_store(compiled, store_path, weights_dtype) as store:
+            executor = Executor(program, store)
+            diff = verification.LayerDiff(program, executor, golden, {k: to_numpy(v) for k, v in weights.items()},
+                                          weights_dtype, tolerance, arrays)
+            executor.observer = diff
+            executor.run_pass(arrays)
+    return diff

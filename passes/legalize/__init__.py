@@ -156,7 +156,7 @@ class Legalize:
             rw.origin, rw.count = node, 0
             if node.op in SOURCE_OPS:
                 rw.out.add(Node(node.name, node.op, (), node.shape, node.dtype, dict(node.attrs),
-                                module=node.module, source=node.source))
+                                module=node.module, source=node.source, holds=node.name))
                 rw.value[node.name] = node.name
                 continue
             if node.attrs.get("multi_output") and "index" not in node.attrs:
@@ -174,6 +174,9 @@ class Legalize:
                 if rule is None:
                     raise Unsupported(node.op, node.source, NO_RULE)
                 rw.value[node.name] = rule(rw, node)
+                held = rw.out[rw.value[node.name]]
+                if not held.holds and held.shape == node.shape:  # the first ATen value a node holds names it
+                    held.holds = node.name
             except Unsupported as error:
                 refused.append(error)
                 unknown.add(node.name)

@@ -84,7 +84,9 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         check = f"skipped ({v.get('note', '--no-verify')})"
     else:
         err = "nan" if v.get("max_abs_err") is None else f"{v['max_abs_err']:.2e}"
-        check = f"{v['status']}: max abs error {err} (tolerance {v.get('tolerance', 0):.0e})"
+        ratio = v.get("error_ratio")
+        share = f", worst element {ratio:.2g} of its bound" if ratio is not None else ""
+        check = f"{v['status']}: max abs error {err}{share} (tolerance {v.get('tolerance', 0):g} x the derived bound)"
     return [
         ("model", f"{m['name']} {args} — {m['params'] / 1e6:.1f}M params, {m['layers']} layers, "
                   f"{m['flops_per_step'] / 1e9:.3g} GFLOP per step"),

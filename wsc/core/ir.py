@@ -51,6 +51,10 @@ class Node:
     layer: int | None = None
     module: str = ""  # the nn.Module path that produced the op, e.g. "blocks.3.attn"
     source: str = ""  # "file.py:LINE: code" of the user's line that produced the op
+    # The captured (ATen) node whose value this node holds, set by legalisation: verification compares the
+    # node with that node's value in eager PyTorch. Empty for a value legalisation invents (an operand reshaped
+    # for a kernel's ABI), which has no counterpart in the captured graph.
+    holds: str = ""
 
     @property
     def numel(self) -> int:

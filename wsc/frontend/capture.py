@@ -44,6 +44,11 @@ class Captured:
     # How the model's return value holds the graph's outputs (a tensor, a tuple, a dict, a Hugging Face output
     # object), as torch.export flattened it; None when the tracer does not say (symbolic_trace).
     out_spec: Any = None
+    # The traced fx graph itself and what each of its placeholders takes, in order: ("weight", store key),
+    # ("input", position among the example inputs) or ("value", a constant fixed at capture). The golden
+    # reference (wsc.frontend.golden) interprets it to give every captured node's value in eager PyTorch.
+    fx: torch.fx.GraphModule | None = None
+    fx_args: list[tuple[str, Any]] = field(default_factory=list)
 
     def structure(self, outputs: list[Any]) -> Any:
         """The outputs put back in the form the model returns them; a bare tensor or a tuple without a spec."""
@@ -231,14 +236,18 @@ def _from_exported(ep: torch.export.ExportedProgram) -> Captured:
     graph = Graph()
     weights: dict[str, torch.Tensor] = {}
     specs = {spec.arg.name: spec for spec in ep.graph_signature.input_specs}
+    fx_args: list[tuple[str, Any]] = []
     for fx_node in ep.graph.nodes:
         if fx_node.op == "placeholder":
             spec = specs[fx_node.name]
             if spec.kind == InputKind.USER_INPUT and isinstance(spec.arg, ConstantArgument):
+                fx_args.append(("value", spec.arg.value))
                 continue  # a keyword fixed at capture (use_cache=False): not an input of the program
             if spec.kind == InputKind.USER_INPUT:
+                fx_args.append(("input", len(graph.inputs)))
                 graph.add(_node(fx_node, "input", (), {}))
             else:
+                fx_args.append(("weight", spec.target))
                 weights[spec.target] = state[spec.target]
                 kind = "parameter" if spec.kind == InputKind.PARAMETER else "buffer"
                 graph.add(_node(fx_node, "param", (), {"key": spec.target, "kind": kind}))
@@ -246,7 +255,8 @@ def _from_exported(ep: torch.export.ExportedProgram) -> Captured:
             _add_call(graph, fx_node, _aten_name(fx_node.target), fx_node.args, fx_node.kwargs)
         elif fx_node.op == "output":
             graph.outputs = [a.name for a in _flat_outputs(fx_node.args[0])]
-    return Captured(graph, weights, "torch.export", out_spec=ep.call_spec.out_spec)
+    return Captured(graph, weights, "torch.export", out_spec=ep.call_spec.out_spec, fx=ep.graph_module,
+                    fx_args=fx_args)
 
 
 def _aten_name(target: Any) -> str:
@@ -450,9 +460,12 @@ def _from_symbolic_trace(model: nn.Module, example_inputs: tuple) -> Captured:
     def is_static(value: Any) -> bool:
         return all(n.name in static for n in _flat_nodes(value))
 
+    fx_args: list[tuple[str, Any]] = []
+
     for fx_node in traced.graph.nodes:
         args, kwargs = subst(fx_node.args), subst(dict(fx_node.kwargs))
         if fx_node.op == "placeholder":
+            fx_args.append(("input", len(graph.inputs)))
             graph.add(_node(fx_node, "input", (), {}))
         elif fx_node.op == "get_attr":
             # A tensor attribute read directly (a parameter or a buffer) becomes a streamed weight.
@@ -485,7 +498,7 @@ def _from_symbolic_trace(model: nn.Module, example_inputs: tuple) -> Captured:
             _add_call(graph, fx_node, op, args, kwargs)
         elif fx_node.op == "output":
             graph.outputs = [a.name for a in _flat_outputs(fx_node.args[0])]
-    return Captured(graph, weights, "symbolic_trace")
+    return Captured(graph, weights, "symbolic_trace", fx=traced, fx_args=fx_args)
 
 
 def _flat_nodes(value: Any) -> list[torch.fx.Node]:

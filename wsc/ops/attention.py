@@ -352,6 +352,10 @@ class Attention(KernelOp):
         ins = [(rows, q[-1]), (math.prod(k[:-2]), *k[-2:]), (math.prod(v[:-2]), *v[-2:])]
         return (rows, cols), ins + [mask_view(graph[i].shape) for i in node.inputs[3:]]
 
+    def summed_terms(self, graph: Graph, node: Node) -> int:
+        """A score's dot product over the head's D, then the softmax's and the weighted sum's over the keys."""
+        return graph[node.inputs[0]].shape[-1] + graph[node.inputs[1]].shape[-2]
+
     def lower(self, spec: KernelSpec) -> KernelIR:
         return lower_attention(spec)
 

@@ -103,6 +103,12 @@ class KernelOp(Op):
         """The extent of a reduction the partitioner may split across PEs (a matmul's K); 1 for none."""
         return 1
 
+    def summed_terms(self, graph: Graph, node: Node) -> int:
+        """How many terms the longest sum behind one output element adds (a matmul's K, a norm's row; 1 for an
+        element-wise op): its rounding error grows with the square root of that count, which is what
+        verification allows the kernel (wsc/verification.py)."""
+        return max(1, self.reduction_dim(graph, node))
+
     def sram_bytes(self, graph: Graph, node: Node, cut: Cut, size: int, resident: bool = False) -> int:
         """Bytes one PE holds for its tile of `cut`; `resident` (pipelined mode) keeps weights in SRAM.
         Default: each tensor input's tile and the output tile (a scalar input sits in a register)."""

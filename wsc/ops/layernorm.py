@@ -86,6 +86,10 @@ class LayerNorm(KernelOp):
         tr, tc = plan.largest_tile
         return (3 * tr * tc + 2 * tc) * size, tr * tc * size
 
+    def summed_terms(self, graph: Graph, node: Node) -> int:
+        """The row's mean and variance (or sum of exponentials) each add its whole length."""
+        return max(1, output_view(node.shape)[1])
+
     def abi(self, graph: Graph, node: Node) -> tuple[Shape, list[Shape]]:
         """x as [rows, D]; scale and shift as [D] (a norm over several trailing dims holds them in that shape)."""
         view = output_view(node.shape)

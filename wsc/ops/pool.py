@@ -112,6 +112,10 @@ class Pool(KernelOp):
             shapes.append(output_view(graph[node.inputs[1]].shape))
         return (rows, cols), shapes
 
+    def summed_terms(self, graph: Graph, node: Node) -> int:
+        """A mean adds its whole window."""
+        return max(1, int(node.attrs["window"]))
+
     def lower(self, spec: KernelSpec) -> KernelIR:
         return lower_pool(spec)
 

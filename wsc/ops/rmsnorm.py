@@ -70,6 +70,10 @@ class RmsNorm(KernelOp):
         tr, tc = plan.largest_tile
         return (2 * tr * tc + (len(node.inputs) - 1) * tc) * size, tr * tc * size
 
+    def summed_terms(self, graph: Graph, node: Node) -> int:
+        """The row's mean and variance (or sum of exponentials) each add its whole length."""
+        return max(1, output_view(node.shape)[1])
+
     def abi(self, graph: Graph, node: Node) -> tuple[Shape, list[Shape]]:
         view = output_view(node.shape)
         return view, [view] + [(view[1],) for _ in node.inputs[1:]]

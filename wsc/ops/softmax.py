@@ -25,7 +25,7 @@ from llvmlite import ir
 
 from wsc.core.ir import Graph, Node
 from wsc.core.program import KernelPlan
-from wsc.ops.base import KernelOp, Shape, register
+from wsc.ops.base import KernelOp, Shape, output_view, register
 from wsc.ops.codegen import (
     FAST,
     KernelBuilder,
@@ -150,6 +150,10 @@ class Softmax(KernelOp):
         tr, tc = plan.largest_tile
         return 3 * tr * tc * size, 2 * tr * tc * size
 
+    def summed_terms(self, graph: Graph, node: Node) -> int:
+        """The row's sum of exponentials adds its whole length."""
+        return max(1, output_view(node.shape)[1])
+
     def lower(self, spec: KernelSpec) -> KernelIR:
         return lower_softmax(spec)
 
@@ -180,6 +184,10 @@ class LogSoftmax(KernelOp):
     def sram_traffic(self, graph: Graph, node: Node, plan: KernelPlan, size: int) -> tuple[int, int]:
         tr, tc = plan.largest_tile
         return 3 * tr * tc * size, tr * tc * size
+
+    def summed_terms(self, graph: Graph, node: Node) -> int:
+        """The row's sum of exponentials adds its whole length."""
+        return max(1, output_view(node.shape)[1])
 
     def lower(self, spec: KernelSpec) -> KernelIR:
         return lower_softmax(spec, log=True)
