@@ -67,7 +67,11 @@ def test_wsc_compile_verifies_both_inputs_and_reports_each_output(small_target):
     import wsc
 
     model, inputs = tiny_gpt(layers=1)
-    v = wsc.compile(model, inputs, small_target, strategy="greedy").report["verification"]
+    compiled = wsc.compile(model, inputs, small_target, strategy="greedy")
+    v = compiled.report["verification"]
+    program = compiled.program  # the memory section counts one step's streaming, not one per input verified
+    one_step = sum(layer.streamed_bytes(program.graph, 4) for layer in program.layers)
+    assert compiled.report["memory"]["streamed_bytes"] == one_step
     assert [i["name"] for i in v["inputs"]] == ["capture", "shuffled (seed 1)"]
     assert [(o["input"], o["name"]) for o in v["outputs"]] == [("capture", "linear_4"), ("shuffled (seed 1)",
                                                                                        "linear_4")]

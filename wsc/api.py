@@ -191,7 +191,7 @@ def verify_compiled(compiled: pipeline.Compiled, module: torch.nn.Module, exampl
         memory = {"peak_rss_bytes": run.peak_rss_bytes,  # measured before the eager reference below
                   "peak_resident_layers": run.executor.store.peak_resident_layers,
                   "peak_resident_weight_bytes": run.executor.store.peak_resident_bytes,
-                  "streamed_bytes": run.executor.store.streamed_bytes}
+                  "streamed_bytes": run.streamed_bytes}
         if store is not None:
             pipeline.load_weights(module, compiled.captured, store)
         # Eager runs may move the module's buffers (batch norm's running statistics in train mode), and every

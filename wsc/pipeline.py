@@ -244,6 +244,7 @@ class RunResult:
     executor: Executor
     peak_rss_bytes: int
     seconds: float = 0.0  # the first input's run
+    streamed_bytes: int = 0  # read from the store by the first input's run: one step's
     more_outputs: list[list[np.ndarray]] = field(default_factory=list)  # for each of `also`'s inputs
 
 
@@ -278,10 +279,10 @@ def run_compiled(compiled: Compiled, example_inputs: tuple, store_path: Path | N
     with opened_store(compiled, store_path, weights_dtype) as store:
         executor = Executor(compiled.program, store, prefetch=prefetch)
         outputs = executor.run([to_numpy(t) for t in example_inputs])
-        seconds = executor.stats.seconds
+        seconds, streamed = executor.stats.seconds, store.streamed_bytes
         more = [executor.run([to_numpy(t) for t in inputs]) for inputs in also]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return RunResult(outputs, executor, peak, seconds, more)
+    return RunResult(outputs, executor, peak, seconds, streamed, more)
 
 
 class LazyWeights(Mapping):
