@@ -98,8 +98,8 @@ def test_layernorm_ignoring_its_weight_and_bias(compiled_gpt, monkeypatch, fresh
 
 
 def test_every_layernorm_bound_to_the_first_ones_parameters(compiled_gpt, monkeypatch):
-    """The store key of every later norm's weight and bias points at the first norm's: the first is right,
-    the second is the first wrong one."""
+    """The store key of every later norm's weight and bias points at the first norm's: the first norm is
+    right, and the second norm's weight, as streamed, is the first wrong value (the binding, not the kernel)."""
     model, inputs, compiled = compiled_gpt
     norms = nodes(compiled, "layernorm")
     graph = compiled.program.graph
@@ -107,7 +107,8 @@ def test_every_layernorm_bound_to_the_first_ones_parameters(compiled_gpt, monkey
     for norm in norms[1:]:
         for param, key in zip(norm.inputs[1:], first_keys, strict=True):
             monkeypatch.setitem(graph[param].attrs, "key", key)
-    assert_located(verify(model, inputs, compiled), norms[1].name)
+    located = assert_located(verify(model, inputs, compiled), norms[1].inputs[1], kind="weight")
+    assert located["read_by"] == [norms[1].name]
 
 
 def test_weights_silently_rounded_to_fp16(compiled_gpt, monkeypatch):
@@ -242,3 +243,93 @@ def test_the_cli_names_the_first_wrong_value(tmp_path, monkeypatch, capsys):
     assert "  verification  fail: " in summary
     assert f"  first wrong   weight {located['key']} in layer 0 (embed): " in summary
     assert [layer["index"] for layer in report["verification"]["layers"]] == [0, 1, 2, 3]
+
+
+def test_a_mutant_under_fp16_weights_is_located_and_a_correct_run_names_nothing(compiled_gpt, monkeypatch):
+    """fp16 weights are held to their rounding bit for bit (subnormals included), so the diff of a correct
+    fp16 run finds every layer right, and with eps mutated it names the norm, not a weight."""
+    model, inputs, compiled = compiled_gpt
+    v = verify(model, inputs, compiled, weights_dtype="fp16", verify_layers=True)
+    assert v["status"] == "pass" and v["located"] is None
+    assert all(layer["status"] == "pass" for layer in v["layers"]), v["layers"]
+    norms = nodes(compiled, "layernorm")
+    for norm in norms:
+        monkeypatch.setitem(norm.attrs, "eps", norm.attrs["eps"] * 100)
+    assert_located(verify(model, inputs, compiled, weights_dtype="fp16"), norms[0].name)
+
+
+def test_verify_layers_fails_a_kernel_wrong_by_itself_that_fp16_weights_hide(compiled_gpt, monkeypatch):
+    """fp16 weights widen the outputs' bound past the GELU formula's error; each kernel alone is still held
+    to the fp32 bound, so with the diff on the run fails and names it."""
+    model, inputs, compiled = compiled_gpt
+    fused = nodes(compiled, "matmul", epilogue="gelu")
+    for node in fused:
+        monkeypatch.setitem(node.attrs, "approximate", "tanh")
+    outputs_only = verify(model, inputs, compiled, weights_dtype="fp16")
+    assert outputs_only["status"] == "pass" and "layers" not in outputs_only
+    located = assert_located(verify(model, inputs, compiled, weights_dtype="fp16", verify_layers=True),
+                             fused[0].name)
+    assert located["wrong"] == "by itself"
+
+
+def test_a_micro_batched_step_is_diffed_on_the_pass_holding_the_worst_element(monkeypatch):
+    model, inputs = tiny_gpt(batch=2)
+    compiled = pipeline.compile_model(model, inputs, load_target("mesh-16x16"), time_limit=0.3, micro_batch=1)
+    assert compiled.program.micro_batches == 2
+    node = nodes(compiled, "matmul", bias=True)[0]
+    monkeypatch.setitem(node.attrs, "bias", False)
+    monkeypatch.setattr(node, "inputs", node.inputs[:2] + node.inputs[3:])
+    assert_located(verify(model, inputs, compiled), node.name)
+
+
+def test_weights_from_a_checkpoint_named_without_the_wrappers_prefix(tmp_path, monkeypatch):
+    """The store binds `model.fc.weight` to the file's `fc.weight`; the diff still holds each streamed weight
+    to the model's own, and names a kernel bug."""
+    from safetensors.torch import save_file
+
+    class Inner(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.norm = torch.nn.Linear(16, 16), torch.nn.LayerNorm(16)
+            torch.nn.init.normal_(self.norm.weight, 1.0, 0.1)
+            torch.nn.init.normal_(self.norm.bias, 0.0, 0.1)
+
+        def forward(self, x):
+            return self.norm(self.fc(x))
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = Inner()
+
+        def forward(self, x):
+            return self.model(x)
+
+    torch.manual_seed(0)
+    model, x = Wrapped().eval(), torch.randn(2, 8, 16, generator=torch.Generator().manual_seed(2))
+    save_file({k: v.contiguous() for k, v in model.model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    compiled = pipeline.compile_model(model, (x,), load_target("mesh-16x16"), time_limit=0.3)
+    v = verify(model, (x,), compiled, weights=tmp_path / "w.safetensors", verify_layers=True)
+    assert v["status"] == "pass" and all(layer["status"] == "pass" for layer in v["layers"])
+    norm = nodes(compiled, "layernorm")[0]
+    monkeypatch.setitem(norm.attrs, "eps", 1e-1)
+    assert_located(verify(model, (x,), compiled, weights=tmp_path / "w.safetensors"), norm.name)
+
+
+def test_an_rmsnorm_taken_from_its_spelled_out_chain_is_held_to_its_eager_value(monkeypatch):
+    """Hugging Face's Llama spells RMSNorm out (pow, mean, add, rsqrt, mul, mul); legalisation takes the chain
+    into one kernel, which holds the chain's last value, so a wrong eps is located at the norm itself."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hf_models", Path(__file__).parents[1] / "examples" / "hf_models.py")
+    hf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hf)
+    model, inputs = hf.build_model("llama", num_hidden_layers=1), hf.example_inputs("llama")
+    compiled = pipeline.compile_model(model, inputs, load_target("mesh-16x16"), time_limit=0.3)
+    norms = nodes(compiled, "rmsnorm")
+    assert norms and all(n.holds for n in norms)
+    correct = verify(model, inputs, compiled, verify_layers=True)
+    assert correct["status"] == "pass" and all(layer["alone_status"] == "pass" for layer in correct["layers"])
+    for norm in norms:
+        monkeypatch.setitem(norm.attrs, "eps", 0.1)
+    assert_located(verify(model, inputs, compiled), norms[0].name)

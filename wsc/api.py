@@ -26,6 +26,7 @@ from wsc import verification as checks
 from wsc.artifacts.atomic import write_atomic
 from wsc.artifacts.report import build_report, dumps, placement_json
 from wsc.core.errors import WscError
+from wsc.core.program import Program
 from wsc.frontend.capture import TORCH_DTYPES, to_numpy
 from wsc.frontend.meta import physical_memory_bytes, weight_bytes
 from wsc.options import CompileOptions
@@ -102,15 +103,14 @@ def set_buffers(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None
                 b.copy_(state[name])
 
 
-def worst_pass(program, verification: dict[str, Any]) -> int:
+def worst_pass(program: Program, verification: dict[str, Any]) -> int:
     """The pass (micro-batch) of the step holding the worst output element, which the per-layer diff reruns."""
-    worst = [o for o in verification.get("outputs", []) if o["input"] == verification.get("worst_input")]
-    worst.sort(key=lambda o: -1.0 if o.get("error_ratio") is None and o["status"] == "pass"
-               else float("inf") if o.get("error_ratio") is None else o["error_ratio"], reverse=True)
-    if program.micro_batches == 1 or not worst or not worst[0].get("worst_index"):
+    outputs = [o for o in verification.get("outputs", []) if o["input"] == verification.get("worst_input")]
+    worst = max(outputs, key=checks.share_of_bound, default=None)
+    if program.micro_batches == 1 or worst is None or not worst.get("worst_index"):
         return 0
-    rows = program.graph[worst[0]["name"]].shape[0]
-    return min(program.micro_batches - 1, worst[0]["worst_index"][0] // rows)
+    rows = program.graph[worst["name"]].shape[0]  # a pass's rows of a batched output
+    return min(program.micro_batches - 1, worst["worst_index"][0] // rows)
 
 
 def check_inputs(program, inputs: tuple) -> list[np.ndarray]:
@@ -203,8 +203,9 @@ def verify_compiled(compiled: pipeline.Compiled, module: torch.nn.Module, exampl
             set_buffers(module, before)
             per_input.append((label, pipeline.verify(module, inputs, outputs, compiled.program, tolerance,
                                                      options.weights_dtype)))
-            after_capture = after_capture or buffer_state(module)
-        set_buffers(module, after_capture or before)
+            if after_capture is None:
+                after_capture = buffer_state(module)
+        set_buffers(module, before if after_capture is None else after_capture)
         verification = checks.combine(per_input, options.weights_dtype, tolerance)
         if verification["status"] == "fail" or options.verify_layers:
             label = verification["worst_input"]
@@ -214,6 +215,11 @@ def verify_compiled(compiled: pipeline.Compiled, module: torch.nn.Module, exampl
             if diff is not None:
                 verification["layers_input"] = label
                 verification["layers"] = diff.layers()
-                # A pass names nothing, even where a value inside the program nears its bound.
-                verification["located"] = diff.located() if verification["status"] == "fail" else None
+                # A kernel or weight wrong by itself fails the run even when the outputs are within their
+                # bound (fp16 weights widen it); a value inside the program near its bound names nothing.
+                by_itself = diff.located(by_itself_only=True)
+                if by_itself is not None:
+                    verification["status"] = "fail"
+                verification["located"] = by_itself or (diff.located() if verification["status"] == "fail"
+                                                        else None)
     return verification, memory, run_seconds

@@ -199,7 +199,8 @@ def verification_lines(v: dict, out: Path) -> list[str]:
         return [f"  verification  skipped ({v.get('note', '--no-verify')})"]
     err = "nan" if v["max_abs_err"] is None else f"{v['max_abs_err']:.2e}"
     ratio = v.get("error_ratio")
-    share = "non-finite where eager is not" if ratio is None else f"at {ratio:.2g} of its bound"
+    share = f"at {ratio:.2g} of its bound" if ratio is not None else (
+        "non-finite where eager is not" if v["max_abs_err"] is None else "off where the bound is 0")
     inputs = len(v.get("inputs", [])) or 1
     scaled = "" if v["tolerance"] == 1 else f", the bound x {v['tolerance']:g}"
     lines = [f"  verification  {v['status']}: worst element {share} (max abs error {err}) vs eager PyTorch, "
@@ -214,7 +215,8 @@ def verification_lines(v: dict, out: Path) -> list[str]:
             if where.get("pe"):
                 at += f" on PE ({where['pe'][0]}, {where['pe'][1]})"
         ratio = where.get("error_ratio")
-        size = "non-finite" if ratio is None else f"{ratio:.3g}x its bound"
+        size = f"{ratio:.3g}x its bound" if ratio is not None else (
+            "non-finite" if where.get("max_abs_err") is None else "off where its bound is 0")
         lines.append(f"  first wrong   {what} in layer {where['layer_index']} ({where['layer']}): {size} "
                      f"{where['wrong']}{at}")
         if where.get("source"):

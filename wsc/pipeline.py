@@ -373,8 +373,11 @@ def diff_layers(compiled: Compiled, model: torch.nn.Module, example_inputs: tupl
         golden = golden_values(compiled.captured, arrays, weights, wanted)
         with opened_store(compiled, store_path, weights_dtype) as store:
             executor = Executor(program, store)
-            diff = verification.LayerDiff(program, executor, golden, {k: to_numpy(v) for k, v in weights.items()},
-                                          weights_dtype, tolerance, arrays)
+            # The model's weight of each param node, by the key it was captured under: binding the program to
+            # its store may have renamed the key (a checkpoint without the wrapper's prefix).
+            by_node = {n.name: to_numpy(weights[n.attrs["key"]]) for n in compiled.captured.graph.params
+                       if n.name in program.graph}
+            diff = verification.LayerDiff(program, executor, golden, by_node, weights_dtype, tolerance, arrays)
             executor.observer = diff
             executor.run_pass(arrays)
     return diff

@@ -161,8 +161,9 @@ class Legalize:
                 continue
             if node.attrs.get("multi_output") and "index" not in node.attrs:
                 continue  # legalised element by element, through the nodes that read it
-            if node.name in rw.value:
-                continue  # an earlier rule took it into one op with the chain it ends (a spelled-out RMSNorm)
+            if node.name in rw.value:  # an earlier rule took it into one op with the chain it ends (an RMSNorm)
+                _holds(rw.out[rw.value[node.name]], node)
+                continue
             rule = _rule_for(node.op)
             if any(i in unknown for i in node.inputs):
                 # Its input was refused, so its own rule cannot run; an op with no rule at all is still named.
@@ -174,9 +175,7 @@ class Legalize:
                 if rule is None:
                     raise Unsupported(node.op, node.source, NO_RULE)
                 rw.value[node.name] = rule(rw, node)
-                held = rw.out[rw.value[node.name]]
-                if not held.holds and held.shape == node.shape:  # the first ATen value a node holds names it
-                    held.holds = node.name
+                _holds(rw.out[rw.value[node.name]], node)
             except Unsupported as error:
                 refused.append(error)
                 unknown.add(node.name)
@@ -184,6 +183,14 @@ class Legalize:
             raise refusal(refused)
         rw.out.outputs = [rw.value[o] for o in graph.outputs]
         return _drop_dead(rw.out)
+
+
+def _holds(held: Node, aten: Node) -> None:
+    """Record that `held` holds `aten`'s value (for verification's golden values). The latest ATen node of its
+    shape wins: a chain taken into one kernel (an RMSNorm spelled out) ends with the node holding the kernel's
+    value, and a view or alias after the node holds the same values."""
+    if held.shape == aten.shape:
+        held.holds = aten.name
 
 
 def _rule_for(op: str) -> Callable[[Rewriter, Node], str] | None:

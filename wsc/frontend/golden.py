@@ -48,29 +48,21 @@ def golden_values(captured: Captured, inputs: Sequence[np.ndarray], weights: Map
     program's inputs, in order) with `weights` (store key -> tensor, real, not meta)."""
     if captured.fx is None:
         raise WscError("this capture kept no fx graph, so it has no golden reference; capture the model again")
+    for key, tensor in weights.items():
+        if tensor.is_meta:
+            raise WscError(f"the golden reference needs real weights, and {key} is on the meta device; give --weights")
     tensors = [torch.from_numpy(np.array(value)) for value in inputs]
+    # Buffers are the weights a graph may write (batch norm's statistics): the interpreter gets copies of them.
+    written = {n.attrs["key"] for n in captured.graph.params if n.attrs.get("kind") == "buffer"}
+    written |= {name for name, _ in captured.fx.named_buffers()}
+    state = {key: t.detach().clone() if key in written else t.detach() for key, t in weights.items()}
+    args = [tensors[what] if kind == "input" else state[what] if kind == "weight" else what
+            for kind, what in captured.fx_args]
+    recorder = _Recorder(captured.fx, wanted)
     with torch.no_grad():
         if captured.how == "torch.export":
-            args = []
-            for kind, what in captured.fx_args:
-                if kind == "input":
-                    args.append(tensors[what])
-                elif kind == "weight":
-                    args.append(_own_copy(weights[what]))
-                else:
-                    args.append(what)
-            recorder = _Recorder(captured.fx, wanted)
             recorder.run(*args)
-        else:
-            state = {key: _own_copy(tensor) for key, tensor in weights.items()}
-            recorder = _Recorder(captured.fx, wanted)
+        else:  # the symbolic trace reads its weights as attributes of the traced module
             with _reparametrize_module(captured.fx, state):
-                recorder.run(*tensors)
+                recorder.run(*args)
     return recorder.values
-
-
-def _own_copy(tensor: torch.Tensor) -> torch.Tensor:
-    """A buffer the graph may write in place, copied; a parameter as it is (graphs never write those)."""
-    if tensor.is_meta:
-        raise WscError("the golden reference needs real weights, and this one is on the meta device; give --weights")
-    return tensor.detach().clone() if not isinstance(tensor, torch.nn.Parameter) else tensor.detach()
