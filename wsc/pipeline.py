@@ -375,8 +375,12 @@ def diff_layers(compiled: Compiled, model: torch.nn.Module, example_inputs: tupl
             executor = Executor(program, store)
             # The model's weight of each param node, by the key it was captured under: binding the program to
             # its store may have renamed the key (a checkpoint without the wrapper's prefix).
-            by_node = {n.name: to_numpy(weights[n.attrs["key"]]) for n in compiled.captured.graph.params
-                       if n.name in program.graph}
+            captured_params = {n.name: n for n in compiled.captured.graph.params}
+            by_node = {}
+            for node in program.graph.params:  # a view legalisation made of a weight holds its origin
+                origin = captured_params.get(node.name) or captured_params.get(node.holds)
+                if origin is not None:
+                    by_node[node.name] = to_numpy(weights[origin.attrs["key"]]).reshape(node.shape)
             diff = verification.LayerDiff(program, executor, golden, by_node, weights_dtype, tolerance, arrays)
             executor.observer = diff
             executor.run_pass(arrays)

@@ -167,6 +167,9 @@ class LayerDiff:
             self.done_layer = layer.index
         node = graph[name]
         if node.op == "param":
+            if name not in self.weights:  # no captured weight to hold it to: taken as streamed
+                self.env[name] = got
+                return
             # The model's own weight for this node (not the store key it was bound to: a wrong binding is a
             # wrong weight), and as the store's dtype rounds it.
             true = np.asarray(self.weights[name], dtype=np.float32).reshape(node.shape)

@@ -63,7 +63,9 @@ def _filter(rw: Rewriter, weight: str, shape: tuple[int, ...]) -> str:
     for seen in rw.out.params:  # one view of a filter that several convolutions share
         if seen.attrs.get("key") == source.attrs.get("key") and seen.shape == shape:
             return seen.name
-    return rw.emit("param", [], shape, source.dtype, **source.attrs)
+    view = rw.emit("param", [], shape, source.dtype, **source.attrs)
+    rw.out[view].holds = source.holds  # the captured weight it views, for verification's golden values
+    return view
 
 
 def _conv_padding(rw: Rewriter, node: Node, padding: Any, kernel: Sequence[int], dilation: Sequence[int],
