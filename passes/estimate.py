@@ -8,7 +8,9 @@ Per layer and pass (one micro-batch), the terms:
   pace) plus the pipeline's fill: the other kernels' time for the first wave of tokens (one token row per row
   block) to reach it;
 - fabric: the most loaded link's bytes over the link bandwidth, plus the hop latency of the longest route;
-- stream: the layer's weight bytes over the target's I/O rate.
+- stream: the layer's weight bytes over the target's I/O rate, or, if slower, their delivery across the
+  wafer from its west edge to the kernels that read them (`weight_delivery`: placement decides it);
+- fill also waits for the first wave to cross the layer's longest chain of flows, hop by hop.
 The step runs each system's passes back to back, layer after layer, streaming the next layer's weights while
 one computes (passes/schedule.py). Pipelined mode (every layer resident in its own band): no streaming; the
 slowest layer sets the pace of every pass, and the pipeline fills once per step.
@@ -50,6 +52,53 @@ def kernel_seconds(flops: int, plan: KernelPlan, rate: float, target: Target, sr
     return seconds
 
 
+def weight_delivery(layer: Layer, weight_bytes: dict[str, int], target: Target) -> tuple[float, int, int]:
+    """Streamed weights entering the wafer at its west edge and crossing it to the kernels that read them:
+    (seconds, busiest link's bytes, hops of the farthest lane).
+
+    A modelling choice (where the wafer's I/O meets its fabric is not public; weights "stream in from the
+    wafer edge", docs/hardware.md): each kernel's weights arrive on one lane per row of its rectangle, split
+    evenly over its rows, and travel east along the row to the rectangle, then across it. A kernel at column
+    0 takes them straight from the edge. Kernels that share rows share those rows' links, so the busiest
+    link of a row carries the lanes of every kernel east of the edge in it."""
+    if layer.placement is None or not weight_bytes:
+        return 0.0, 0, 0
+    row_load: dict[int, float] = {}
+    hops = 0
+    for name, nbytes in weight_bytes.items():
+        rect = layer.placement.rects[name]
+        hops = max(hops, rect.x + rect.w - 1)
+        if rect.x == 0 and rect.w == 1:
+            continue  # on the edge itself: no link carries its weights
+        for row in range(rect.y, rect.y + rect.h):
+            row_load[row] = row_load.get(row, 0.0) + nbytes / rect.h
+    busiest = max(row_load.values(), default=0.0)
+    seconds = (busiest / target.link_bytes_per_cycle + hops * target.hop_latency_cycles) / target.clock_hz
+    return seconds, math.ceil(busiest), hops
+
+
+def handoff_seconds(program: Program) -> float:
+    """One pass of the activations between pipelined layers: their busiest link's bytes over the link
+    bandwidth plus the hops of the longest of them (0 when not pipelined, or for one layer)."""
+    routes, target = program.handoff_routes, program.target
+    if routes is None:
+        return 0.0
+    return (routes.max_link_load / target.link_bytes_per_cycle
+            + routes.longest_route_hops * target.hop_latency_cycles) / target.clock_hz
+
+
+def chain_hops(layer: Layer) -> int:
+    """Hops of the layer's longest chain of flows (kernel to kernel, each flow's longest lane): what the first
+    wave of tokens crosses before the last kernel of the chain starts."""
+    if layer.routes is None:
+        return 0
+    hops = {(e["src"], e["dst"]): int(e["hops"]) for e in layer.routes.edges}
+    reach: dict[str, int] = {}
+    for name in layer.kernels:  # the layer's kernels are in execution order, so producers come first
+        reach[name] = max((reach.get(src, 0) + h for (src, dst), h in hops.items() if dst == name), default=0)
+    return max(reach.values(), default=0)
+
+
 def backward_flops(node: Node) -> int:
     """FLOPs of a kernel's backward pass (the op table's rule: about twice the forward; an embedding
     scatter-adds its output gradient into the table)."""
@@ -81,7 +130,8 @@ class Estimate:
             step, timeline, by_term = schedule.run(schedule.forward_phases(layers, passes))
             summarize(layers, timeline, layers[0]["stream_seconds"] if layers else 0.0)
         else:
-            step, by_term = self.pipelined(layers, passes, program.tokens / program.micro_batches)
+            step, by_term = self.pipelined(layers, passes, program.tokens / program.micro_batches,
+                                           handoff_seconds(program))
         bounds = {"compute": passes * pass_flops / peak,
                   "stream": passes * pass_bytes / target.io_bytes_per_second if streaming else 0.0}
         estimate = {
@@ -93,6 +143,7 @@ class Estimate:
             "bottleneck": max(by_term, key=by_term.__getitem__) if by_term else "compute",
             "tokens_per_second": program.tokens / step if step > 0 else 0.0,
             "compute_utilization": passes * pass_flops / (step * peak) if step > 0 else 0.0,
+            "handoff_fabric_seconds": handoff_seconds(program),
             "micro_batches": program.micro_batches,
             "micro_batch_tokens": program.tokens // program.micro_batches,
             "systems": program.systems,
@@ -115,20 +166,34 @@ class Estimate:
             backward.append(kernel_seconds(backward_flops(node), plan, rate, target, 2 * sram))
             waves.append(plan.row_blocks / max(plan.rows, 1))  # one token row per row block: a wave's share
         layer_kernel_seconds = dict(zip(layer.kernels, forward, strict=True))
-        # The slowest kernel sets the pace once every other kernel has passed it the first wave.
+        # The slowest kernel sets the pace once every other kernel has passed it the first wave, and the wave
+        # has crossed the fabric between them.
         slowest = forward.index(max(forward)) if forward else 0
         fill = sum(t * w for i, (t, w) in enumerate(zip(forward, waves, strict=True)) if i != slowest)
+        fill += chain_hops(layer) * target.hop_latency_cycles / target.clock_hz
         fabric = 0.0
         if layer.routes is not None:
             fabric = (layer.routes.max_link_load / (target.link_bytes_per_cycle * target.clock_hz)
                       + layer.routes.longest_route_hops * target.hop_latency_cycles / target.clock_hz)
         weight_bytes = layer.streamed_bytes(graph, size)
+        readers = {name: sum(graph[i].numel * size for i in graph[name].inputs if graph[i].op == "param")
+                   for name in layer.kernels}
+        delivery, delivery_link, delivery_hops = weight_delivery(
+            layer, {name: nbytes for name, nbytes in readers.items() if nbytes}, target)
+        stream = max(weight_bytes / target.io_bytes_per_second, delivery)
+        compute = max(forward, default=0.0) + fill
         return {
             "layer": layer.name,
-            "compute_seconds": max(forward, default=0.0) + fill,
+            "compute_seconds": compute,
             "fill_seconds": fill,
             "fabric_seconds": fabric,
-            "stream_seconds": weight_bytes / target.io_bytes_per_second,
+            "stream_seconds": stream,
+            "weight_delivery_seconds": delivery,
+            "weight_link_load": delivery_link,
+            "weight_hops": delivery_hops,
+            # How far the fabric term is below the term that binds the layer: a better placement moves the
+            # step only where this is small (negative: the fabric binds, by that much).
+            "fabric_slack_seconds": max(compute, stream) - fabric,
             "backward_compute_seconds": max(backward, default=0.0) + 2 * fill,
             "flops": sum(graph[n].flops for n in layer.kernels),
             "backward_flops": sum(backward_flops(graph[n]) for n in layer.kernels),
@@ -138,19 +203,25 @@ class Estimate:
         }
 
     @staticmethod
-    def pipelined(layers: list[dict], passes: int, pass_tokens: float) -> tuple[float, dict[str, float]]:
+    def pipelined(layers: list[dict], passes: int, pass_tokens: float,
+                  handoff: float = 0.0) -> tuple[float, dict[str, float]]:
         """Every layer resident, tokens flowing through them one after another: the slowest layer sets the
-        pace of every pass, and the pipeline fills once per step (the other layers' share of one token)."""
+        pace of every pass, and the pipeline fills once per step (the other layers' share of one token). The
+        activations handed between layers (`handoff` seconds a pass, all such flows sharing the fabric at
+        once) are one more stage every pass goes through: when they are the slowest, the fabric binds."""
         for entry in layers:
             entry["stream_seconds"] = 0.0  # weights were loaded once, before the first step
+            entry["weight_delivery_seconds"] = 0.0
+            entry["fabric_slack_seconds"] = entry["compute_seconds"] - entry["fabric_seconds"]
             terms = {"compute": entry["compute_seconds"], "fabric": entry["fabric_seconds"]}
             entry["bound"] = max(terms, key=terms.__getitem__)
             entry["seconds"] = terms[entry["bound"]]
         if not layers:
             return 0.0, {}
         slowest = max(layers, key=lambda e: e["seconds"])
-        step, _ = schedule.pipelined([e["seconds"] for e in layers], passes, pass_tokens)
-        return step, {slowest["bound"]: step}
+        stages = [e["seconds"] for e in layers] + ([handoff] if handoff > 0 else [])
+        step, _ = schedule.pipelined(stages, passes, pass_tokens)
+        return step, {"fabric" if handoff > slowest["seconds"] else slowest["bound"]: step}
 
     def training(self, program: Program, layers: list[dict], rate: float) -> dict[str, Any]:
         """A training step (forward, backward, gradients out) on `systems` wafers, each running its share of
@@ -170,8 +241,11 @@ class Estimate:
                 slowest = terms[times.index(max(times))]
                 tail = (total_bytes / io + swarmx_seconds(n_systems, max(e["weight_bytes"] for e in layers), io)
                         if n_systems > 1 else 0.0)
-                step = schedule.pipelined(times, passes, program.tokens / program.micro_batches)[0] + tail
-                bottleneck = "stream" if tail > passes * max(times) else max(slowest, key=slowest.__getitem__)
+                handoff = 2 * handoff_seconds(program)  # activations down, their gradients back up
+                stages = times + ([handoff] if handoff > 0 else [])
+                step = schedule.pipelined(stages, passes, program.tokens / program.micro_batches)[0] + tail
+                bottleneck = "stream" if tail > passes * max(stages) else (
+                    "fabric" if handoff > max(times) else max(slowest, key=slowest.__getitem__))
                 return step, bottleneck, 0.0  # reported as 0: the whole gradient exchange is in `tail` above
             step, _, by_term = schedule.run(schedule.training_phases(layers, passes))
             tail = swarmx_seconds(n_systems, layers[0]["weight_bytes"], io)

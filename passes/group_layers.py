@@ -84,6 +84,26 @@ def kernel_flows(graph: Graph, layer: Layer, element_bytes: int) -> list[Flow]:
     return [Flow(src, dst, nbytes) for (src, dst), nbytes in flows.items()]
 
 
+def handoff_flows(graph: Graph, layers: list[Layer], element_bytes: int) -> list[tuple[int, str, int, str, int]]:
+    """The activations handed from one layer to a later one, as (producer layer, producer kernel, consumer
+    layer, consumer kernel, bytes): for each kernel input, the kernels of other layers that produced it
+    (looking through layout ops). Pipelined mode routes them, every layer being resident at once."""
+    layer_of = {name: layer.index for layer in layers for name in layer.nodes}
+    everything = set(layer_of)
+    flows: dict[tuple[int, str, int, str], int] = {}
+    for layer in layers:
+        for name in layer.nodes:
+            node = graph[name]
+            if not node.is_kernel:
+                continue
+            for src in node.inputs:
+                for producer in _kernels_behind(graph, src, everything):
+                    if layer_of[producer] != layer.index:
+                        key = (layer_of[producer], producer, layer.index, name)
+                        flows[key] = flows.get(key, 0) + graph[src].numel * element_bytes
+    return [(a, b, c, d, nbytes) for (a, b, c, d), nbytes in flows.items()]
+
+
 def _kernels_behind(graph: Graph, name: str, members: set[str]) -> list[str]:
     """The kernels of the layer whose outputs reach value `name` through layout ops only (a concatenation has
     several), each once."""

@@ -17,9 +17,10 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from wsc.core.errors import WscError
-from wsc.core.mesh import Flow, Mesh, Placement, mesh_of
-from wsc.core.program import Program
+from wsc.core.mesh import Flow, Mesh, Placement, Rect, mesh_of
+from wsc.core.program import DTYPE_SIZE, Layer, Program
 from wsc.passes import routers
+from wsc.passes.group_layers import handoff_flows
 from wsc.passes.routers import ROUTERS, RouteRequest, Routes
 
 __all__ = ["ROUTERS", "Route", "Routes", "route"]
@@ -35,8 +36,9 @@ def route(placement: Placement, flows: list[Flow], mesh: Mesh, router: str = "co
 class Route:
     """route: every flow of every layer with the named router (one of ROUTERS), colored within the
     target's routable colors; identical layers share their routes. In pipelined mode each layer's flows are
-    routed inside its own band; traffic between layers (activations handed down the pipeline) is not routed
-    yet."""
+    routed inside its own band, and the activations each layer hands to a later one are routed too, all of
+    them at once between the resident layers' rectangles (`Program.handoff_routes`): every layer works on
+    the stream of tokens at the same time, so those flows share links."""
 
     name: ClassVar[str] = "route"
     router: str = "congestion"
@@ -55,4 +57,23 @@ class Route:
                     raise WscError(f"layer {layer.name} is not placed; run the place pass before route")
                 routed[key] = router(RouteRequest(layer.placement, layer.flows, mesh, limit))
             layers.append(replace(layer, routes=routed[key]))
-        return replace(program, layers=layers)
+        handoff = handoff_routes(program, layers, self.router, mesh, limit) if program.mode == "pipelined" else None
+        return replace(program, layers=layers, handoff_routes=handoff)
+
+
+def handoff_routes(program: Program, layers: list[Layer], router: str, mesh: Mesh,
+                   colors: int | None) -> Routes | None:
+    """The flows between pipelined layers, routed between the rectangles of every layer (named
+    `layer/kernel`). Their colors are their own: a color may repeat in another layer's band, as the fabric
+    routes each color per router. None for a single layer."""
+    flows = handoff_flows(program.graph, layers, DTYPE_SIZE[program.dtype])
+    if not flows:
+        return None
+    rects: dict[str, Rect] = {}
+    for layer in layers:
+        assert layer.placement is not None  # routed above
+        for name, rect in layer.placement.rects.items():
+            rects[f"{layer.index}/{name}"] = replace(rect, name=f"{layer.index}/{name}")
+    combined = Placement(rects, "pipelined layers", "combined", 0.0, 0.0, 0.0, 0, 0.0)
+    wanted = [Flow(f"{a}/{src}", f"{b}/{dst}", nbytes) for a, src, b, dst, nbytes in flows]
+    return route(combined, wanted, mesh, router, colors)

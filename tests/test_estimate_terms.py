@@ -66,8 +66,9 @@ def plan(name: str, rows: int, cols: int, row_blocks: int, col_blocks: int, k_sp
 def estimate(graph: Graph, plans: list[KernelPlan], dtype: str, target: Target = HAND, **layer) -> dict:
     """The estimate of a one-layer program holding `plans`."""
     kernels = {p.node: p for p in plans}
-    program = Program(graph, target, layers=[Layer(0, "L0", list(kernels), [], kernels, **layer)], dtype=dtype,
-                      tokens=8)
+    weights = layer.pop("weights", [])
+    program = Program(graph, target, layers=[Layer(0, "L0", list(kernels), weights, kernels, **layer)],
+                      dtype=dtype, tokens=8)
     if layer.get("placement") is not None:
         program = Route(router="xy")(program)
     return Estimate()(program).estimate
@@ -152,9 +153,9 @@ def test_the_fabric_term_is_the_busiest_link_plus_the_longest_route() -> None:
     from (1, 1) east to b's diagonal (1, 6), 5 hops; no link carries both. Fabric: the busiest link's 2,000 B
     at 4 B/cycle = 500 cycles, plus the longest lane's 5 hops at 1 cycle: 505 cycles = 505 ns at 1 GHz.
     Each kernel is a 2 x 2 fp32 add in 1 x 1 tiles, 0.5 ns (1 FLOP at 2 FLOP/cycle; 8 B read at 16 B/cycle,
-    4 B written at 8 B/cycle), plus 0.5 ns * 2 / 2 rows of fill: 1 ns of compute, so the fabric sets the
-    layer: the step is 505 ns. A training step runs it twice (the output gradients retrace the flows):
-    1,010 ns."""
+    4 B written at 8 B/cycle), plus 0.5 ns * 2 / 2 rows of fill and the first wave's 5 hops from a to b
+    (5 cycles): 6 ns of compute, so the fabric sets the layer, 499 ns above it (the slack is -499 ns): the
+    step is 505 ns. A training step runs it twice (the output gradients retrace the flows): 1,010 ns."""
     graph = Graph()
     add(graph, "a", 2, 2)
     add(graph, "b", 2, 2)
@@ -163,8 +164,77 @@ def test_the_fabric_term_is_the_busiest_link_plus_the_longest_route() -> None:
     e = estimate(graph, [plan("a", 2, 2, 2, 2), plan("b", 2, 2, 2, 2)], "fp32", placement=placement,
                  flows=[Flow("a", "b", 4000)])
     layer = e["layers"][0]
-    assert layer["compute_seconds"] == exactly(1e-9)
+    assert layer["compute_seconds"] == exactly(6e-9)
     assert layer["fabric_seconds"] == exactly(505e-9)
+    assert layer["fabric_slack_seconds"] == exactly(-499e-9)
     assert e["step_seconds"] == exactly(505e-9)
     assert e["bottleneck"] == "fabric" and layer["bound"] == "fabric"
     assert e["training"]["step_seconds"] == exactly(1010e-9)
+
+
+def weighted_add(graph: Graph, name: str, rows: int, cols: int) -> Node:
+    """An elementwise add of a fresh [rows, cols] input and a streamed weight of the same shape."""
+    graph.add(Node(f"{name}_x", "input", (), (rows, cols), "float32"))
+    graph.add(Node(f"{name}_w", "param", (), (rows, cols), "float32", {"key": f"{name}.w"}))
+    node = Node(name, "add", (f"{name}_x", f"{name}_w"), (rows, cols), "float32")
+    node.flops = rows * cols
+    return graph.add(node)
+
+
+def test_weights_cross_the_wafer_from_its_west_edge_one_lane_per_row() -> None:
+    """Two 2 x 2 kernels side by side in rows 0-1 (a at columns 2-3, b at columns 5-6), each reading a
+    2 x 2 fp32 weight of 16 B, and the I/O at 1 GB/s. Each kernel's 16 B arrive on its 2 rows, 8 B a lane;
+    rows 0 and 1 carry both kernels' lanes west of a: 16 B on the busiest link, 4 cycles at 4 B/cycle, plus
+    the farthest lane's 6 hops (to b's last column): 10 ns. The I/O takes the layer's 32 B in 32 ns, so it
+    still sets the stream term. Stacked instead (b in rows 4-5 at the same columns), no link carries more
+    than 8 B: 2 cycles, plus 6 hops, 8 ns."""
+    graph = Graph()
+    weighted_add(graph, "a", 2, 2)
+    weighted_add(graph, "b", 2, 2)
+    plans = [plan("a", 2, 2, 2, 2), plan("b", 2, 2, 2, 2)]
+    side_by_side = Placement({"a": Rect("a", 2, 0, 2, 2), "b": Rect("b", 5, 0, 2, 2)}, "hand", "HAND", 0, 0, 0, 0, 0)
+    layer = estimate(graph, plans, "fp32", placement=side_by_side, weights=["a_w", "b_w"])["layers"][0]
+    assert (layer["weight_link_load"], layer["weight_hops"]) == (16, 6)
+    assert layer["weight_delivery_seconds"] == exactly(10e-9)
+    assert layer["stream_seconds"] == exactly(32e-9)
+    stacked = Placement({"a": Rect("a", 2, 0, 2, 2), "b": Rect("b", 5, 4, 2, 2)}, "hand", "HAND", 0, 0, 0, 0, 0)
+    layer = estimate(graph, plans, "fp32", placement=stacked, weights=["a_w", "b_w"])["layers"][0]
+    assert (layer["weight_link_load"], layer["weight_delivery_seconds"]) == (8, exactly(8e-9))
+
+
+def test_weight_delivery_binds_the_stream_when_the_io_is_faster_than_one_row() -> None:
+    """The same side-by-side layer with the I/O at 1 TB/s (32 B in 0.032 ns): the delivery across the
+    wafer, 10 ns, is the stream term now."""
+    graph = Graph()
+    weighted_add(graph, "a", 2, 2)
+    weighted_add(graph, "b", 2, 2)
+    side_by_side = Placement({"a": Rect("a", 2, 0, 2, 2), "b": Rect("b", 5, 0, 2, 2)}, "hand", "HAND", 0, 0, 0, 0, 0)
+    fast_io = replace(HAND, io_bytes_per_second=1e12)
+    layer = estimate(graph, [plan("a", 2, 2, 2, 2), plan("b", 2, 2, 2, 2)], "fp32", target=fast_io,
+                     placement=side_by_side, weights=["a_w", "b_w"])["layers"][0]
+    assert layer["stream_seconds"] == exactly(10e-9)
+
+
+def test_pipelined_layers_hand_their_activations_over_the_fabric() -> None:
+    """Two pipelined layers on the 8 x 8 mesh: L0's kernel a (2 x 2 at rows 0-1, columns 0-1) feeds L1's
+    kernel b (2 x 2 at rows 6-7, columns 0-1) with its [2, 2] fp32 output, 16 B. Stacked, the flow leaves a's
+    bottom side on 2 lanes of 8 B and goes south to b's diagonal: lane 0 from (1, 0) to (6, 0), 5 hops, lane 1
+    from (1, 1) to (7, 1), 6 hops. 8 B at 4 B/cycle = 2 cycles, plus the longest lane's 6 hops: 8 ns a pass.
+    Each layer is one kernel of 0.5 ns (no other kernel to fill behind), so the handoff is the slowest stage
+    and the fabric binds: the step (8 tokens, 1 pass) is 8 ns for the pace, plus the fill (0.5 + 0.5 + 8) / 8
+    tokens = 1.125 ns: 9.125 ns."""
+    graph = Graph()
+    add(graph, "a", 2, 2)
+    graph.add(Node("b_y", "input", (), (2, 2), "float32"))
+    b = Node("b", "add", ("a", "b_y"), (2, 2), "float32")
+    b.flops = 4
+    graph.add(b)
+    layers = [Layer(0, "L0", ["a"], [], {"a": plan("a", 2, 2, 2, 2)},
+                    placement=Placement({"a": Rect("a", 0, 0, 2, 2)}, "hand", "HAND", 0, 0, 0, 0, 0)),
+              Layer(1, "L1", ["b"], [], {"b": plan("b", 2, 2, 2, 2)},
+                    placement=Placement({"b": Rect("b", 0, 6, 2, 2)}, "hand", "HAND", 0, 0, 0, 0, 0))]
+    program = Program(graph, HAND, layers=layers, dtype="fp32", tokens=8, mode="pipelined")
+    e = Estimate()(Route(router="xy")(program)).estimate
+    assert e["handoff_fabric_seconds"] == exactly(8e-9)
+    assert [layer["compute_seconds"] for layer in e["layers"]] == [exactly(0.5e-9), exactly(0.5e-9)]
+    assert e["step_seconds"] == exactly(9.125e-9) and e["bottleneck"] == "fabric"

@@ -79,7 +79,7 @@ def test_kernel_events_last_their_compute_time(trace, simulation):
     kernels = [e for e in complete(trace) if e["tid"] >= 10]
     for name, entry in layers.items():
         slowest = max(e["dur"] for e in kernels if e["args"]["layer"] == name) * 1e-6
-        assert 0 <= entry["fill_seconds"] < slowest
+        assert entry["fill_seconds"] >= 0  # the other kernels' first wave and its hops: it may exceed a tiny kernel
         assert slowest + entry["fill_seconds"] == pytest.approx(entry["compute_seconds"], rel=1e-9)
 
 

@@ -83,6 +83,11 @@ def placement_summary(program: Program) -> dict[str, Any]:
         "utilization": pes_used / program.target.usable_pes,
         "wirelength": sum(p.wirelength for p in placements),
         "max_link_load": max((layer.routes.max_link_load for layer in program.layers if layer.routes), default=0),
+        "longest_route_hops": max((layer.routes.longest_route_hops for layer in program.layers if layer.routes),
+                                  default=0),
+        # Pipelined mode: the activations handed between the resident layers, all routed at once.
+        "handoff_max_link_load": program.handoff_routes.max_link_load if program.handoff_routes else 0,
+        "handoff_longest_route_hops": program.handoff_routes.longest_route_hops if program.handoff_routes else 0,
         "solver": None if worst is None else {
             "status": worst.status, "objective": worst.objective, "best_bound": worst.best_bound,
             "gap": worst.gap, "seconds": sum(p.seconds for p in placements),

@@ -176,6 +176,7 @@ class Program:
     fill: float = 0.0  # partition's record: the share of the usable PEs it handed to each layer's kernels
     compact: bool = False  # partition's record: the compact try (tall grids folded, kernels held to their share)
     timeline: list[Slot] = field(default_factory=list)  # weight streaming: the estimate's slot per layer pass
+    handoff_routes: Routes | None = None  # route's, pipelined mode: the activations between resident layers
 
     @property
     def passes_per_system(self) -> int:
