@@ -1,9 +1,11 @@
 """Placement: put each kernel's rectangle of PEs on the mesh so that heavy flows travel few hops.
 
 This is the ISPD 2020 formulation (Cerebras' own placement contest) with shapes already chosen: rectangles
-must lie inside the mesh and must not overlap, and the cost is the sum over flows of bytes x Manhattan
-distance between rectangle centres. The strategies are plug-ins, one file each in `passes/placers/` (its
-`__init__` holds the `Placer` protocol and the registry), behind one interface, `place(...)`:
+must lie inside the mesh and must not overlap, and the heuristics' cost is the sum over flows of bytes x
+Manhattan distance between rectangle centres; cpsat's is first what the estimate charges the fabric (the
+busiest lane and the longest distance), then that sum. The strategies are plug-ins, one file each in
+`passes/placers/` (its `__init__` holds the `Placer` protocol and the registry), behind one interface,
+`place(...)`:
 
 - `row-major`: shelf packing in the given order; a baseline that ignores traffic.
 - `snake`: the same shelves, alternating direction, so consecutive kernels stay adjacent at the turns.
@@ -12,7 +14,8 @@ distance between rectangle centres. The strategies are plug-ins, one file each i
   to its already placed neighbours. Exact over every position, using numpy, so it is fast on 750 x 994.
 - `anneal`: simulated annealing from the greedy answer, a fixed number of legal moves.
 - `cpsat`: an exact model solved by OR-Tools CP-SAT (`placers/cpsat.py`), hinted with the best of the other
-  deterministic heuristics, so it always has an answer and is never worse than any of them.
+  deterministic heuristics by its own objective, so it always has an answer and is never worse than any of
+  them by it.
 
 Defect model. With 1% of a CS-2's PEs dead at random there is a dead PE every ~100 PEs, so a kernel of
 90 x 994 PEs cannot avoid them, and no layer of a GPT fits in the defect-free gaps. Real wafers hide defects
@@ -212,7 +215,9 @@ class Place:
                 continue
             density = scattered_density(mesh)
             kernels = [self.kernel_rect(n, plan.h, plan.w, mesh, density) for n, plan in layer.kernels.items()]
-            request = PlaceRequest(kernels, layer.flows, mesh, self.seed, self.workers, self.time_limit)
+            target = program.target
+            request = PlaceRequest(kernels, layer.flows, mesh, self.seed, self.workers, self.time_limit,
+                                   target.link_bytes_per_cycle, target.hop_latency_cycles)
             placement = _run(placer, request)
             if top:
                 placement.rects = {n: replace(r, y=r.y + top) for n, r in placement.rects.items()}

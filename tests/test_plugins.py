@@ -104,8 +104,8 @@ def test_the_cpsat_steps_by_hand_give_the_strategy_s_answer() -> None:
     # A kernel with spare PEs puts dead PEs in position tables; b may cover one dead PE anywhere: no table.
     assert set(model.tables) == {"a", "c"}
     cpsat.hint(model, start)
-    solver, status = cpsat.solve(model, seed=2, workers=1, time_limit=1.0)
-    by_hand = cpsat.read(model, solver, status, start, flows, 1.0)
+    solver, status, stage_one = cpsat.solve_in_stages(model, seed=2, workers=1, time_limit=1.0)
+    by_hand = cpsat.read(model, solver, status, start, flows, 1.0, stage_one)
     strategy = place(kernels, flows, mesh, "cpsat", seed=2, time_limit=1.0)
     assert (by_hand.rects, by_hand.status, by_hand.objective, by_hand.best_bound) == \
         (strategy.rects, strategy.status, strategy.objective, strategy.best_bound)

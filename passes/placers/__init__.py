@@ -31,7 +31,9 @@ class PlaceRequest:
     """What a placer is asked: put `kernels` on `mesh` minimising sum(bytes x hops) over `flows`.
 
     `seed` drives every randomised choice (random, anneal, CP-SAT's search); `workers` and `time_limit`
-    (deterministic seconds) bound a solver's search. A placer ignores what it does not use. The request has
+    (deterministic seconds) bound a solver's search; `link_bytes_per_cycle` and `hop_latency_cycles` are the
+    target's fabric, for a placer that weighs what the estimate charges (cpsat). A placer ignores what it does
+    not use. The request has
     been checked (`passes/place.py`): names unique, sizes positive, every kernel no larger than the mesh,
     flows joining known kernels, and the total area no more than the usable PEs."""
 
@@ -41,6 +43,8 @@ class PlaceRequest:
     seed: int = 0
     workers: int = 1
     time_limit: float = 5.0
+    link_bytes_per_cycle: float = 4.0
+    hop_latency_cycles: float = 1.0
 
 
 class Placer(Protocol):

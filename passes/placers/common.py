@@ -19,6 +19,31 @@ def wirelength(rects: dict[str, Rect], flows: list[Flow]) -> int:
     return (doubled + 1) // 2
 
 
+def lane_load(flow: Flow, a: Rect, b: Rect) -> int:
+    """Bytes on each lane of `flow` from rectangle `a` to `b`, as the routers split it
+    (passes/routers/common.py): one lane per facing row when the rectangles sit side by side (no shared
+    column), one per facing column when they share columns (one above the other)."""
+    share_columns = a.x < b.x + b.w and b.x < a.x + a.w
+    lanes = min(a.w, b.w) if share_columns else min(a.h, b.h)
+    return -(-flow.bytes // max(lanes, 1))
+
+
+def charged_cycles(rects: dict[str, Rect], flows: list[Flow], link_bytes_per_cycle: float,
+                   hop_latency_cycles: float) -> float:
+    """The fabric time a placement is charged, as the placer can see it before routing: the most loaded
+    lane of any one flow over the link bandwidth, plus the longest centre-to-centre distance in hops at the
+    hop latency. It is the estimate's fabric term (busiest link plus longest route) without the sharing of
+    links between flows, which only routing decides."""
+    loads, hops = [0], [0.0]
+    for f in flows:
+        if f.src == f.dst:
+            continue
+        a, b = rects[f.src], rects[f.dst]
+        loads.append(lane_load(f, a, b))
+        hops.append((abs(2 * a.x + a.w - 2 * b.x - b.w) + abs(2 * a.y + a.h - 2 * b.y - b.h)) / 2)
+    return max(loads) / link_bytes_per_cycle + max(hops) * hop_latency_cycles
+
+
 def traffic(flows: list[Flow]) -> dict[tuple[str, str], int]:
     """Bytes between each unordered pair of distinct kernels (distance is symmetric; self-flows cost 0)."""
     pairs: dict[tuple[str, str], int] = {}

@@ -1,9 +1,14 @@
 """cpsat: an exact OR-Tools CP-SAT model of the ISPD 2020 formulation with fixed shapes, hinted with the best
 of the deterministic heuristics, so it always has an answer and is never worse than any of them.
 
-Rectangles are fixed-size interval pairs in one NoOverlap2D; the objective is bytes x L1 distance between
-doubled centres (2x + w keeps everything integer). The layer's slowest-kernel time, the other term of the
-contest's objective, is a constant here: shapes are chosen by the partitioner before placement.
+Rectangles are fixed-size interval pairs in one NoOverlap2D. The objective is what the estimate charges the
+fabric, in two stages: first the charged fabric time (`charged_cycles`: the most loaded lane of any flow over
+the link bandwidth, plus the longest centre-to-centre distance at the hop latency; a flow's lanes are its
+facing rows when the two rectangles sit side by side, its facing columns when they share columns), then,
+with that time held at its optimum, bytes x L1 distance between doubled centres (2x + w keeps everything
+integer), which spreads traffic the first stage cannot see (links shared by several flows). The status,
+objective and bound reported are the first stage's, in cycles. The layer's slowest-kernel time, the other
+term of the contest's objective, is a constant here: shapes are chosen by the partitioner before placement.
 
 Dead PEs enter in one of two ways, whichever keeps the model small:
 - obstacles: when no kernel may cover a dead PE, dead PEs merged into maximal boxes (runs along a row,
@@ -15,10 +20,10 @@ Dead PEs enter in one of two ways, whichever keeps the model small:
   everywhere get no table. A table longer than MAX_TABLE_ROWS keeps every k-th row (and the hint's), so the
   model stays small at the price of some positions: the answer is still legal, and never worse than the hint.
 
-The solve is four steps, each a function: `build` (the model as data: variables, constraints, objective),
+The solve is four steps, each a function: `build` (the model as data: variables, constraints, objectives),
 `hint` (the best heuristic answer, `best_hint`, as the solver's starting point), `solve` (fixed seed,
-workers and a deterministic time limit) and `read` (status, rectangles, objective and bound into a
-Placement). `place_cpsat` runs them in that order.
+workers and a deterministic time limit, half of it for each stage) and `read` (status, rectangles, objective
+and bound into a Placement). `place_cpsat` runs them in that order.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from ortools.sat.python import cp_model
@@ -34,7 +40,7 @@ from wsc.core.errors import WscError
 from wsc.core.mesh import Flow, KernelRect, Mesh, Placement, Rect, row_runs
 from wsc.passes.placers import PlaceRequest, register
 from wsc.passes.placers.anneal import anneal
-from wsc.passes.placers.common import Grid, no_fit, traffic, wirelength
+from wsc.passes.placers.common import Grid, charged_cycles, lane_load, no_fit, traffic, wirelength
 from wsc.passes.placers.greedy import greedy
 from wsc.passes.placers.row_major import row_major
 from wsc.passes.placers.snake import snake
@@ -45,13 +51,16 @@ MAX_TABLE_ROWS = 3000
 
 @register("cpsat")
 def place_cpsat(request: PlaceRequest) -> Placement:
-    """Build the model, hint it with the best heuristic answer, solve, and read the answer back."""
-    start, _ = best_hint(request.kernels, request.flows, request.mesh, request.seed)
-    model = build(request.kernels, request.flows, request.mesh, keep=start)
+    """Build the model, hint it with the best heuristic answer, solve for the charged fabric time, then for
+    wirelength at that time, and read the answer back."""
+    fabric = (request.link_bytes_per_cycle, request.hop_latency_cycles)
+    start, _ = best_hint(request.kernels, request.flows, request.mesh, request.seed, fabric)
+    model = build(request.kernels, request.flows, request.mesh, keep=start, fabric=fabric)
     if start is not None:
         hint(model, start)
-    solver, status = solve(model, seed=request.seed, workers=request.workers, time_limit=request.time_limit)
-    return read(model, solver, status, start, request.flows, request.time_limit)
+    solver, status, stage_one = solve_in_stages(model, seed=request.seed, workers=request.workers,
+                                                time_limit=request.time_limit)
+    return read(model, solver, status, start, request.flows, request.time_limit, stage_one)
 
 
 # ------------------------------------------------------------------------------------------------- build
@@ -83,27 +92,30 @@ class Model:
     mesh: Mesh
     weight: dict[tuple[str, str], int]
     unit: float
+    flows: list[Flow] = field(default_factory=list)
+    # The fabric: (link bytes per cycle, hop latency in cycles), and the first stage's objective in its
+    # integer units (CHARGE_SCALE per cycle), and the second's.
+    fabric: tuple[float, float] = (4.0, 1.0)
+    charged: Any = 0  # a cp_model linear expression once built
+    wirelength: Any = 0
     xs: dict[str, cp_model.IntVar] = field(default_factory=dict)
     ys: dict[str, cp_model.IntVar] = field(default_factory=dict)
     tables: dict[str, tuple[cp_model.IntVar, cp_model.IntVar, list[tuple[int, int, int]]]] = field(
         default_factory=dict
     )
     pairs: dict[tuple[str, str], Pair] = field(default_factory=dict)
+    lane_vars: list[tuple[str, str, cp_model.IntVar, cp_model.IntVar]] = field(default_factory=list)
+    busiest: cp_model.IntVar | None = None
+    longest: cp_model.IntVar | None = None
     thinned: bool = False
 
-    def scaled(self, rects: dict[str, Rect]) -> float:
-        """The objective's value for `rects`, in the model's units (weight x doubled hops)."""
-        total = 0
-        for (a, b), w in self.weight.items():
-            ra, rb = rects[a], rects[b]
-            total += w * (abs(2 * ra.x + ra.w - 2 * rb.x - rb.w) + abs(2 * ra.y + ra.h - 2 * rb.y - rb.h))
-        return float(total)
 
-
-def build(kernels: list[KernelRect], flows: list[Flow], mesh: Mesh, keep: dict[str, Rect] | None) -> Model:
+def build(kernels: list[KernelRect], flows: list[Flow], mesh: Mesh, keep: dict[str, Rect] | None,
+          fabric: tuple[float, float] = (4.0, 1.0)) -> Model:
     """The model: a corner per kernel, no overlap, dead PEs as obstacles or position tables (a thinned table
-    keeps the row of each kernel's rectangle in `keep`, the hint), and bytes x doubled hops to minimise.
-    Raises DoesNotPlace when some kernel has no legal position at all."""
+    keeps the row of each kernel's rectangle in `keep`, the hint), and the two objectives: the charged fabric
+    time (`Model.charged`) and bytes x doubled hops (`Model.wirelength`). Raises DoesNotPlace when some
+    kernel has no legal position at all."""
     # Data: traffic per kernel pair, in units of the smallest flow (capped at a 1e6 spread) so that the
     # objective coefficients stay small integers.
     pairs = {p: b for p, b in traffic(flows).items() if b > 0}
@@ -114,7 +126,7 @@ def build(kernels: list[KernelRect], flows: list[Flow], mesh: Mesh, keep: dict[s
     as_obstacles = all(k.slack == 0 for k in kernels) and len(boxes) <= MAX_OBSTACLES
 
     # Variables: top-left corner per kernel, with fixed-size intervals for the no-overlap constraint.
-    m = Model(cp_model.CpModel(), kernels, mesh, weight, unit)
+    m = Model(cp_model.CpModel(), kernels, mesh, weight, unit, flows, fabric)
     model, xs, ys = m.cp, m.xs, m.ys
     x_iv, y_iv = [], []
     for k in kernels:
@@ -168,9 +180,40 @@ def build(kernels: list[KernelRect], flows: list[Flow], mesh: Mesh, keep: dict[s
         model.add(dist == adx + ady)
         m.pairs[a, b] = Pair(dx, dy, adx, ady, apart_in_x, dist)
 
-    # Objective: scaled bytes x doubled hops.
-    model.minimize(sum(weight[p] * m.pairs[p].dist for p in weight))
+    # Objectives. Wirelength: scaled bytes x doubled hops. Charged fabric time: the most loaded lane, which
+    # depends on whether the pair shares columns (lanes per facing column) or not (per facing row), and the
+    # longest distance; in CHARGE_SCALE units a cycle, so that a lane's bytes and a hop's latency add up.
+    m.wirelength = sum(weight[p] * m.pairs[p].dist for p in weight)
+    link, latency = fabric
+    heaviest = max((f.bytes for f in flows if f.src != f.dst), default=0)
+    busiest = model.new_int_var(0, heaviest, "busiest_lane")
+    longest = model.new_int_var(0, 2 * (mesh.rows + mesh.cols), "longest_doubled")
+    for f in flows:
+        if f.src == f.dst:
+            continue
+        a, b = f.src, f.dst
+        ka, kb = by_name[a], by_name[b]
+        key = (min(a, b), max(a, b))
+        model.add(longest >= m.pairs[key].dist)
+        left = model.new_bool_var(f"left_{a}_{b}")  # a entirely west of b
+        right = model.new_bool_var(f"right_{a}_{b}")  # b entirely west of a
+        model.add(xs[a] + ka.w <= xs[b]).only_enforce_if(left)
+        model.add(xs[a] + ka.w > xs[b]).only_enforce_if(~left)
+        model.add(xs[b] + kb.w <= xs[a]).only_enforce_if(right)
+        model.add(xs[b] + kb.w > xs[a]).only_enforce_if(~right)
+        side = -(-f.bytes // min(ka.h, kb.h))  # side by side: one lane per facing row
+        stacked = -(-f.bytes // min(ka.w, kb.w))  # sharing columns: one lane per facing column
+        model.add(busiest >= stacked + (side - stacked) * (left + right))
+        m.lane_vars.append((a, b, left, right))
+    m.busiest, m.longest = busiest, longest
+    m.charged = (round(CHARGE_SCALE / link) * busiest + round(CHARGE_SCALE * latency / 2) * longest)
+    model.minimize(m.charged)
     return m
+
+
+# Integer units of the charged fabric time per cycle: fine enough that rounding the per-byte and per-hop
+# coefficients changes nothing that matters (a link of 4 B/cycle is 250 units a byte).
+CHARGE_SCALE = 1000
 
 
 def dead_boxes(mesh: Mesh) -> list[tuple[int, int, int, int]]:
@@ -212,10 +255,11 @@ def position_table(legal: np.ndarray, keep_row: int | None) -> tuple[list[tuple[
 
 
 def best_hint(
-    kernels: list[KernelRect], flows: list[Flow], mesh: Mesh, seed: int
+    kernels: list[KernelRect], flows: list[Flow], mesh: Mesh, seed: int, fabric: tuple[float, float] = (4.0, 1.0)
 ) -> tuple[dict[str, Rect] | None, str]:
-    """The best legal heuristic answer (greedy, row-major, snake, anneal) and its strategy's name; anneal is
-    run exactly as the `anneal` strategy runs, so cpsat can never lose to it."""
+    """The best legal heuristic answer (greedy, row-major, snake, anneal) by the charged fabric time, then by
+    wirelength, and its strategy's name; anneal is run exactly as the `anneal` strategy runs, so cpsat can
+    never lose to it."""
     found: dict[str, dict[str, Rect]] = {}
     heuristics: dict[str, Callable[[], dict[str, Rect]]] = {
         "greedy": lambda: greedy(kernels, flows, mesh),
@@ -232,7 +276,7 @@ def best_hint(
             continue
     if not found:
         return None, ""
-    name = min(found, key=lambda n: wirelength(found[n], flows))
+    name = min(found, key=lambda n: (charged_cycles(found[n], flows, *fabric), wirelength(found[n], flows)))
     return found[name], name
 
 
@@ -252,6 +296,16 @@ def hint(m: Model, rects: dict[str, Rect]) -> None:
         for var, value in ((v.dx, hx), (v.dy, hy), (v.adx, abs(hx)), (v.ady, abs(hy)), (v.dist, abs(hx) + abs(hy))):
             model.add_hint(var, value)
         model.add_hint(v.apart_in_x, abs(hx) >= ka.w + kb.w)
+    busiest, longest = 0, 0
+    for a, b, left, right in m.lane_vars:
+        ra, rb = rects[a], rects[b]
+        model.add_hint(left, ra.x + ra.w <= rb.x)
+        model.add_hint(right, rb.x + rb.w <= ra.x)
+        busiest = max(busiest, lane_load(next(f for f in m.flows if (f.src, f.dst) == (a, b)), ra, rb))
+        longest = max(longest, abs(2 * ra.x + ra.w - 2 * rb.x - rb.w) + abs(2 * ra.y + ra.h - 2 * rb.y - rb.h))
+    if m.busiest is not None and m.longest is not None:
+        model.add_hint(m.busiest, busiest)
+        model.add_hint(m.longest, longest)
     for name, rect in rects.items():
         model.add_hint(m.xs[name], rect.x)
         model.add_hint(m.ys[name], rect.y)
@@ -277,6 +331,27 @@ def solve(
     return solver, solver.solve(m.cp)
 
 
+def solve_in_stages(
+    m: Model, *, seed: int, workers: int, time_limit: float
+) -> tuple[cp_model.CpSolver, cp_model.CpSolverStatus, tuple[str, float, float] | None]:
+    """The charged fabric time first, then wirelength with that time held at what the first stage found,
+    from its answer; half the time limit each. Returns the last solver and status, and the first stage's
+    (status, objective, bound), None when it found nothing."""
+    m.cp.minimize(m.charged)
+    solver, status = solve(m, seed=seed, workers=workers, time_limit=time_limit / 2)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return solver, status, None
+    stage_one = (solver.status_name(status), solver.objective_value, solver.best_objective_bound)
+    found = {k.name: Rect(k.name, solver.value(m.xs[k.name]), solver.value(m.ys[k.name]), k.w, k.h)
+             for k in m.kernels}
+    m.cp.add(m.charged <= round(stage_one[1]))
+    m.cp.clear_hints()
+    hint(m, found)
+    m.cp.minimize(m.wirelength)
+    solver, status = solve(m, seed=seed, workers=workers, time_limit=time_limit / 2)
+    return solver, status, stage_one
+
+
 # -------------------------------------------------------------------------------------------------- read
 
 
@@ -287,20 +362,29 @@ def read(
     start: dict[str, Rect] | None,
     flows: list[Flow],
     time_limit: float,
+    stage_one: tuple[str, float, float] | None = None,
 ) -> Placement:
-    """The solver's answer as a Placement, kept only if it exists and is no worse than the hint `start` (else
-    the hint, saying so in the status). Raises DoesNotPlace when there is neither."""
-    status_name = solver.status_name(status)
+    """The solver's answer as a Placement, kept only if it exists and is no worse than the hint `start` by the
+    charged fabric time, then wirelength (else the hint, saying so in the status). The status, objective and
+    bound are the first stage's (`stage_one`: the charged fabric time, in cycles). Raises DoesNotPlace when
+    there is no answer at all."""
+    def cost(rects: dict[str, Rect]) -> tuple[float, int]:
+        return charged_cycles(rects, flows, *m.fabric), wirelength(rects, flows)
+
+    rects: dict[str, Rect] | None = None
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         rects = {
             k.name: Rect(k.name, solver.value(m.xs[k.name]), solver.value(m.ys[k.name]), k.w, k.h)
             for k in m.kernels
         }
-        objective, bound = solver.objective_value, solver.best_objective_bound
-        if start is not None and wirelength(start, flows) < wirelength(rects, flows):
-            rects, objective, status_name = start, m.scaled(start), f"{status_name} (kept hint)"
+    if stage_one is not None and rects is not None:
+        status_name, objective, bound = stage_one[0], stage_one[1] / CHARGE_SCALE, stage_one[2] / CHARGE_SCALE
+        if start is not None and cost(start) < cost(rects):
+            rects, status_name = start, f"{status_name} (kept hint)"
+            objective = cost(start)[0]
     elif start is not None:
-        rects, objective, bound, status_name = start, m.scaled(start), 0.0, f"{status_name} (used hint)"
+        name = solver.status_name(status) if stage_one is None else stage_one[0]
+        rects, objective, bound, status_name = start, cost(start)[0], 0.0, f"{name} (used hint)"
     elif status == cp_model.INFEASIBLE:
         among = " among the sampled rows of legal positions" if m.thinned else ""
         raise no_fit(m.kernels, m.mesh, f"CP-SAT proved that no non-overlapping arrangement exists{among}")
@@ -311,7 +395,4 @@ def read(
         bound, status_name = 0.0, f"{status_name} (thinned positions)"
     bound = min(max(bound, 0.0), objective)
     gap = (objective - bound) / objective if objective > 0 else 0.0
-    # Doubled coordinates count each hop twice; convert back to bytes x hops.
-    return Placement(
-        rects, "cpsat", status_name, objective * m.unit / 2, bound * m.unit / 2, gap, wirelength(rects, flows), 0.0
-    )
+    return Placement(rects, "cpsat", status_name, objective, bound, gap, wirelength(rects, flows), 0.0)

@@ -145,9 +145,10 @@ def _working_offsets(rect: Rect, count: int, dead: Mesh | np.ndarray) -> np.ndar
 class Placement:
     """A placement and how it was found.
 
-    `objective` and `best_bound` are in bytes x hops. For `cpsat` they are the solver's values converted back
-    from its scaled units (flow bytes are divided by a common unit to keep coefficients small), so they can
-    differ slightly from `wirelength`, which is always exact. The heuristics report the trivial bound 0.
+    For `cpsat`, `objective` and `best_bound` are the charged fabric time in cycles it minimises first (the
+    most loaded lane of any flow over the link bandwidth, plus the longest centre distance at the hop
+    latency: `passes/placers/common.charged_cycles`), before wirelength at that time. The heuristics report
+    their wirelength in bytes x hops and the trivial bound 0. `wirelength` is always exact bytes x hops.
     """
 
     rects: dict[str, Rect]
