@@ -44,9 +44,10 @@ import numpy as np
 
 from wsc.core import progress
 from wsc.core.errors import WscError
-from wsc.core.mesh import Flow, KernelRect, Mesh, Placement, mesh_of
-from wsc.core.program import Program
+from wsc.core.mesh import Anchor, Flow, KernelRect, Mesh, Placement, mesh_of
+from wsc.core.program import DTYPE_SIZE, Layer, Program
 from wsc.passes import placers
+from wsc.passes.group_layers import handoff_flows
 from wsc.passes.placers import STRATEGIES, Placer, PlaceRequest
 from wsc.passes.placers.common import no_fit
 
@@ -176,6 +177,21 @@ def spare_rows(h: int, density: float) -> int:
     return math.ceil(2 * density * h) + 1 if density > 0 else 0
 
 
+def band_anchors(layer: Layer, handoff: list[tuple[int, str, int, str, int]], band: Mesh) -> tuple[Anchor, ...]:
+    """Pipelined mode: where this layer's handed-over activations enter and leave its band. The bands are
+    stacked in layer order, so what an earlier layer hands it enters at the band's top edge and what it hands
+    a later one leaves at the bottom edge, both at the middle column (a modelling choice: where the other
+    layer's kernel sits across the edge is its own placement's). A placer that weighs traffic pulls the
+    receiving kernels up and the sending ones down."""
+    anchors = []
+    for producer_layer, producer, consumer_layer, consumer, nbytes in handoff:
+        if consumer_layer == layer.index and producer_layer < layer.index:
+            anchors.append(Anchor(consumer, band.cols, 0, nbytes))
+        elif producer_layer == layer.index and consumer_layer > layer.index:
+            anchors.append(Anchor(producer, band.cols, 2 * band.rows, nbytes))
+    return tuple(anchors)
+
+
 @dataclass(frozen=True)
 class Place:
     """place: each streaming layer's kernels become rectangles on the mesh. Layers that map identically
@@ -195,6 +211,8 @@ class Place:
         whole = mesh_of(program.target)
         placed: dict[str, tuple[list[str], Placement, int]] = {}
         layers = []
+        handoff = (handoff_flows(program.graph, program.layers, DTYPE_SIZE[program.dtype])
+                   if program.mode == "pipelined" else [])
         for layer in progress.track(program.layers, lambda each: f"placing {each.name} ({self.strategy})"):
             names = list(layer.kernels)
             # Pipelined mode gives each layer a band of rows (its region): it is placed inside the band,
@@ -204,8 +222,12 @@ class Place:
                 top, rows = layer.region
                 band_dead = frozenset((r - top, c) for r, c in whole.dead if top <= r < top + rows)
                 mesh = Mesh(rows, whole.cols, band_dead)
-            # A band's height and dead PEs are part of the key: a placement fits only bands like its own.
-            key = layer.signature(program.graph) + (f"@{mesh.rows}{sorted(mesh.dead)}" if layer.region else "")
+            anchors = band_anchors(layer, handoff, mesh) if layer.region is not None else ()
+            # A band's height and dead PEs are part of the key: a placement fits only bands like its own; and
+            # so are its anchors, by the kernels' positions in the layer.
+            position = {n: i for i, n in enumerate(names)}
+            key = layer.signature(program.graph) + (f"@{mesh.rows}{sorted(mesh.dead)}" if layer.region else "") \
+                + str(sorted((position[a.kernel], a.x2, a.y2, a.bytes) for a in anchors))
             if key in placed:
                 twin_names, twin, twin_top = placed[key]
                 rename = dict(zip(twin_names, names, strict=True))
@@ -217,7 +239,7 @@ class Place:
             kernels = [self.kernel_rect(n, plan.h, plan.w, mesh, density) for n, plan in layer.kernels.items()]
             target = program.target
             request = PlaceRequest(kernels, layer.flows, mesh, self.seed, self.workers, self.time_limit,
-                                   target.link_bytes_per_cycle, target.hop_latency_cycles)
+                                   target.link_bytes_per_cycle, target.hop_latency_cycles, anchors)
             placement = _run(placer, request)
             if top:
                 placement.rects = {n: replace(r, y=r.y + top) for n, r in placement.rects.items()}
@@ -227,6 +249,7 @@ class Place:
 
     @staticmethod
     def kernel_rect(name: str, h: int, w: int, mesh: Mesh, density: float) -> KernelRect:
+        """A kernel's rectangle on `mesh`: its tile grid, plus spare rows on a faulty mesh."""
         if not mesh.dead:
             return KernelRect(name, w, h)
         return KernelRect(name, w, min(mesh.rows, h + spare_rows(h, density)), pes=h * w)

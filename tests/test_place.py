@@ -333,3 +333,41 @@ def test_cpsat_weighs_the_busiest_lane_and_not_only_wirelength() -> None:
     assert wirelength(side.rects, flows) == 80
     assert route(side, flows, mesh, "xy").max_link_load == 40
     assert route(p, flows, mesh, "xy").max_link_load == 20
+
+
+def test_cpsat_pulls_a_pipelined_bands_receiver_up_and_its_sender_down() -> None:
+    """A band 6 rows tall and 2 columns wide holds a (2 x 2), which receives 1,000 B from the layer above, and
+    b (2 x 2), which hands 1,000 B to the layer below; a sends b 10 B. The anchors sit at the band's top and
+    bottom edges, in the middle column. a at the top and b at the bottom: a's centre is 1 hop from the top
+    edge, b's 1 hop from the bottom, and they are 4 hops apart: 1,000 + 1,000 + 40 = 2,040 byte-hops. Side by
+    side in the middle (without anchors the best, 2 hops apart) both are 2 hops from their edges: 2,000 +
+    2,000 + 20 = 4,020. The charged time is the same for both (their busiest lane 10 B / 2 lanes, and the
+    longest distance plus the edges' hops: 4 + 1 + 1 = 2 + 2 + 2), so the bytes decide: cpsat takes the
+    first."""
+    from wsc.core.mesh import Anchor
+    from wsc.passes.placers import PlaceRequest
+    from wsc.passes.placers.common import anchored_wirelength
+    from wsc.passes.placers.cpsat import place_cpsat
+
+    band = Mesh(6, 2)
+    kernels = [KernelRect("a", 2, 2), KernelRect("b", 2, 2)]
+    flows = [Flow("a", "b", 10)]
+    anchors = (Anchor("a", 2, 0, 1000), Anchor("b", 2, 12, 1000))
+    p = place_cpsat(PlaceRequest(kernels, flows, band, time_limit=1.0, anchors=anchors))
+    assert (p.rects["a"].y, p.rects["b"].y) == (0, 4)
+    assert anchored_wirelength(p.rects, flows, anchors) == 2040
+    middle = {"a": Rect("a", 0, 1, 2, 2), "b": Rect("b", 0, 3, 2, 2)}
+    assert anchored_wirelength(middle, flows, anchors) == 4020
+    free = place_cpsat(PlaceRequest(kernels, flows, band, time_limit=1.0))
+    assert abs(free.rects["a"].y - free.rects["b"].y) == 2  # without anchors only the 10 B pull
+
+
+def test_a_pipelined_band_anchors_what_it_receives_at_its_top_and_what_it_sends_at_its_bottom() -> None:
+    from wsc.core.mesh import Anchor
+    from wsc.core.program import Layer
+    from wsc.passes.place import band_anchors
+
+    middle = Layer(1, "blocks.0", ["ln", "out"], [])
+    handoff = [(0, "embed", 1, "ln", 64), (1, "out", 2, "head", 64), (0, "embed", 2, "head", 8)]
+    band = Mesh(10, 6)  # doubled: the middle column is 6, the top edge 0, the bottom edge 20
+    assert band_anchors(middle, handoff, band) == (Anchor("ln", 6, 0, 64), Anchor("out", 6, 20, 64))

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from wsc.core.mesh import Flow, KernelRect, Mesh, Placement
+from wsc.core.mesh import Anchor, Flow, KernelRect, Mesh, Placement
 from wsc.core.registry import Registry, load_modules
 
 __all__ = ["ORDER", "STRATEGIES", "PlaceRequest", "Placer", "get", "names", "register", "unregister"]
@@ -32,8 +32,8 @@ class PlaceRequest:
 
     `seed` drives every randomised choice (random, anneal, CP-SAT's search); `workers` and `time_limit`
     (deterministic seconds) bound a solver's search; `link_bytes_per_cycle` and `hop_latency_cycles` are the
-    target's fabric, for a placer that weighs what the estimate charges (cpsat). A placer ignores what it does
-    not use. The request has
+    target's fabric, for a placer that weighs what the estimate charges (cpsat), and `anchors` the traffic
+    with fixed points outside the request. A placer ignores what it does not use. The request has
     been checked (`passes/place.py`): names unique, sizes positive, every kernel no larger than the mesh,
     flows joining known kernels, and the total area no more than the usable PEs."""
 
@@ -45,6 +45,7 @@ class PlaceRequest:
     time_limit: float = 5.0
     link_bytes_per_cycle: float = 4.0
     hop_latency_cycles: float = 1.0
+    anchors: tuple[Anchor, ...] = ()  # traffic with fixed points outside the request (pipelined bands' edges)
 
 
 class Placer(Protocol):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from wsc.core.errors import DoesNotPlace
-from wsc.core.mesh import Flow, KernelRect, Mesh, Placement, Rect
+from wsc.core.mesh import Anchor, Flow, KernelRect, Mesh, Placement, Rect
 
 
 def wirelength(rects: dict[str, Rect], flows: list[Flow]) -> int:
@@ -19,6 +19,13 @@ def wirelength(rects: dict[str, Rect], flows: list[Flow]) -> int:
     return (doubled + 1) // 2
 
 
+def anchored_wirelength(rects: dict[str, Rect], flows: list[Flow], anchors: tuple[Anchor, ...] = ()) -> int:
+    """`wirelength` plus bytes x hops from each anchored kernel's centre to its anchor."""
+    doubled = sum(a.bytes * (abs(2 * rects[a.kernel].x + rects[a.kernel].w - a.x2)
+                             + abs(2 * rects[a.kernel].y + rects[a.kernel].h - a.y2)) for a in anchors)
+    return wirelength(rects, flows) + (doubled + 1) // 2
+
+
 def lane_load(flow: Flow, a: Rect, b: Rect) -> int:
     """Bytes on each lane of `flow` from rectangle `a` to `b`, as the routers split it
     (passes/routers/common.py): one lane per facing row when the rectangles sit side by side (no shared
@@ -29,11 +36,13 @@ def lane_load(flow: Flow, a: Rect, b: Rect) -> int:
 
 
 def charged_cycles(rects: dict[str, Rect], flows: list[Flow], link_bytes_per_cycle: float,
-                   hop_latency_cycles: float) -> float:
+                   hop_latency_cycles: float, anchors: tuple[Anchor, ...] = ()) -> float:
     """The fabric time a placement is charged, as the placer can see it before routing: the most loaded
     lane of any one flow over the link bandwidth, plus the longest centre-to-centre distance in hops at the
     hop latency. It is the estimate's fabric term (busiest link plus longest route) without the sharing of
-    links between flows, which only routing decides."""
+    links between flows, which only routing decides. With `anchors` (a pipelined band's edges), plus the
+    hops from each edge point to its kernel (once per kernel and point): the band's share of the handoff's
+    longest route."""
     loads, hops = [0], [0.0]
     for f in flows:
         if f.src == f.dst:
@@ -41,7 +50,9 @@ def charged_cycles(rects: dict[str, Rect], flows: list[Flow], link_bytes_per_cyc
         a, b = rects[f.src], rects[f.dst]
         loads.append(lane_load(f, a, b))
         hops.append((abs(2 * a.x + a.w - 2 * b.x - b.w) + abs(2 * a.y + a.h - 2 * b.y - b.h)) / 2)
-    return max(loads) / link_bytes_per_cycle + max(hops) * hop_latency_cycles
+    seen = {(a.kernel, a.x2, a.y2) for a in anchors}
+    edges = sum(abs(2 * rects[k].x + rects[k].w - x2) + abs(2 * rects[k].y + rects[k].h - y2) for k, x2, y2 in seen)
+    return max(loads) / link_bytes_per_cycle + (max(hops) + edges / 2) * hop_latency_cycles
 
 
 def traffic(flows: list[Flow]) -> dict[tuple[str, str], int]:

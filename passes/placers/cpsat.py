@@ -7,7 +7,9 @@ the link bandwidth, plus the longest centre-to-centre distance at the hop latenc
 facing rows when the two rectangles sit side by side, its facing columns when they share columns), then,
 with that time held at its optimum, bytes x L1 distance between doubled centres (2x + w keeps everything
 integer), which spreads traffic the first stage cannot see (links shared by several flows). The status,
-objective and bound reported are the first stage's, in cycles. The layer's slowest-kernel time, the other
+objective and bound reported are the first stage's, in cycles. A pipelined band's anchors (where the
+activations of the layers above and below cross its edges) add their hops to the first stage and their
+bytes x hops to the second. The layer's slowest-kernel time, the other
 term of the contest's objective, is a constant here: shapes are chosen by the partitioner before placement.
 
 Dead PEs enter in one of two ways, whichever keeps the model small:
@@ -37,10 +39,18 @@ import numpy as np
 from ortools.sat.python import cp_model
 
 from wsc.core.errors import WscError
-from wsc.core.mesh import Flow, KernelRect, Mesh, Placement, Rect, row_runs
+from wsc.core.mesh import Anchor, Flow, KernelRect, Mesh, Placement, Rect, row_runs
 from wsc.passes.placers import PlaceRequest, register
 from wsc.passes.placers.anneal import anneal
-from wsc.passes.placers.common import Grid, charged_cycles, lane_load, no_fit, traffic, wirelength
+from wsc.passes.placers.common import (
+    Grid,
+    anchored_wirelength,
+    charged_cycles,
+    lane_load,
+    no_fit,
+    traffic,
+    wirelength,
+)
 from wsc.passes.placers.greedy import greedy
 from wsc.passes.placers.row_major import row_major
 from wsc.passes.placers.snake import snake
@@ -54,8 +64,8 @@ def place_cpsat(request: PlaceRequest) -> Placement:
     """Build the model, hint it with the best heuristic answer, solve for the charged fabric time, then for
     wirelength at that time, and read the answer back."""
     fabric = (request.link_bytes_per_cycle, request.hop_latency_cycles)
-    start, _ = best_hint(request.kernels, request.flows, request.mesh, request.seed, fabric)
-    model = build(request.kernels, request.flows, request.mesh, keep=start, fabric=fabric)
+    start, _ = best_hint(request.kernels, request.flows, request.mesh, request.seed, fabric, request.anchors)
+    model = build(request.kernels, request.flows, request.mesh, keep=start, fabric=fabric, anchors=request.anchors)
     if start is not None:
         hint(model, start)
     solver, status, stage_one = solve_in_stages(model, seed=request.seed, workers=request.workers,
@@ -107,11 +117,13 @@ class Model:
     lane_vars: list[tuple[str, str, cp_model.IntVar, cp_model.IntVar]] = field(default_factory=list)
     busiest: cp_model.IntVar | None = None
     longest: cp_model.IntVar | None = None
+    anchors: tuple[Anchor, ...] = ()
+    anchor_vars: list[tuple[cp_model.IntVar, cp_model.IntVar]] = field(default_factory=list)
     thinned: bool = False
 
 
 def build(kernels: list[KernelRect], flows: list[Flow], mesh: Mesh, keep: dict[str, Rect] | None,
-          fabric: tuple[float, float] = (4.0, 1.0)) -> Model:
+          fabric: tuple[float, float] = (4.0, 1.0), anchors: tuple[Anchor, ...] = ()) -> Model:
     """The model: a corner per kernel, no overlap, dead PEs as obstacles or position tables (a thinned table
     keeps the row of each kernel's rectangle in `keep`, the hint), and the two objectives: the charged fabric
     time (`Model.charged`) and bytes x doubled hops (`Model.wirelength`). Raises DoesNotPlace when some
@@ -119,7 +131,8 @@ def build(kernels: list[KernelRect], flows: list[Flow], mesh: Mesh, keep: dict[s
     # Data: traffic per kernel pair, in units of the smallest flow (capped at a 1e6 spread) so that the
     # objective coefficients stay small integers.
     pairs = {p: b for p, b in traffic(flows).items() if b > 0}
-    unit = max(min(pairs.values()), max(pairs.values()) / 1e6) if pairs else 1.0
+    sizes = list(pairs.values()) + [a.bytes for a in anchors if a.bytes > 0]
+    unit = max(min(sizes), max(sizes) / 1e6) if sizes else 1.0
     weight = {p: max(1, round(b / unit)) for p, b in pairs.items()}
     by_name = {k.name: k for k in kernels}
     boxes = dead_boxes(mesh)
@@ -184,6 +197,16 @@ def build(kernels: list[KernelRect], flows: list[Flow], mesh: Mesh, keep: dict[s
     # depends on whether the pair shares columns (lanes per facing column) or not (per facing row), and the
     # longest distance; in CHARGE_SCALE units a cycle, so that a lane's bytes and a hop's latency add up.
     m.wirelength = sum(weight[p] * m.pairs[p].dist for p in weight)
+    m.anchors = anchors
+    for i, anchor in enumerate(anchors):  # a fixed point: |2x + w - x2| + |2y + h - y2|, far ones included
+        k = by_name[anchor.kernel]
+        reach = 2 * (mesh.rows + mesh.cols) + abs(anchor.x2) + abs(anchor.y2)
+        adx = model.new_int_var(0, reach, f"anchor_dx_{i}")
+        ady = model.new_int_var(0, reach, f"anchor_dy_{i}")
+        model.add_abs_equality(adx, 2 * xs[k.name] + k.w - anchor.x2)
+        model.add_abs_equality(ady, 2 * ys[k.name] + k.h - anchor.y2)
+        m.anchor_vars.append((adx, ady))
+        m.wirelength += max(1, round(anchor.bytes / unit)) * (adx + ady)
     link, latency = fabric
     heaviest = max((f.bytes for f in flows if f.src != f.dst), default=0)
     busiest = model.new_int_var(0, heaviest, "busiest_lane")
@@ -207,6 +230,14 @@ def build(kernels: list[KernelRect], flows: list[Flow], mesh: Mesh, keep: dict[s
         m.lane_vars.append((a, b, left, right))
     m.busiest, m.longest = busiest, longest
     m.charged = (round(CHARGE_SCALE / link) * busiest + round(CHARGE_SCALE * latency / 2) * longest)
+    # A pipelined band's share of the handoff's longest route: the hops from where activations enter the band
+    # to the kernel receiving them, and from the kernel sending them on to where they leave (each edge point
+    # once per kernel), at the hop latency.
+    seen: set[tuple[str, int, int]] = set()
+    for anchor, (adx, ady) in zip(anchors, m.anchor_vars, strict=True):
+        if (anchor.kernel, anchor.x2, anchor.y2) not in seen:
+            seen.add((anchor.kernel, anchor.x2, anchor.y2))
+            m.charged += round(CHARGE_SCALE * latency / 2) * (adx + ady)
     model.minimize(m.charged)
     return m
 
@@ -255,7 +286,8 @@ def position_table(legal: np.ndarray, keep_row: int | None) -> tuple[list[tuple[
 
 
 def best_hint(
-    kernels: list[KernelRect], flows: list[Flow], mesh: Mesh, seed: int, fabric: tuple[float, float] = (4.0, 1.0)
+    kernels: list[KernelRect], flows: list[Flow], mesh: Mesh, seed: int, fabric: tuple[float, float] = (4.0, 1.0),
+    anchors: tuple[Anchor, ...] = (),
 ) -> tuple[dict[str, Rect] | None, str]:
     """The best legal heuristic answer (greedy, row-major, snake, anneal) by the charged fabric time, then by
     wirelength, and its strategy's name; anneal is run exactly as the `anneal` strategy runs, so cpsat can
@@ -276,7 +308,8 @@ def best_hint(
             continue
     if not found:
         return None, ""
-    name = min(found, key=lambda n: (charged_cycles(found[n], flows, *fabric), wirelength(found[n], flows)))
+    name = min(found, key=lambda n: (charged_cycles(found[n], flows, *fabric, anchors),
+                                     anchored_wirelength(found[n], flows, anchors)))
     return found[name], name
 
 
@@ -306,6 +339,10 @@ def hint(m: Model, rects: dict[str, Rect]) -> None:
     if m.busiest is not None and m.longest is not None:
         model.add_hint(m.busiest, busiest)
         model.add_hint(m.longest, longest)
+    for anchor, (adx, ady) in zip(m.anchors, m.anchor_vars, strict=True):
+        r = rects[anchor.kernel]
+        model.add_hint(adx, abs(2 * r.x + r.w - anchor.x2))
+        model.add_hint(ady, abs(2 * r.y + r.h - anchor.y2))
     for name, rect in rects.items():
         model.add_hint(m.xs[name], rect.x)
         model.add_hint(m.ys[name], rect.y)
@@ -369,7 +406,7 @@ def read(
     bound are the first stage's (`stage_one`: the charged fabric time, in cycles). Raises DoesNotPlace when
     there is no answer at all."""
     def cost(rects: dict[str, Rect]) -> tuple[float, int]:
-        return charged_cycles(rects, flows, *m.fabric), wirelength(rects, flows)
+        return charged_cycles(rects, flows, *m.fabric, m.anchors), anchored_wirelength(rects, flows, m.anchors)
 
     rects: dict[str, Rect] | None = None
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):

@@ -141,6 +141,18 @@ def _working_offsets(rect: Rect, count: int, dead: Mesh | np.ndarray) -> np.ndar
     return offsets
 
 
+@dataclass(frozen=True)
+class Anchor:
+    """A point outside a placement that `kernel` exchanges `bytes` with, in the placement's doubled
+    coordinates (2x, 2y): where a neighbouring pipelined layer's activations enter or leave this layer's band.
+    A placer that weighs traffic may pull the kernel towards it."""
+
+    kernel: str
+    x2: int
+    y2: int
+    bytes: int
+
+
 @dataclass
 class Placement:
     """A placement and how it was found.
