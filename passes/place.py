@@ -44,7 +44,7 @@ import numpy as np
 
 from wsc.core import progress
 from wsc.core.errors import WscError
-from wsc.core.mesh import Anchor, Flow, KernelRect, Mesh, Placement, mesh_of
+from wsc.core.mesh import Anchor, Flow, KernelRect, Mesh, Placement, Rect, mesh_of
 from wsc.core.program import DTYPE_SIZE, Layer, Program
 from wsc.passes import placers
 from wsc.passes.group_layers import handoff_flows
@@ -177,6 +177,42 @@ def spare_rows(h: int, density: float) -> int:
     return math.ceil(2 * density * h) + 1 if density > 0 else 0
 
 
+def floor_cycles(program: Program, layer: Layer) -> float:
+    """The layer's time in cycles whatever its placement: the larger of its compute (slowest kernel and fill,
+    without the fill's hops) and its weights' stream at the I/O rate (none when pipelined)."""
+    from wsc.passes.estimate import Estimate  # the estimate's own terms, so the two cannot disagree
+
+    target = program.target
+    terms = Estimate.layer_terms(program, replace(layer, placement=None, routes=None),
+                                 target.pe_flops(program.dtype))
+    stream = terms["stream_seconds"] if program.mode != "pipelined" else 0.0
+    return max(terms["compute_seconds"], stream) * target.clock_hz
+
+
+def charged_layer_cycles(program: Program, layer: Layer, anchors: tuple[Anchor, ...]):
+    """The estimate's time in cycles for the layer placed as `rects` and routed as `routes` (in the band's own
+    coordinates): the largest of its compute (with the fill's hops), fabric and stream (with the weights'
+    delivery) terms; pipelined, plus the hops between the band's edges and its anchored kernels at the hop
+    latency (its share of the handoff's longest route)."""
+    from wsc.passes.estimate import Estimate
+
+    target = program.target
+    rate = target.pe_flops(program.dtype)
+    pipelined = program.mode == "pipelined"
+
+    def seconds(rects: dict[str, Rect], routes) -> float:
+        trial = replace(layer, placement=Placement(rects, "", "", 0.0, 0.0, 0.0, 0, 0.0), routes=routes)
+        terms = Estimate.layer_terms(program, trial, rate)
+        stream = 0.0 if pipelined else terms["stream_seconds"]
+        edges = sum(abs(2 * rects[a.kernel].x + rects[a.kernel].w - a.x2)
+                    + abs(2 * rects[a.kernel].y + rects[a.kernel].h - a.y2)
+                    for a in {(a.kernel, a.x2, a.y2): a for a in anchors}.values()) / 2
+        return (max(terms["compute_seconds"], terms["fabric_seconds"], stream) * target.clock_hz
+                + edges * target.hop_latency_cycles)
+
+    return seconds
+
+
 def band_anchors(layer: Layer, handoff: list[tuple[int, str, int, str, int]], band: Mesh) -> tuple[Anchor, ...]:
     """Pipelined mode: where this layer's handed-over activations enter and leave its band. The bands are
     stacked in layer order, so what an earlier layer hands it enters at the band's top edge and what it hands
@@ -205,6 +241,7 @@ class Place:
     seed: int = 0
     workers: int = 1  # one worker: reproducible placements (see placers/cpsat.py)
     time_limit: float = 2.0  # deterministic seconds per distinct layer
+    router: str | None = None  # the compile's router: cpsat keeps the answer that routes best
 
     def __call__(self, program: Program) -> Program:
         placer = placers.get(self.strategy)
@@ -239,7 +276,11 @@ class Place:
             kernels = [self.kernel_rect(n, plan.h, plan.w, mesh, density) for n, plan in layer.kernels.items()]
             target = program.target
             request = PlaceRequest(kernels, layer.flows, mesh, self.seed, self.workers, self.time_limit,
-                                   target.link_bytes_per_cycle, target.hop_latency_cycles, anchors)
+                                   link_bytes_per_cycle=target.link_bytes_per_cycle,
+                                   hop_latency_cycles=target.hop_latency_cycles, anchors=anchors,
+                                   router=self.router, colors=getattr(target, "routable_colors", target.colors),
+                                   floor_cycles=floor_cycles(program, layer),
+                                   layer_cycles=charged_layer_cycles(program, layer, anchors))
             placement = _run(placer, request)
             if top:
                 placement.rects = {n: replace(r, y=r.y + top) for n, r in placement.rects.items()}

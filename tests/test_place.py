@@ -371,3 +371,34 @@ def test_a_pipelined_band_anchors_what_it_receives_at_its_top_and_what_it_sends_
     handoff = [(0, "embed", 1, "ln", 64), (1, "out", 2, "head", 64), (0, "embed", 2, "head", 8)]
     band = Mesh(10, 6)  # doubled: the middle column is 6, the top edge 0, the bottom edge 20
     assert band_anchors(middle, handoff, band) == (Anchor("ln", 6, 0, 64), Anchor("out", 6, 20, 64))
+
+
+def test_fabric_time_under_the_layers_floor_is_not_charged() -> None:
+    """The busiest-lane layer again (side by side: 80 byte-hops, 12 cycles; stacked: 120, 8 cycles). When the
+    layer takes 100 cycles whatever the placement (its compute or stream), neither fabric time is charged and
+    cpsat takes the least wirelength; with no floor it takes the cooler link."""
+    from wsc.passes.placers import PlaceRequest
+    from wsc.passes.placers.cpsat import place_cpsat
+
+    mesh, kernels, flows = Mesh(6, 4), [KernelRect("k0", 2, 1), KernelRect("k1", 2, 5)], [Flow("k0", "k1", 40)]
+    assert place_cpsat(PlaceRequest(kernels, flows, mesh, time_limit=1.0, floor_cycles=100.0)).wirelength == 80
+    assert place_cpsat(PlaceRequest(kernels, flows, mesh, time_limit=1.0)).wirelength == 120
+
+
+def test_cpsat_keeps_another_answer_that_routes_cooler() -> None:
+    """Routed with the compile's router, an answer whose busiest link is 20 B (stacked) beats one at 40 B
+    (side by side): 5 + 3 hops = 8 cycles against 10 + 2 = 12. Under a floor of 100 cycles both are charged
+    the floor, and the solver's answer stays."""
+    from wsc.passes.placers import PlaceRequest
+    from wsc.passes.placers.cpsat import routed_choice
+
+    mesh, flows = Mesh(6, 4), [Flow("k0", "k1", 40)]
+    kernels = [KernelRect("k0", 2, 1), KernelRect("k1", 2, 5)]
+    side = {"k0": Rect("k0", 0, 2, 2, 1), "k1": Rect("k1", 2, 0, 2, 5)}
+    stacked = {"k0": Rect("k0", 0, 0, 2, 1), "k1": Rect("k1", 0, 1, 2, 5)}
+    solver = Placement(side, "cpsat", "OPTIMAL", 12.0, 12.0, 0.0, 80, 0.0)
+    request = PlaceRequest(kernels, flows, mesh, router="xy")
+    kept = routed_choice(solver, {"row-major": stacked}, request)
+    assert kept.rects == stacked and kept.status == "OPTIMAL (routed: row-major's kept)" and kept.wirelength == 120
+    floored = PlaceRequest(kernels, flows, mesh, router="xy", floor_cycles=100.0)
+    assert routed_choice(solver, {"row-major": stacked}, floored) is solver

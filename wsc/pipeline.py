@@ -91,7 +91,8 @@ def shape_passes(options: CompileOptions) -> list:
 def fill_passes(options: CompileOptions, fill: float, compact: bool = False) -> list:
     """The passes that depend on the share of the mesh the kernels get: run once per fill tried."""
     return [Partition(fill=fill, compact=compact),
-            Place(strategy=options.strategy, seed=options.seed, time_limit=options.time_limit),
+            Place(strategy=options.strategy, seed=options.seed, time_limit=options.time_limit,
+                  router=options.router),
             Route(router=options.router), Estimate()]
 
 

@@ -17,10 +17,14 @@ the order reports and the mapping benchmark show them (`ORDER`), then any other 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from wsc.core.mesh import Anchor, Flow, KernelRect, Mesh, Placement
+from wsc.core.mesh import Anchor, Flow, KernelRect, Mesh, Placement, Rect
+
+if TYPE_CHECKING:
+    from wsc.passes.routers.common import Routes
 from wsc.core.registry import Registry, load_modules
 
 __all__ = ["ORDER", "STRATEGIES", "PlaceRequest", "Placer", "get", "names", "register", "unregister"]
@@ -46,6 +50,14 @@ class PlaceRequest:
     link_bytes_per_cycle: float = 4.0
     hop_latency_cycles: float = 1.0
     anchors: tuple[Anchor, ...] = ()  # traffic with fixed points outside the request (pipelined bands' edges)
+    router: str | None = None  # the compile's router, for a placer that chooses among routed answers (cpsat)
+    # The layer's time whatever the placement (its compute and weight stream, in cycles): fabric time under it
+    # is not charged, so a placer weighing what is charged may trade it for wirelength.
+    floor_cycles: float = 0.0
+    # The layer's time as the estimate charges it for a placement and its routes (cycles), for a placer that
+    # chooses among routed answers; None: the fabric time alone.
+    layer_cycles: Callable[[dict[str, Rect], Routes], float] | None = None
+    colors: int | None = None  # the target's routable colors, for that routing
 
 
 class Placer(Protocol):

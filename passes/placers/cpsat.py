@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,7 @@ from ortools.sat.python import cp_model
 
 from wsc.core.errors import WscError
 from wsc.core.mesh import Anchor, Flow, KernelRect, Mesh, Placement, Rect, row_runs
+from wsc.passes import routers
 from wsc.passes.placers import PlaceRequest, register
 from wsc.passes.placers.anneal import anneal
 from wsc.passes.placers.common import (
@@ -52,8 +53,10 @@ from wsc.passes.placers.common import (
     wirelength,
 )
 from wsc.passes.placers.greedy import greedy
+from wsc.passes.placers.random_positions import random_placement
 from wsc.passes.placers.row_major import row_major
 from wsc.passes.placers.snake import snake
+from wsc.passes.routers import RouteRequest
 
 MAX_OBSTACLES = 500
 MAX_TABLE_ROWS = 3000
@@ -64,13 +67,53 @@ def place_cpsat(request: PlaceRequest) -> Placement:
     """Build the model, hint it with the best heuristic answer, solve for the charged fabric time, then for
     wirelength at that time, and read the answer back."""
     fabric = (request.link_bytes_per_cycle, request.hop_latency_cycles)
-    start, _ = best_hint(request.kernels, request.flows, request.mesh, request.seed, fabric, request.anchors)
-    model = build(request.kernels, request.flows, request.mesh, keep=start, fabric=fabric, anchors=request.anchors)
+    answers = heuristic_answers(request.kernels, request.flows, request.mesh, request.seed)
+    start, _ = best_hint(request.kernels, request.flows, request.mesh, request.seed, fabric, request.anchors,
+                         answers, request.floor_cycles)
+    model = build(request.kernels, request.flows, request.mesh, keep=start, fabric=fabric, anchors=request.anchors,
+                  floor_cycles=request.floor_cycles)
     if start is not None:
         hint(model, start)
     solver, status, stage_one = solve_in_stages(model, seed=request.seed, workers=request.workers,
                                                 time_limit=request.time_limit)
-    return read(model, solver, status, start, request.flows, request.time_limit, stage_one)
+    placement = read(model, solver, status, start, request.flows, request.time_limit, stage_one)
+    return routed_choice(placement, answers, request) if request.router is not None else placement
+
+
+def routed_choice(placement: Placement, answers: dict[str, dict[str, Rect]], request: PlaceRequest) -> Placement:
+    """Route the solver's answer and every heuristic's with the compile's router and keep the one the estimate
+    charges least: the routed fabric time (busiest link over the link bandwidth, longest lane at the hop
+    latency, plus a pipelined band's anchor hops) or the layer's floor when that is longer, then wirelength.
+    The model sees each flow's lanes but not
+    the links flows share, which only routing decides; this closes that gap, so cpsat is never charged more
+    fabric time than another strategy's answer. The status names the answer kept when it is not the solver's."""
+    def charged(rects: dict[str, Rect]) -> tuple[float, int]:
+        trial = Placement(rects, "cpsat", "", 0.0, 0.0, 0.0, 0, 0.0)
+        routes = routers.get(request.router)(RouteRequest(trial, request.flows, request.mesh, request.colors))
+        wire = anchored_wirelength(rects, request.flows, request.anchors)
+        if request.layer_cycles is not None:  # the estimate's own layer time: compute, fabric and stream
+            return request.layer_cycles(rects, routes), wire
+        edges = charged_cycles(rects, [], request.link_bytes_per_cycle, request.hop_latency_cycles, request.anchors)
+        cycles = (routes.max_link_load / request.link_bytes_per_cycle
+                  + routes.longest_route_hops * request.hop_latency_cycles + edges)
+        return max(request.floor_cycles, cycles), wire
+
+    costs: dict[str, tuple[float, int]] = {}
+    for name, rects in {"cpsat": placement.rects, **answers}.items():
+        try:
+            costs[name] = charged(rects)
+        except WscError:  # a router that finds no colors for this arrangement: not a candidate
+            continue
+        if name == "cpsat" and costs[name][0] <= request.floor_cycles * (1 + 1e-12):
+            return placement  # charged only the floor, which no answer is under: the model's least wirelength there
+    if not costs:
+        return placement
+    best = min(costs, key=costs.__getitem__)  # the solver's answer first, so it wins a tie
+    if best == "cpsat":
+        return placement
+    rects = answers[best]
+    return replace(placement, rects=rects, status=f"{placement.status} (routed: {best}'s kept)",
+                   wirelength=wirelength(rects, request.flows))
 
 
 # ------------------------------------------------------------------------------------------------- build
@@ -119,11 +162,13 @@ class Model:
     longest: cp_model.IntVar | None = None
     anchors: tuple[Anchor, ...] = ()
     anchor_vars: list[tuple[cp_model.IntVar, cp_model.IntVar]] = field(default_factory=list)
+    floor: float = 0.0  # the layer's cycles whatever the placement
     thinned: bool = False
 
 
 def build(kernels: list[KernelRect], flows: list[Flow], mesh: Mesh, keep: dict[str, Rect] | None,
-          fabric: tuple[float, float] = (4.0, 1.0), anchors: tuple[Anchor, ...] = ()) -> Model:
+          fabric: tuple[float, float] = (4.0, 1.0), anchors: tuple[Anchor, ...] = (),
+          floor_cycles: float = 0.0) -> Model:
     """The model: a corner per kernel, no overlap, dead PEs as obstacles or position tables (a thinned table
     keeps the row of each kernel's rectangle in `keep`, the hint), and the two objectives: the charged fabric
     time (`Model.charged`) and bytes x doubled hops (`Model.wirelength`). Raises DoesNotPlace when some
@@ -229,7 +274,7 @@ def build(kernels: list[KernelRect], flows: list[Flow], mesh: Mesh, keep: dict[s
         model.add(busiest >= stacked + (side - stacked) * (left + right))
         m.lane_vars.append((a, b, left, right))
     m.busiest, m.longest = busiest, longest
-    m.charged = (round(CHARGE_SCALE / link) * busiest + round(CHARGE_SCALE * latency / 2) * longest)
+    fabric_time = round(CHARGE_SCALE / link) * busiest + round(CHARGE_SCALE * latency / 2) * longest
     # A pipelined band's share of the handoff's longest route: the hops from where activations enter the band
     # to the kernel receiving them, and from the kernel sending them on to where they leave (each edge point
     # once per kernel), at the hop latency.
@@ -237,7 +282,15 @@ def build(kernels: list[KernelRect], flows: list[Flow], mesh: Mesh, keep: dict[s
     for anchor, (adx, ady) in zip(anchors, m.anchor_vars, strict=True):
         if (anchor.kernel, anchor.x2, anchor.y2) not in seen:
             seen.add((anchor.kernel, anchor.x2, anchor.y2))
-            m.charged += round(CHARGE_SCALE * latency / 2) * (adx + ady)
+            fabric_time += round(CHARGE_SCALE * latency / 2) * (adx + ady)
+    # What is charged is the layer's time: fabric time under its floor (compute, stream) costs nothing.
+    floor = round(floor_cycles * CHARGE_SCALE)
+    ceiling = round(CHARGE_SCALE * (heaviest / link + latency * (4 * (mesh.rows + mesh.cols) + sum(
+        abs(a.x2) + abs(a.y2) for a in anchors)))) + floor + 1
+    charged = model.new_int_var(0, ceiling, "charged")
+    model.add(charged >= fabric_time)
+    model.add(charged >= floor)
+    m.charged, m.floor = charged, floor_cycles
     model.minimize(m.charged)
     return m
 
@@ -285,19 +338,17 @@ def position_table(legal: np.ndarray, keep_row: int | None) -> tuple[list[tuple[
 # -------------------------------------------------------------------------------------------------- hint
 
 
-def best_hint(
-    kernels: list[KernelRect], flows: list[Flow], mesh: Mesh, seed: int, fabric: tuple[float, float] = (4.0, 1.0),
-    anchors: tuple[Anchor, ...] = (),
-) -> tuple[dict[str, Rect] | None, str]:
-    """The best legal heuristic answer (greedy, row-major, snake, anneal) by the charged fabric time, then by
-    wirelength, and its strategy's name; anneal is run exactly as the `anneal` strategy runs, so cpsat can
-    never lose to it."""
+def heuristic_answers(kernels: list[KernelRect], flows: list[Flow], mesh: Mesh,
+                      seed: int) -> dict[str, dict[str, Rect]]:
+    """Every legal answer of the heuristics (greedy, row-major, snake, anneal, random), by strategy name; each
+    is run exactly as its strategy runs, so cpsat can never lose to one of them."""
     found: dict[str, dict[str, Rect]] = {}
     heuristics: dict[str, Callable[[], dict[str, Rect]]] = {
         "greedy": lambda: greedy(kernels, flows, mesh),
         "row-major": lambda: row_major(kernels, mesh),
         "snake": lambda: snake(kernels, mesh),
         "anneal": lambda: anneal(kernels, flows, mesh, seed, start=found.get("greedy")),
+        "random": lambda: random_placement(kernels, mesh, seed),
     }
     for name, heuristic in heuristics.items():
         if name == "anneal" and "greedy" not in found:
@@ -306,9 +357,19 @@ def best_hint(
             found[name] = heuristic()
         except WscError:
             continue
+    return found
+
+
+def best_hint(
+    kernels: list[KernelRect], flows: list[Flow], mesh: Mesh, seed: int, fabric: tuple[float, float] = (4.0, 1.0),
+    anchors: tuple[Anchor, ...] = (), found: dict[str, dict[str, Rect]] | None = None, floor: float = 0.0,
+) -> tuple[dict[str, Rect] | None, str]:
+    """The best heuristic answer (of `found`, else of every heuristic run now) by the charged time (the
+    fabric's, at least `floor`), then by wirelength, and its strategy's name."""
+    found = heuristic_answers(kernels, flows, mesh, seed) if found is None else found
     if not found:
         return None, ""
-    name = min(found, key=lambda n: (charged_cycles(found[n], flows, *fabric, anchors),
+    name = min(found, key=lambda n: (max(floor, charged_cycles(found[n], flows, *fabric, anchors)),
                                      anchored_wirelength(found[n], flows, anchors)))
     return found[name], name
 
@@ -406,7 +467,8 @@ def read(
     bound are the first stage's (`stage_one`: the charged fabric time, in cycles). Raises DoesNotPlace when
     there is no answer at all."""
     def cost(rects: dict[str, Rect]) -> tuple[float, int]:
-        return charged_cycles(rects, flows, *m.fabric, m.anchors), anchored_wirelength(rects, flows, m.anchors)
+        return (max(m.floor, charged_cycles(rects, flows, *m.fabric, m.anchors)),
+                anchored_wirelength(rects, flows, m.anchors))
 
     rects: dict[str, Rect] | None = None
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
