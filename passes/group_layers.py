@@ -9,6 +9,7 @@ blocks is one layer. This is the `split_module` cut of torch.fx, done on the wsc
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -71,16 +72,9 @@ class GroupLayers:
 def kernel_flows(graph: Graph, layer: Layer, element_bytes: int) -> list[Flow]:
     """The on-wafer traffic of a layer: for each kernel input, the kernel of this layer that produced it
     (looking through layout ops, which are routing), carrying the value in the target's precision."""
-    members = set(layer.nodes)
     flows: dict[tuple[str, str], int] = {}
-    for name in layer.nodes:
-        node = graph[name]
-        if not node.is_kernel:
-            continue
-        for src in node.inputs:
-            for producer in _kernels_behind(graph, src, members):
-                key = (producer, name)
-                flows[key] = flows.get(key, 0) + graph[src].numel * element_bytes
+    for producer, consumer, elements in _reads(graph, layer, set(layer.nodes)):
+        flows[producer, consumer] = flows.get((producer, consumer), 0) + elements * element_bytes
     return [Flow(src, dst, nbytes) for (src, dst), nbytes in flows.items()]
 
 
@@ -89,19 +83,24 @@ def handoff_flows(graph: Graph, layers: list[Layer], element_bytes: int) -> list
     layer, consumer kernel, bytes): for each kernel input, the kernels of other layers that produced it
     (looking through layout ops). Pipelined mode routes them, every layer being resident at once."""
     layer_of = {name: layer.index for layer in layers for name in layer.nodes}
-    everything = set(layer_of)
     flows: dict[tuple[int, str, int, str], int] = {}
     for layer in layers:
-        for name in layer.nodes:
-            node = graph[name]
-            if not node.is_kernel:
-                continue
-            for src in node.inputs:
-                for producer in _kernels_behind(graph, src, everything):
-                    if layer_of[producer] != layer.index:
-                        key = (layer_of[producer], producer, layer.index, name)
-                        flows[key] = flows.get(key, 0) + graph[src].numel * element_bytes
+        for producer, consumer, elements in _reads(graph, layer, set(layer_of)):
+            if layer_of[producer] != layer.index:
+                key = (layer_of[producer], producer, layer.index, consumer)
+                flows[key] = flows.get(key, 0) + elements * element_bytes
     return [(a, b, c, d, nbytes) for (a, b, c, d), nbytes in flows.items()]
+
+
+def _reads(graph: Graph, layer: Layer, members: set[str]) -> Iterator[tuple[str, str, int]]:
+    """(producer kernel, consumer kernel, elements) for each input of each kernel of `layer`, the producers
+    found among `members` through layout ops."""
+    for name in layer.nodes:
+        node = graph[name]
+        if node.is_kernel:
+            for src in node.inputs:
+                for producer in _kernels_behind(graph, src, members):
+                    yield producer, name, graph[src].numel
 
 
 def _kernels_behind(graph: Graph, name: str, members: set[str]) -> list[str]:

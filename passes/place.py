@@ -46,7 +46,7 @@ from wsc.core import progress
 from wsc.core.errors import WscError
 from wsc.core.mesh import Anchor, Flow, KernelRect, Mesh, Placement, Rect, mesh_of
 from wsc.core.program import DTYPE_SIZE, Layer, Program
-from wsc.passes import placers
+from wsc.passes import placers, routers
 from wsc.passes.group_layers import handoff_flows
 from wsc.passes.placers import STRATEGIES, Placer, PlaceRequest
 from wsc.passes.placers.common import no_fit
@@ -178,39 +178,101 @@ def spare_rows(h: int, density: float) -> int:
 
 
 def floor_cycles(program: Program, layer: Layer) -> float:
-    """The layer's time in cycles whatever its placement: the larger of its compute (slowest kernel and fill,
-    without the fill's hops) and its weights' stream at the I/O rate (none when pipelined)."""
+    """The layer's time in cycles whatever its placement, as `charged_layer_cycles` counts it: the larger of
+    its compute (slowest kernel and fill, without the fill's hops) and its weights' stream at the I/O rate,
+    plus what of that stream the layer before cannot hide (none of either when pipelined)."""
     from wsc.passes.estimate import Estimate  # the estimate's own terms, so the two cannot disagree
 
     target = program.target
-    terms = Estimate.layer_terms(program, replace(layer, placement=None, routes=None),
-                                 target.pe_flops(program.dtype))
-    stream = terms["stream_seconds"] if program.mode != "pipelined" else 0.0
-    return max(terms["compute_seconds"], stream) * target.clock_hz
+    rate = target.pe_flops(program.dtype)
+    terms = Estimate.layer_terms(program, replace(layer, placement=None, routes=None), rate)
+    if program.mode == "pipelined":
+        return terms["compute_seconds"] * target.clock_hz
+    stream = terms["stream_seconds"]
+    return (max(terms["compute_seconds"], stream) + max(0.0, stream - before_seconds(program, layer))) \
+        * target.clock_hz
 
 
-def charged_layer_cycles(program: Program, layer: Layer, anchors: tuple[Anchor, ...]):
+def before_seconds(program: Program, layer: Layer) -> float:
+    """The compute of the layer before `layer`, under which its weights stream in (0 for the first)."""
+    from wsc.passes.estimate import Estimate
+
+    if layer.index == 0:
+        return 0.0
+    previous = program.layers[layer.index - 1]
+    return Estimate.layer_terms(program, replace(previous, placement=None, routes=None),
+                                program.target.pe_flops(program.dtype))["compute_seconds"]
+
+
+def charged_layer_cycles(program: Program, layer: Layer, anchors: tuple[Anchor, ...],
+                         handoff: HandoffContext | None = None):
     """The estimate's time in cycles for the layer placed as `rects` and routed as `routes` (in the band's own
     coordinates): the largest of its compute (with the fill's hops), fabric and stream (with the weights'
-    delivery) terms; pipelined, plus the hops between the band's edges and its anchored kernels at the hop
-    latency (its share of the handoff's longest route)."""
+    delivery) terms. Streaming weights, plus what of its stream the slot before it cannot hide: a layer's
+    weights stream in while the layer before it computes (passes/schedule.py), so a slower delivery costs
+    twice, here and there. Pipelined, also the handoff this band takes part in (`HandoffContext.cycles`),
+    when it is longer: the activations from the bands already placed, and to the next band if that band is
+    a twin of this one (every block of a GPT), routed between their rectangles."""
     from wsc.passes.estimate import Estimate
 
     target = program.target
     rate = target.pe_flops(program.dtype)
     pipelined = program.mode == "pipelined"
+    before = 0.0 if pipelined else before_seconds(program, layer)
 
-    def seconds(rects: dict[str, Rect], routes) -> float:
+    def cycles(rects: dict[str, Rect], routes) -> float:
         trial = replace(layer, placement=Placement(rects, "", "", 0.0, 0.0, 0.0, 0, 0.0), routes=routes)
         terms = Estimate.layer_terms(program, trial, rate)
-        stream = 0.0 if pipelined else terms["stream_seconds"]
-        edges = sum(abs(2 * rects[a.kernel].x + rects[a.kernel].w - a.x2)
-                    + abs(2 * rects[a.kernel].y + rects[a.kernel].h - a.y2)
-                    for a in {(a.kernel, a.x2, a.y2): a for a in anchors}.values()) / 2
-        return (max(terms["compute_seconds"], terms["fabric_seconds"], stream) * target.clock_hz
-                + edges * target.hop_latency_cycles)
+        if pipelined:
+            own = max(terms["compute_seconds"], terms["fabric_seconds"]) * target.clock_hz
+            return max(own, handoff.cycles(rects)) if handoff is not None else own
+        stream = terms["stream_seconds"]
+        own = max(terms["compute_seconds"], terms["fabric_seconds"], stream)
+        return (own + max(0.0, stream - before)) * target.clock_hz
 
-    return seconds
+    return cycles
+
+
+@dataclass
+class HandoffContext:
+    """What a pipelined band's placement needs to see the handoff it takes part in: the layers placed so far
+    (global coordinates), the handoff flows, this layer, its band's top row, the next layer when it is a twin
+    of this one (placed the same, one band lower), and the router."""
+
+    program: Program
+    placed: list[Layer]
+    flows: list[tuple[int, str, int, str, int]]
+    layer: Layer
+    top: int
+    twin_below: Layer | None
+    router: str
+    mesh: Mesh
+    colors: int | None
+
+    def cycles(self, rects: dict[str, Rect]) -> float:
+        index, rows = self.layer.index, self.layer.region[1] if self.layer.region else 0
+        mine = {n: replace(r, y=r.y + self.top) for n, r in rects.items()}
+        below = {}
+        if self.twin_below is not None:
+            rename = dict(zip(self.layer.kernels, self.twin_below.kernels, strict=True))
+            below = {rename[n]: replace(r, y=r.y + rows) for n, r in mine.items()}
+        where: dict[tuple[int, str], Rect] = {(index, n): r for n, r in mine.items()}
+        where.update({(index + 1, n): r for n, r in below.items()})
+        for other in self.placed:
+            assert other.placement is not None
+            where.update({(other.index, n): r for n, r in other.placement.rects.items()})
+        wanted = [(a, src, b, dst, nbytes) for a, src, b, dst, nbytes in self.flows
+                  if index in (a, b) and (a, src) in where and (b, dst) in where]
+        if not wanted:
+            return 0.0
+        named = {f"{i}/{n}": replace(r, name=f"{i}/{n}") for (i, n), r in where.items()}
+        trial = Placement(named, "", "", 0.0, 0.0, 0.0, 0, 0.0)
+        routes = routers.get(self.router)(routers.RouteRequest(
+            trial, [Flow(f"{a}/{src}", f"{b}/{dst}", nbytes) for a, src, b, dst, nbytes in wanted], self.mesh,
+            self.colors))
+        target = self.program.target
+        return (routes.max_link_load / target.link_bytes_per_cycle
+                + routes.longest_route_hops * target.hop_latency_cycles)
 
 
 def band_anchors(layer: Layer, handoff: list[tuple[int, str, int, str, int]], band: Mesh) -> tuple[Anchor, ...]:
@@ -275,12 +337,19 @@ class Place:
             density = scattered_density(mesh)
             kernels = [self.kernel_rect(n, plan.h, plan.w, mesh, density) for n, plan in layer.kernels.items()]
             target = program.target
+            context = None
+            if layer.region is not None and self.router is not None:
+                after = program.layers[layer.index + 1] if layer.index + 1 < len(program.layers) else None
+                below = after if after is not None and after.region is not None and after.region[1] == \
+                    layer.region[1] and after.signature(program.graph) == layer.signature(program.graph) else None
+                context = HandoffContext(program, list(layers), handoff, layer, top, below, self.router, whole,
+                                         getattr(target, "routable_colors", target.colors))
             request = PlaceRequest(kernels, layer.flows, mesh, self.seed, self.workers, self.time_limit,
                                    link_bytes_per_cycle=target.link_bytes_per_cycle,
                                    hop_latency_cycles=target.hop_latency_cycles, anchors=anchors,
                                    router=self.router, colors=getattr(target, "routable_colors", target.colors),
                                    floor_cycles=floor_cycles(program, layer),
-                                   layer_cycles=charged_layer_cycles(program, layer, anchors))
+                                   layer_cycles=charged_layer_cycles(program, layer, anchors, context))
             placement = _run(placer, request)
             if top:
                 placement.rects = {n: replace(r, y=r.y + top) for n, r in placement.rects.items()}

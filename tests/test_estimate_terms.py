@@ -238,3 +238,23 @@ def test_pipelined_layers_hand_their_activations_over_the_fabric() -> None:
     assert e["handoff_fabric_seconds"] == exactly(8e-9)
     assert [layer["compute_seconds"] for layer in e["layers"]] == [exactly(0.5e-9), exactly(0.5e-9)]
     assert e["step_seconds"] == exactly(9.125e-9) and e["bottleneck"] == "fabric"
+
+
+def test_a_layers_charged_time_counts_the_stream_its_predecessor_cannot_hide() -> None:
+    """What cpsat's routed choice charges a placement of layer L1 (passes/place.py): L0 is a 2 x 2 fp32 add of
+    0.5 ns; L1's kernel b reads a 16 B weight. b at column 3, 2 rows: its weights arrive 8 B a lane, 2 cycles,
+    plus 4 hops: 6 ns of delivery, under the 16 ns the 1 GB/s I/O takes, so L1 is charged its stream, 16 ns,
+    plus the 15.5 ns of it that L0's 0.5 ns of compute cannot hide: 31.5 cycles. With the I/O at 1 TB/s the
+    delivery sets the stream: 6 + 5.5 = 11.5 cycles."""
+    from wsc.passes.place import charged_layer_cycles
+
+    graph = Graph()
+    add(graph, "a", 2, 2)
+    weighted_add(graph, "b", 2, 2)
+    rects = {"b": Rect("b", 3, 0, 2, 2)}
+    for target, charged in ((HAND, 31.5), (replace(HAND, io_bytes_per_second=1e12), 11.5)):
+        layers = [Layer(0, "L0", ["a"], [], {"a": plan("a", 2, 2, 2, 2)}),
+                  Layer(1, "L1", ["b"], ["b_w"], {"b": plan("b", 2, 2, 2, 2)})]
+        program = Program(graph, target, layers=layers, dtype="fp32", tokens=8)
+        cycles = charged_layer_cycles(program, layers[1], ())
+        assert cycles(rects, None) == exactly(charged)

@@ -25,7 +25,10 @@ Dead PEs enter in one of two ways, whichever keeps the model small:
 The solve is four steps, each a function: `build` (the model as data: variables, constraints, objectives),
 `hint` (the best heuristic answer, `best_hint`, as the solver's starting point), `solve` (fixed seed,
 workers and a deterministic time limit, half of it for each stage) and `read` (status, rectangles, objective
-and bound into a Placement). `place_cpsat` runs them in that order.
+and bound into a Placement). `place_cpsat` runs them in that order, then, given the compile's router,
+`routed_choice`: the model cannot see links shared by several flows, nor the estimate's other
+placement-dependent terms, so its answer and every heuristic's are routed and the one the layer is charged
+least for (the request's `layer_cycles`, the estimate's own terms) is kept.
 """
 
 from __future__ import annotations
