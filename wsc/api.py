@@ -23,7 +23,7 @@ import torch
 
 from wsc import pipeline
 from wsc import verification as checks
-from wsc.artifacts.atomic import write_atomic
+from wsc.artifacts.atomic import write_all_atomic
 from wsc.artifacts.report import build_report, dumps, placement_json
 from wsc.core.errors import WscError
 from wsc.core.program import Program
@@ -74,7 +74,7 @@ class CompiledModel:
 
     def save(self, out: Path | str) -> None:
         """Write placement.json, report.json, trace.json (the estimate as a Perfetto timeline) and report.html
-        (summary, pictures and per-layer table in one page) into `out`, each atomically."""
+        (summary, pictures and per-layer table in one page) into `out`, all of them or none."""
         from wsc.artifacts import viz
         from wsc.artifacts.trace import trace_events
 
@@ -88,8 +88,7 @@ class CompiledModel:
         }
         if self.report:  # a report-less model (never compiled through wsc.compile) has nothing to summarise
             files["report.html"] = viz.render(placement, self.report, ".html")
-        for name, data in files.items():
-            write_atomic(out / name, data)
+        write_all_atomic(out, files)
 
 
 def buffer_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,6 +1,7 @@
 """The `wsc` command line: `wsc compile MODEL.py --target NAME|PATH.yaml`, `wsc check`, `wsc viz` and `wsc ops`.
 
-Bad input ends with one line `error: ...` and exit code 2; a verification mismatch exits with 1.
+Bad input ends with one line `error: ...` and exit code 2; a verification mismatch exits with 1; Ctrl-C with
+`interrupted` and 130, nothing written.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from wsc.options import CompileOptions
 
 EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_INTERNAL = 1, 2, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C ended
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     except WscError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # nothing was written: the output is written last, all of it or none
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader (e.g. `| head`) went away: nothing left to say
         return 0
     except Exception as error:  # a compiler bug: one line, the traceback only on request

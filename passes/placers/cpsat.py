@@ -425,6 +425,10 @@ def solve(
     however loaded. Several workers search in parallel and race: faster, not reproducible. The wall-clock
     limit is only a backstop."""
     solver = cp_model.CpSolver()
+    # CP-SAT would take SIGINT for itself and stop the search early with what it has, so that Ctrl-C went
+    # unnoticed and the compile went on with a weaker placement: leave it to Python, whose KeyboardInterrupt
+    # then ends the compile when the search returns (within its time limit).
+    solver.parameters.catch_sigint_signal = False
     solver.parameters.random_seed = seed
     solver.parameters.num_workers = workers
     solver.parameters.max_deterministic_time = time_limit
