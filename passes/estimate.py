@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from wsc import ops
 from wsc.core.ir import Node
@@ -30,6 +30,9 @@ from wsc.core.program import DTYPE_SIZE, KernelPlan, Layer, Program
 from wsc.passes import schedule
 from wsc.passes.sram_traffic import sram_seconds
 from wsc.targets import Target
+
+if TYPE_CHECKING:
+    from wsc.passes.routers.common import Routes
 
 
 def imbalance(plan: KernelPlan) -> float:
@@ -77,14 +80,17 @@ def weight_delivery(layer: Layer, weight_bytes: dict[str, int], target: Target) 
     return seconds, math.ceil(busiest), hops
 
 
+def routes_seconds(routes: Routes, target: Target) -> float:
+    """The fabric's time for routed flows: the busiest link's bytes over the link bandwidth, plus the hops of
+    the longest lane at the hop latency."""
+    return (routes.max_link_load / (target.link_bytes_per_cycle * target.clock_hz)
+            + routes.longest_route_hops * target.hop_latency_cycles / target.clock_hz)
+
+
 def handoff_seconds(program: Program) -> float:
-    """One pass of the activations between pipelined layers: their busiest link's bytes over the link
-    bandwidth plus the hops of the longest of them (0 when not pipelined, or for one layer)."""
-    routes, target = program.handoff_routes, program.target
-    if routes is None:
-        return 0.0
-    return (routes.max_link_load / target.link_bytes_per_cycle
-            + routes.longest_route_hops * target.hop_latency_cycles) / target.clock_hz
+    """One pass of the activations between pipelined layers over the fabric (0 when not pipelined, or for one
+    layer)."""
+    return 0.0 if program.handoff_routes is None else routes_seconds(program.handoff_routes, program.target)
 
 
 def chain_hops(layer: Layer) -> int:
@@ -171,10 +177,7 @@ class Estimate:
         slowest = forward.index(max(forward)) if forward else 0
         fill = sum(t * w for i, (t, w) in enumerate(zip(forward, waves, strict=True)) if i != slowest)
         fill += chain_hops(layer) * target.hop_latency_cycles / target.clock_hz
-        fabric = 0.0
-        if layer.routes is not None:
-            fabric = (layer.routes.max_link_load / (target.link_bytes_per_cycle * target.clock_hz)
-                      + layer.routes.longest_route_hops * target.hop_latency_cycles / target.clock_hz)
+        fabric = 0.0 if layer.routes is None else routes_seconds(layer.routes, target)
         weight_bytes = layer.streamed_bytes(graph, size)
         readers = {name: sum(graph[i].numel * size for i in graph[name].inputs if graph[i].op == "param")
                    for name in layer.kernels}

@@ -46,10 +46,12 @@ from wsc.core import progress
 from wsc.core.errors import WscError
 from wsc.core.mesh import Anchor, Flow, KernelRect, Mesh, Placement, Rect, mesh_of
 from wsc.core.program import DTYPE_SIZE, Layer, Program
-from wsc.passes import placers, routers
+from wsc.passes import placers
+from wsc.passes.estimate import Estimate, routes_seconds  # the estimate's own terms: the two cannot disagree
 from wsc.passes.group_layers import handoff_flows
 from wsc.passes.placers import STRATEGIES, Placer, PlaceRequest
 from wsc.passes.placers.common import no_fit
+from wsc.passes.route import route_between_layers
 
 __all__ = ["STRATEGIES", "Place", "check_placement", "place", "scattered_density", "spare_rows"]
 
@@ -177,48 +179,43 @@ def spare_rows(h: int, density: float) -> int:
     return math.ceil(2 * density * h) + 1 if density > 0 else 0
 
 
-def floor_cycles(program: Program, layer: Layer) -> float:
+def floor_cycles(program: Program, layer: Layer, before: float) -> float:
     """The layer's time in cycles whatever its placement, as `charged_layer_cycles` counts it: the larger of
     its compute (slowest kernel and fill, without the fill's hops) and its weights' stream at the I/O rate,
-    plus what of that stream the layer before cannot hide (none of either when pipelined)."""
-    from wsc.passes.estimate import Estimate  # the estimate's own terms, so the two cannot disagree
-
+    plus what of that stream the `before` seconds of the layer before cannot hide (none of either when
+    pipelined)."""
     target = program.target
     rate = target.pe_flops(program.dtype)
     terms = Estimate.layer_terms(program, replace(layer, placement=None, routes=None), rate)
     if program.mode == "pipelined":
         return terms["compute_seconds"] * target.clock_hz
     stream = terms["stream_seconds"]
-    return (max(terms["compute_seconds"], stream) + max(0.0, stream - before_seconds(program, layer))) \
-        * target.clock_hz
+    return (max(terms["compute_seconds"], stream) + max(0.0, stream - before)) * target.clock_hz
 
 
 def before_seconds(program: Program, layer: Layer) -> float:
-    """The compute of the layer before `layer`, under which its weights stream in (0 for the first)."""
-    from wsc.passes.estimate import Estimate
-
-    if layer.index == 0:
+    """The compute of the layer before `layer`, under which its weights stream in (0 for the first, and when
+    pipelined: no weights stream)."""
+    if layer.index == 0 or program.mode == "pipelined":
         return 0.0
     previous = program.layers[layer.index - 1]
     return Estimate.layer_terms(program, replace(previous, placement=None, routes=None),
                                 program.target.pe_flops(program.dtype))["compute_seconds"]
 
 
-def charged_layer_cycles(program: Program, layer: Layer, anchors: tuple[Anchor, ...],
+def charged_layer_cycles(program: Program, layer: Layer, before: float,
                          handoff: HandoffContext | None = None):
     """The estimate's time in cycles for the layer placed as `rects` and routed as `routes` (in the band's own
     coordinates): the largest of its compute (with the fill's hops), fabric and stream (with the weights'
-    delivery) terms. Streaming weights, plus what of its stream the slot before it cannot hide: a layer's
+    delivery) terms. Streaming weights, plus what of its stream the slot before it (`before` seconds of
+    compute) cannot hide: a layer's
     weights stream in while the layer before it computes (passes/schedule.py), so a slower delivery costs
     twice, here and there. Pipelined, also the handoff this band takes part in (`HandoffContext.cycles`),
     when it is longer: the activations from the bands already placed, and to the next band if that band is
     a twin of this one (every block of a GPT), routed between their rectangles."""
-    from wsc.passes.estimate import Estimate
-
     target = program.target
     rate = target.pe_flops(program.dtype)
     pipelined = program.mode == "pipelined"
-    before = 0.0 if pipelined else before_seconds(program, layer)
 
     def cycles(rects: dict[str, Rect], routes) -> float:
         trial = replace(layer, placement=Placement(rects, "", "", 0.0, 0.0, 0.0, 0, 0.0), routes=routes)
@@ -265,14 +262,8 @@ class HandoffContext:
                   if index in (a, b) and (a, src) in where and (b, dst) in where]
         if not wanted:
             return 0.0
-        named = {f"{i}/{n}": replace(r, name=f"{i}/{n}") for (i, n), r in where.items()}
-        trial = Placement(named, "", "", 0.0, 0.0, 0.0, 0, 0.0)
-        routes = routers.get(self.router)(routers.RouteRequest(
-            trial, [Flow(f"{a}/{src}", f"{b}/{dst}", nbytes) for a, src, b, dst, nbytes in wanted], self.mesh,
-            self.colors))
-        target = self.program.target
-        return (routes.max_link_load / target.link_bytes_per_cycle
-                + routes.longest_route_hops * target.hop_latency_cycles)
+        routes = route_between_layers(where, wanted, self.router, self.mesh, self.colors)
+        return routes_seconds(routes, self.program.target) * self.program.target.clock_hz
 
 
 def band_anchors(layer: Layer, handoff: list[tuple[int, str, int, str, int]], band: Mesh) -> tuple[Anchor, ...]:
@@ -337,6 +328,7 @@ class Place:
             density = scattered_density(mesh)
             kernels = [self.kernel_rect(n, plan.h, plan.w, mesh, density) for n, plan in layer.kernels.items()]
             target = program.target
+            before = before_seconds(program, layer)
             context = None
             if layer.region is not None and self.router is not None:
                 after = program.layers[layer.index + 1] if layer.index + 1 < len(program.layers) else None
@@ -348,8 +340,8 @@ class Place:
                                    link_bytes_per_cycle=target.link_bytes_per_cycle,
                                    hop_latency_cycles=target.hop_latency_cycles, anchors=anchors,
                                    router=self.router, colors=getattr(target, "routable_colors", target.colors),
-                                   floor_cycles=floor_cycles(program, layer),
-                                   layer_cycles=charged_layer_cycles(program, layer, anchors, context))
+                                   floor_cycles=floor_cycles(program, layer, before),
+                                   layer_cycles=charged_layer_cycles(program, layer, before, context))
             placement = _run(placer, request)
             if top:
                 placement.rects = {n: replace(r, y=r.y + top) for n, r in placement.rects.items()}

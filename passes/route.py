@@ -69,11 +69,18 @@ def handoff_routes(program: Program, layers: list[Layer], router: str, mesh: Mes
     flows = handoff_flows(program.graph, layers, DTYPE_SIZE[program.dtype])
     if not flows:
         return None
-    rects: dict[str, Rect] = {}
+    where: dict[tuple[int, str], Rect] = {}
     for layer in layers:
         assert layer.placement is not None  # routed above
-        for name, rect in layer.placement.rects.items():
-            rects[f"{layer.index}/{name}"] = replace(rect, name=f"{layer.index}/{name}")
+        where.update({(layer.index, name): rect for name, rect in layer.placement.rects.items()})
+    return route_between_layers(where, flows, router, mesh, colors)
+
+
+def route_between_layers(where: dict[tuple[int, str], Rect], flows: list[tuple[int, str, int, str, int]],
+                         router: str, mesh: Mesh, colors: int | None) -> Routes:
+    """Route `flows` ((producer layer, kernel, consumer layer, kernel, bytes)) between the rectangles `where`
+    gives each (layer, kernel), all on one mesh, the kernels named `layer/kernel`."""
+    rects = {f"{i}/{n}": replace(r, name=f"{i}/{n}") for (i, n), r in where.items()}
     combined = Placement(rects, "pipelined layers", "combined", 0.0, 0.0, 0.0, 0, 0.0)
     wanted = [Flow(f"{a}/{src}", f"{b}/{dst}", nbytes) for a, src, b, dst, nbytes in flows]
     return route(combined, wanted, mesh, router, colors)

@@ -246,7 +246,7 @@ def test_a_layers_charged_time_counts_the_stream_its_predecessor_cannot_hide() -
     plus 4 hops: 6 ns of delivery, under the 16 ns the 1 GB/s I/O takes, so L1 is charged its stream, 16 ns,
     plus the 15.5 ns of it that L0's 0.5 ns of compute cannot hide: 31.5 cycles. With the I/O at 1 TB/s the
     delivery sets the stream: 6 + 5.5 = 11.5 cycles."""
-    from wsc.passes.place import charged_layer_cycles
+    from wsc.passes.place import before_seconds, charged_layer_cycles
 
     graph = Graph()
     add(graph, "a", 2, 2)
@@ -256,5 +256,5 @@ def test_a_layers_charged_time_counts_the_stream_its_predecessor_cannot_hide() -
         layers = [Layer(0, "L0", ["a"], [], {"a": plan("a", 2, 2, 2, 2)}),
                   Layer(1, "L1", ["b"], ["b_w"], {"b": plan("b", 2, 2, 2, 2)})]
         program = Program(graph, target, layers=layers, dtype="fp32", tokens=8)
-        cycles = charged_layer_cycles(program, layers[1], ())
+        cycles = charged_layer_cycles(program, layers[1], before_seconds(program, layers[1]))
         assert cycles(rects, None) == exactly(charged)
