@@ -13,6 +13,11 @@ SRAM ports: `pe: {sram_read_bytes_per_cycle: 16, sram_write_bytes_per_cycle: 8}`
 can read and write per cycle (what `passes/sram_traffic.py` charges a kernel's operand traffic against). Both
 are optional and default to the CS-2's 2 x 64-bit reads and 1 x 64-bit write, so target files written before
 these fields existed still load; when given, they are checked like every other number.
+
+Calibration: `calibration: {compute_efficiency: 0.7, step_seconds: 0.1}`, the two constants the performance
+model fits on measured runs (docs/calibration.md) rather than reads from a data sheet: the share of a PE's
+peak FLOP rate its kernels sustain, and the fixed cost of a training step's boundary. Both are optional; a
+target that leaves them out is an ideal machine (efficiency 1, no step cost).
 """
 
 from __future__ import annotations
@@ -57,6 +62,10 @@ class Target:
     # and 1 x 64-bit write, Hot Chips 34 summary), which a target file may leave out.
     sram_read_bytes_per_cycle: float = SRAM_READ_BYTES_PER_CYCLE
     sram_write_bytes_per_cycle: float = SRAM_WRITE_BYTES_PER_CYCLE
+    # Fitted on measured runs (docs/calibration.md): the share of `flops_per_cycle_per_pe` a kernel's
+    # arithmetic sustains, and the seconds a training step's boundary costs beyond its phases.
+    compute_efficiency: float = 1.0
+    step_overhead_seconds: float = 0.0
 
     @property
     def routable_colors(self) -> int:
@@ -116,7 +125,8 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "io": {"stream_bytes_per_second": "num"},
 }
 _TOP = {"name": "str", "description": "str", "clock_hz": "num", **{k: "section" for k in _SCHEMA}}
-_OPTIONAL_TOP = {"defects": {"dead_pes", "dead_rows", "dead_cols", "rate", "seed"}}
+_OPTIONAL_TOP = {"defects": {"dead_pes", "dead_rows", "dead_cols", "rate", "seed"},
+                 "calibration": {"compute_efficiency", "step_seconds"}}
 # Optional keys per section; `_parse` fills in their defaults when a file leaves them out.
 _OPTIONAL: dict[str, set[str]] = {
     "fabric": {"reserved_colors"},
@@ -193,6 +203,7 @@ def _parse(text: str, source: str) -> Target:
         dead = _defects(c, top["defects"], rows, cols)
     if len(dead) >= rows * cols:
         raise c.fail("defects", "marks every PE dead; at least one PE must be usable")
+    efficiency, step_overhead = _calibration(c, top.get("calibration"))
     colors = c.positive_int(sec["fabric"]["colors"], "fabric.colors")
     reserved = sec["fabric"].get("reserved_colors", 0)
     if isinstance(reserved, bool) or not isinstance(reserved, int) or not 0 <= reserved < colors:
@@ -224,7 +235,26 @@ def _parse(text: str, source: str) -> Target:
         sram_write_bytes_per_cycle=c.positive_num(
             sec["pe"].get("sram_write_bytes_per_cycle", SRAM_WRITE_BYTES_PER_CYCLE), "pe.sram_write_bytes_per_cycle"
         ),
+        compute_efficiency=efficiency,
+        step_overhead_seconds=step_overhead,
     )
+
+
+def _calibration(c: _Checker, value: Any) -> tuple[float, float]:
+    """(compute_efficiency, step_seconds) of the optional `calibration` section: an efficiency in (0, 1] and
+    a step cost of zero or more seconds."""
+    if value is None:
+        return 1.0, 0.0
+    fields = c.mapping(value, "calibration", _OPTIONAL_TOP["calibration"], set())
+    efficiency = c.positive_num(fields.get("compute_efficiency", 1.0), "calibration.compute_efficiency")
+    if efficiency > 1.0:
+        raise c.fail("calibration.compute_efficiency", f"is a share of the peak rate, at most 1; got {efficiency}")
+    step = fields.get("step_seconds", 0.0)
+    if isinstance(step, str) and _NUMBER_RE.match(step.strip()):
+        step = float(step)
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0.0 <= step < float("inf"):
+        raise c.fail("calibration.step_seconds", f"must be zero or a positive number of seconds, got {step!r}")
+    return efficiency, float(step)
 
 
 def _defects(c: _Checker, value: Any, rows: int, cols: int) -> set[tuple[int, int]]:
