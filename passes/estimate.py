@@ -42,6 +42,12 @@ def imbalance(plan: KernelPlan) -> float:
     return tr * tc * plan.row_blocks * plan.col_blocks / max(plan.rows * plan.cols, 1)
 
 
+def sustained_rate(target: Target, dtype: str) -> float:
+    """FLOP/s one PE's kernels sustain: its peak rate times the target's fitted `compute_efficiency` (1 for
+    an uncalibrated target; docs/calibration.md). The bound keeps the peak, so the step stays above it."""
+    return target.pe_flops(dtype) * target.compute_efficiency
+
+
 def kernel_seconds(flops: int, plan: KernelPlan, rate: float, target: Target, sram: float = 0.0) -> float:
     """The slower of the busiest PE's arithmetic and its SRAM traffic (`sram` seconds), then the K-split
     reduction: a binary tree over the slices, each level moving one fp32 block over a link and adding it."""
@@ -124,7 +130,7 @@ class Estimate:
 
     def __call__(self, program: Program) -> Program:
         target = program.target
-        rate = target.pe_flops(program.dtype)
+        rate = sustained_rate(target, program.dtype)
         layers = [self.layer_terms(program, layer, rate) for layer in program.layers]
         passes = program.passes_per_system
         pass_flops = sum(e["flops"] for e in layers)
@@ -202,6 +208,7 @@ class Estimate:
             "backward_flops": sum(backward_flops(graph[n]) for n in layer.kernels),
             "weight_bytes": weight_bytes,
             "pes": sum(plan.pes for plan in layer.kernels.values()),
+            "store_bytes": layer.store_bytes,
             "kernel_seconds": layer_kernel_seconds,
         }
 
@@ -234,6 +241,10 @@ class Estimate:
         peak = target.peak_flops(program.dtype)
         flops = sum(e["flops"] + e["backward_flops"] for e in layers)
         total_bytes = sum(e["weight_bytes"] for e in layers)
+        # The step's boundary: the weights are updated where they live before the next step's first layer
+        # can stream, the one wait the vendor says streaming cannot hide; its length is fitted
+        # (docs/calibration.md), once per step whatever the systems.
+        boundary = target.step_overhead_seconds
 
         def step_on(passes: int, n_systems: int) -> tuple[float, str, float]:
             """The step, its bottleneck, and the SwarmX reduction's exposed tail within it."""
@@ -246,13 +257,13 @@ class Estimate:
                         if n_systems > 1 else 0.0)
                 handoff = 2 * handoff_seconds(program)  # activations down, their gradients back up
                 stages = times + ([handoff] if handoff > 0 else [])
-                step = schedule.pipelined(stages, passes, program.tokens / program.micro_batches)[0] + tail
+                step = schedule.pipelined(stages, passes, program.tokens / program.micro_batches)[0] + tail + boundary
                 bottleneck = "stream" if tail > passes * max(stages) else (
                     "fabric" if handoff > max(times) else max(slowest, key=slowest.__getitem__))
                 return step, bottleneck, 0.0  # reported as 0: the whole gradient exchange is in `tail` above
             step, _, by_term = schedule.run(schedule.training_phases(layers, passes))
             tail = swarmx_seconds(n_systems, layers[0]["weight_bytes"], io)
-            return step + tail, max(by_term, key=by_term.__getitem__), tail
+            return step + tail + boundary, max(by_term, key=by_term.__getitem__), tail
 
         if not layers:
             return {}
@@ -269,9 +280,49 @@ class Estimate:
             "tokens_per_second": program.tokens / step if step > 0 else 0.0,
             "compute_utilization": passes * flops / (step * peak) if step > 0 else 0.0,
             "swarmx_seconds": swarmx,
+            "step_boundary_seconds": target.step_overhead_seconds,
             "single_system_step_seconds": single,
             "scaling_efficiency": single / (systems * step) if step > 0 else 0.0,
         }
+
+
+def training_floor(program: Program, scale: float, passes: int) -> float:
+    """A floor under the training step of the same model run as `passes` passes of `scale` times the compiled
+    pass's tokens (one system's share; weight streaming), worked from the compiled program's estimate without
+    compiling that size: the same phases scheduled with each layer's compute, forward and backward, at its
+    FLOPs (linear in the tokens) over the whole wafer at its peak, the fabric free, and each stream at the
+    I/O rate. A layer's kernels never hold more than the usable PEs nor compute faster than the peak, and its
+    slowest kernel is at least their average, so every slot of the real schedule is at least its slot here.
+    Pipelined mode has no floor here (0)."""
+    if program.mode == "pipelined" or not program.estimate:
+        return 0.0
+    target = program.target
+    peak, io = target.peak_flops(program.dtype), target.io_bytes_per_second
+    layers = [{"compute_seconds": e["flops"] * scale / peak,
+               "backward_compute_seconds": e["backward_flops"] * scale / peak,
+               "fabric_seconds": 0.0, "stream_seconds": e["weight_bytes"] / io} for e in program.estimate["layers"]]
+    step = schedule.run(schedule.training_phases(layers, passes))[0]
+    first = program.estimate["layers"][0]["weight_bytes"] if layers else 0
+    return step + swarmx_seconds(program.systems, first, io) + target.step_overhead_seconds
+
+
+def scaled_training_step(program: Program, scale: float, passes: int) -> float:
+    """The training step predicted for `passes` passes of `scale` times the compiled pass's tokens, at the
+    compiled program's cuts and placement: each layer's kernel time and fabric load grow with its tokens,
+    its fill (one wave of rows through the kernels) and its weights' stream do not. What the micro-batch
+    search ranks sizes by without compiling them; pipelined mode, where a step fills its pipeline once,
+    gives the compiled step (a smaller pass streams nothing less and fills no less)."""
+    if program.mode == "pipelined" or not program.estimate:
+        return float(program.estimate.get("training", {}).get("step_seconds", 0.0)) if program.estimate else 0.0
+    target = program.target
+    layers = [{"compute_seconds": e["fill_seconds"] + (e["compute_seconds"] - e["fill_seconds"]) * scale,
+               "backward_compute_seconds": 2 * e["fill_seconds"]
+               + (e["backward_compute_seconds"] - 2 * e["fill_seconds"]) * scale,
+               "fabric_seconds": e["fabric_seconds"] * scale, "stream_seconds": e["stream_seconds"]}
+              for e in program.estimate["layers"]]
+    step = schedule.run(schedule.training_phases(layers, passes))[0]
+    first = program.estimate["layers"][0]["weight_bytes"] if layers else 0
+    return step + swarmx_seconds(program.systems, first, target.io_bytes_per_second) + target.step_overhead_seconds
 
 
 def summarize(layers: list[dict], slots: list[schedule.Slot], first_stream: float) -> None:

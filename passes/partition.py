@@ -42,6 +42,32 @@ def sram_bytes(graph: Graph, node: Node, cut: Cut, size: int, resident: bool = F
     return ops.kernel(node.op).sram_bytes(graph, node, cut, size, resident)
 
 
+def activation_store_bytes(program: Program, layer: Layer) -> int:
+    """Bytes of activations held whole for the pass while `layer` has the wafer: its activation store.
+
+    Tokens flow through a layer's kernels a row at a time, so a kernel's PEs hold their weight tile and the
+    rows in flight (each op's `sram_bytes`), not the pass. What must stay whole is, in weight streaming, every
+    value the layer reads that an earlier layer or the program's inputs made, and every value it makes that a
+    later layer reads (the whole pass goes through one layer before the next takes the wafer); in both modes,
+    the values a kernel reads again over the pass (`pass_held_inputs`: attention's keys and values). Each
+    value once, at the program's dtype (token ids at their own width). The model's outputs are not held:
+    they leave the wafer as they are made (or, in training, feed the loss)."""
+    graph, size = program.graph, DTYPE_SIZE[program.dtype]
+    streaming = program.mode != "pipelined"
+    mine = set(layer.nodes)
+    held: set[str] = set()
+    for name in layer.nodes:
+        node = graph[name]
+        if streaming:
+            held.update(i for i in node.inputs if i not in mine and graph[i].op not in ("param", "const"))
+            if any(user not in mine for user in graph.users(name)):
+                held.add(name)
+        if node.is_kernel:
+            held.update(node.inputs[i] for i in ops.kernel(node.op).pass_held_inputs(graph, node))
+    return sum(graph[n].numel * (graph[n].nbytes // max(graph[n].numel, 1) if graph[n].op == "input" else size)
+               for n in held)
+
+
 def grid_for_area(rows: int, cols: int, area: int, max_h: int | None = None,
                   max_w: int | None = None) -> tuple[int, int]:
     """Blocks (h, w) with h * w close to `area`, h / w following rows / cols, within the given caps."""
@@ -149,7 +175,8 @@ class Partition:
                                      f"{area.rows} rows: {str(error).split(';')[0]}; use --mode "
                                      "weight-streaming", error.needed, error.offered) from None
                 mapped[key] = plans
-            layers.append(replace(layer, kernels=plans, region=area.region))
+            layers.append(replace(layer, kernels=plans, region=area.region,
+                                  store_bytes=activation_store_bytes(program, layer)))
         return replace(program, layers=layers, fill=self.fill, compact=self.compact)
 
     def partition_layer(self, program: Program, layer: Layer, area: Area) -> dict[str, KernelPlan]:
@@ -158,10 +185,10 @@ class Partition:
         size = DTYPE_SIZE[program.dtype]
         resident = program.mode == "pipelined"
         budget = int(area.pes * self.fill)
-        capacity = target.sram_bytes_per_pe - self.reserved_bytes
         kernels = [graph[n] for n in layer.nodes if graph[n].is_kernel]
         if not kernels:
             return {}
+        capacity = self.tile_capacity(program, layer, area)
         work = {k.name: max(k.flops, k.numel) for k in kernels}
         least = {k.name: self.smallest_cut(graph, k, size, capacity, area, resident) for k in kernels}
         needed = sum(c.pes for c in least.values())
@@ -206,6 +233,25 @@ class Partition:
             plans[k.name] = KernelPlan(k.name, rows, cols, cut, h, w, sram_bytes(graph, k, cut, size, resident),
                                        reduction_dim(graph, k))
         return plans
+
+    def tile_capacity(self, program: Program, layer: Layer, area: Area) -> int:
+        """Bytes a PE has for its kernel's tile: its SRAM less the reserve for code, stack and router buffers,
+        less its share of the layer's activation store (spread evenly over every usable PE of the area). A
+        store that leaves a PE nothing is refused here; one that leaves too little for some kernel's tiles is
+        refused by the cuts (more PEs needed than offered)."""
+        target = program.target
+        free = target.sram_bytes_per_pe - self.reserved_bytes
+        store = activation_store_bytes(program, layer)
+        share = math.ceil(store / max(area.pes, 1))
+        if 0 < free <= share:
+            fits = area.pes * free
+            raise DoesNotFit(
+                f"layer {layer.name} holds {store / 1e9:.2f} GB of activations for the pass (its inputs and "
+                f"outputs, attention's keys and values) but {target.name} has {fits / 1e9:.2f} GB of SRAM "
+                "free; use a smaller micro-batch, batch or sequence",
+                store, fits,
+            )
+        return max(free - share, 0)
 
     def lanes_needed(self, program: Program, layer: Layer) -> int:
         """Rows of PEs each kernel should span so the layer's traffic, even if it all shared one bundle of

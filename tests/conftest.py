@@ -42,10 +42,10 @@ def tiny_gpt(layers: int = 2, d_model: int = 32, heads: int = 4, d_ffn: int = 12
 # A target whose PEs hold so little that the tiny GPT's MLP down projection splits its K across PEs.
 SMALL_PE_TARGET = """\
 name: small-pe
-description: PEs with 1 KB free, so the MLP's down projection must split K across PEs
+description: PEs with 2 KB free, so the MLP's down projection must split K across PEs
 mesh: {rows: 64, cols: 64}
 pe:
-  sram_bytes: 9216
+  sram_bytes: 10240
   flops_per_cycle: {fp16: 8, fp32: 2}
 clock_hz: 850.0e+6
 fabric: {link_bytes_per_cycle: 4, hop_latency_cycles: 1, colors: 24}

@@ -20,8 +20,9 @@ TARGETS = Path(__file__).resolve().parent.parent / "targets"
 
 @pytest.fixture(scope="module")
 def tight_target(tmp_path_factory):
-    """The 16x16 test mesh with 12 KB per PE: the tiny GPT fits 4 sequences of 32 tokens per pass, not 8."""
-    text = (TARGETS / "mesh-16x16.yaml").read_text().replace("sram_bytes: 49152", "sram_bytes: 12288")
+    """The 16x16 test mesh with 10 KB per PE: the tiny GPT's activation store fits 4 sequences of 32 tokens per
+    pass, not 8."""
+    text = (TARGETS / "mesh-16x16.yaml").read_text().replace("sram_bytes: 49152", "sram_bytes: 10240")
     path = tmp_path_factory.mktemp("target") / "tight.yaml"
     path.write_text(text.replace("name: mesh-16x16", "name: mesh-16x16-tight"))
     return load_target(str(path))
@@ -130,7 +131,7 @@ def test_schedule_overlaps_streams_with_the_phase_before():
     assert step == 3 + 2 + 5 + 10 + 4 + 3
 
 
-def test_choose_finds_the_largest_that_fits_then_the_fastest_halving():
+def test_choose_finds_the_largest_that_fits_then_the_fastest_divisor():
     from wsc.core.errors import DoesNotFit
     from wsc.micro_batch import choose
 
@@ -138,15 +139,45 @@ def test_choose_finds_the_largest_that_fits_then_the_fastest_halving():
 
     def attempt(size: int) -> int:
         tried.append(size)
-        if size > 30:  # the working set grows with the micro-batch: 120 needs 4x the PEs there are
+        if size > 30:  # the activation store grows with the micro-batch: 120 needs 4x the room there is
             raise DoesNotFit("too big", needed=size * 100, offered=3000)
         return size
 
-    step = {30: 5.0, 15: 4.0, 6: 4.5, 3: 3.0, 1: 9.0}  # not monotonic: every halving is tried
-    assert choose(120, None, attempt, step.__getitem__) == 3
-    # 120 * 3000 / 12000 = 30 fits; then the largest divisor of 120 at most half the last: 15, 6, 3, 1.
-    assert tried == [120, 30, 15, 6, 3, 1]
+    step = {30: 5.0, 24: 6.0, 20: 5.5, 15: 4.0, 12: 4.4, 10: 4.2, 8: 4.1, 6: 4.5, 5: 3.5, 4: 3.6, 3: 3.0, 2: 3.2,
+            1: 9.0}  # not monotonic: every divisor is looked at
+    log = []
+    assert choose(120, None, attempt, step.__getitem__, log=log) == 3
+    # 120 * 3000 / 12000 = 30 fits; then every smaller divisor of 120.
+    assert tried == [120, 30, 24, 20, 15, 12, 10, 8, 6, 5, 4, 3, 2, 1]
+    assert [(t.sequences, t.outcome) for t in log][:3] == [(120, "does not fit"), (30, "fits"), (24, "ranked")]
+    assert [t.sequences for t in log if t.outcome == "chosen"] == [3]
     assert choose(120, 24, attempt, step.get) == 24
+
+
+def test_choose_skips_what_its_floor_rules_out_and_compiles_only_the_ranked_winner():
+    from wsc.micro_batch import choose
+
+    tried = []
+
+    def attempt(size: int) -> int:
+        tried.append(size)
+        return size
+
+    steps = {12: 10.0, 6: 8.0, 4: 9.0, 3: 11.0, 2: 12.0, 1: 20.0}
+    floors = {6: 2.0, 4: 3.0, 3: 10.0, 2: 10.5, 1: 15.0}  # 3, 2 and 1 cannot beat the 10 s of 12 per pass
+    ranks = {6: 7.5, 4: 9.5}
+    log = []
+    chosen = choose(12, None, attempt, steps.__getitem__, rank=lambda largest, size: ranks[size],
+                    floor=lambda largest, size: floors[size], log=log)
+    assert chosen == 6 and tried == [12, 6]  # the largest, then only the size ranked fastest
+    outcomes = {t.sequences: (t.outcome, t.step_seconds, t.floor_seconds) for t in log}
+    assert outcomes == {12: ("fits", 10.0, None), 6: ("chosen", 8.0, 2.0), 4: ("ranked", 9.5, 3.0),
+                        3: ("cannot win", None, 10.0), 2: ("cannot win", None, 10.5), 1: ("cannot win", None, 15.0)}
+    # A ranked winner that compiles slower than the largest is not kept.
+    tried.clear()
+    steps[6] = 10.5
+    assert choose(12, None, attempt, steps.__getitem__, rank=lambda largest, size: ranks[size],
+                  floor=lambda largest, size: floors[size]) == 12 and tried == [12, 6]
 
 
 def counting_captures(monkeypatch) -> list[tuple[int, ...]]:
@@ -167,10 +198,14 @@ def test_the_search_captures_and_groups_each_size_once(tight_target, monkeypatch
     shapes = counting_captures(monkeypatch)
     runs: list[str] = []
     _, _, compiled = compiled_for(tight_target, batch=8, on_pass=lambda name, seconds: runs.append(name))
-    # 8 sequences do not fit; 4 do, then 2 and 1 are tried: each captured and put through legalize once.
-    assert shapes == [(8, 32), (4, 32), (2, 32), (1, 32)]
+    # 8 sequences do not fit; 4 do; 2 and 1 are ranked from 4's terms, not captured: none ranks faster.
+    assert shapes == [(8, 32), (4, 32)]
     assert runs.count("legalize") == runs.count("group-layers") == len(shapes)
     assert compiled.program.micro_batches == 2
+    search = compiled.program.estimate["micro_batch_search"]
+    assert [(t["sequences"], t["outcome"]) for t in search][:2] == [(8, "does not fit"), (4, "chosen")]
+    assert {t["sequences"] for t in search} == {8, 4, 2, 1}
+    assert all(t["step_seconds"] > search[1]["step_seconds"] for t in search[2:] if t["outcome"] == "ranked")
 
 
 def test_a_size_tried_again_reuses_its_capture_and_grouped_program(tight_target, monkeypatch):
@@ -179,7 +214,7 @@ def test_a_size_tried_again_reuses_its_capture_and_grouped_program(tight_target,
     shapes = counting_captures(monkeypatch)
     runs: list[str] = []
 
-    def twice(per_system, requested, attempt, seconds):  # a search that comes back to a size it tried
+    def twice(per_system, requested, attempt, seconds, **search):  # a search that comes back to a size
         first = attempt(4)
         return min(first, attempt(4), attempt(2), key=seconds)
 

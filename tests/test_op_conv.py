@@ -176,11 +176,12 @@ def test_conv_cost_rows_count_the_convolution_and_its_filter_is_the_matmul_weigh
     for node, shape, key in [(dense, (8, k), "cases.0.weight"), (by_group, (3, 4, 6), "cases.1.weight")]:
         filt = graph[node.inputs[1]]
         assert filt.op == "param" and filt.shape == shape and filt.attrs["key"] == key
-    # Resident (pipelined) SRAM holds the filter's columns over K, as a linear layer's weight.
+    # A PE holds the filter's columns over K, as a linear layer's weight, in either mode, beside two rows of
+    # the im2col'd input in flight, their fp32 partial sums and the bias's columns.
     matmul, cut, size = ops.kernel("matmul"), Cut(2, 2), 2
     tr, tc = math.ceil(2 * 5 * 4 / 2), 8 // 2
-    streaming = matmul.sram_bytes(graph, dense, cut, size)
-    assert matmul.sram_bytes(graph, dense, cut, size, resident=True) - streaming == (tc * k - 2 * tc) * size
+    held = 2 * k * size + 2 * tc * 4 + k * tc * size + tc * size
+    assert matmul.sram_bytes(graph, dense, cut, size) == matmul.sram_bytes(graph, dense, cut, size, True) == held
     assert graph[dense.inputs[0]].op == "im2col" and graph[dense.inputs[0]].shape == (1, tr * 2, k)
 
 
@@ -323,8 +324,9 @@ def test_batchnorm_kernel_takes_any_operand_absent_and_its_cost_rows() -> None:
     node = graph.add(Node("bn", "batchnorm", ("x", "m", "v"), (2, 8, 4, 5), "float32", attrs))
     norm = ops.kernel("batchnorm")
     assert norm.flops((2, 8, 4, 5), [(2, 8, 4, 5), (8,), (8,)], attrs) == 3 * 320
-    # A tile of 16 rows x 5 of the [64, 5] view spans 16 / 4 rows per channel + 1 channels (it may straddle).
-    assert norm.sram_bytes(graph, node, Cut(4, 1), 2) == (2 * 16 * 5 + 2 * 5) * 2
+    # A tile of 16 rows x 5 of the [64, 5] view spans 16 / 4 rows per channel + 1 channels (it may straddle);
+    # two of its rows are in flight, in and out.
+    assert norm.sram_bytes(graph, node, Cut(4, 1), 2) == (2 * 2 * 5 + 2 * 5) * 2
     plan = KernelPlan("bn", 64, 5, Cut(4, 1), 4, 1, 0)
     assert norm.sram_traffic(graph, node, plan, 2) == ((16 * 5 + 2 * 16) * 2, 16 * 5 * 2)
 

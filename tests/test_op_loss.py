@@ -82,13 +82,14 @@ def test_cost_rows_by_hand() -> None:
     node = graph.add(Node("n", "nll", ("logp", "t", "w"), (10, 1), "float32", {"classes": 30, "weighted": True}))
     nll = ops.kernel("nll")
     assert nll.abi(graph, node) == ((10, 1), [(10, 30), (10,), (30,)])
-    # 4 rows: a target, a picked log-probability and the output each, and every class weight.
-    assert nll.sram_bytes(graph, node, Cut(3, 1), 2) == 4 * (8 + 2 * 2) + 30 * 2
+    # 2 of the tile's 4 rows in flight: a target, a picked log-probability and the output each; every class
+    # weight.
+    assert nll.sram_bytes(graph, node, Cut(3, 1), 2) == 2 * (8 + 2 * 2) + 30 * 2
     plan = KernelPlan("n", 10, 1, Cut(3, 1), 3, 1, 0)
     assert nll.sram_traffic(graph, node, plan, 2) == (4 * (8 + 2 * 2), 4 * 2)
     counted = graph.add(Node("c", "nll_weight", ("t",), (10, 1), "float32", {"classes": 30}))
     assert ops.kernel("nll_weight").abi(graph, counted) == ((10, 1), [(10,)])
-    assert ops.kernel("nll_weight").sram_bytes(graph, counted, Cut(3, 1), 2) == 4 * (8 + 2)
+    assert ops.kernel("nll_weight").sram_bytes(graph, counted, Cut(3, 1), 2) == 2 * (8 + 2)
 
 
 # ---------------------------------------------------------------------------------------------- end to end

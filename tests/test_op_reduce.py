@@ -141,9 +141,10 @@ def test_cost_rows_by_hand() -> None:
     assert var.flops((10, 1), [(10, 300)], {}) == 4 * 3000
     assert total.flops((10, 1), [(10, 300)], {}) == 3000
     assert var.abi(graph, node) == ((10, 1), [(10, 300)])
-    # 4 rows of a 150-element slice at 2 bytes, an fp32 result per row, and one for the neighbour's partial.
-    assert var.sram_bytes(graph, node, Cut(3, 1, 2), 2) == 4 * 150 * 2 + 4 * (4 + 4)
-    assert var.sram_bytes(graph, node, Cut(3, 1, 1), 2) == 4 * 300 * 2 + 4 * 4
+    # 2 rows in flight (of the tile's 4) of a 150-element slice at 2 bytes, an fp32 result per row, and one
+    # for the neighbour's partial.
+    assert var.sram_bytes(graph, node, Cut(3, 1, 2), 2) == 2 * 150 * 2 + 2 * (4 + 4)
+    assert var.sram_bytes(graph, node, Cut(3, 1, 1), 2) == 2 * 300 * 2 + 2 * 4
     plan = KernelPlan("r", 10, 1, Cut(3, 1, 2), 6, 1, 0, 300)
     assert var.sram_traffic(graph, node, plan, 2) == (2 * 4 * 150 * 2, 4 * 2)  # two passes over the slice
     assert total.sram_traffic(graph, node, plan, 2) == (4 * 150 * 2, 4 * 2)

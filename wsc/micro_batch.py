@@ -4,14 +4,16 @@ too big for the wafer's SRAM (each micro-batch goes through every layer; gradien
 The batch is the first dimension of the inputs that carry it (a language model's [batch, seq] token ids). A
 micro-batch is a whole number of sequences that divides each system's share of the batch evenly, so every pass
 has the same shapes and one compiled graph serves them all. `choose` first finds the largest micro-batch that
-fits (a refusal says how many PEs a layer needed against those it had, and the working set shrinks about in
-proportion to the tokens per pass, so the next try is scaled by that ratio), then keeps the fastest of it and
-its halvings.
+fits (what grows with it is the activation store each layer holds for its pass; a refusal says by how much),
+then looks at every smaller divisor: a size whose floor (the step's schedule with every layer's compute at the
+whole wafer's peak) is already no faster than the largest's step cannot win and is skipped, and the rest are
+ranked with a cheap placer; the fastest is compiled and kept if it beats the largest.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import torch
@@ -54,35 +56,80 @@ def divisors_below(n: int, limit: float) -> int:
     return best
 
 
+@dataclass(frozen=True)
+class Tried:
+    """One pass size the search looked at, and what became of it (report.json `micro_batch_search`)."""
+
+    sequences: int
+    outcome: str  # chosen, fits, does not fit, cannot win, ranked, not batched or does not place
+    step_seconds: float | None = None  # its training step: as compiled, or as ranked with the quick placer
+    floor_seconds: float | None = None  # the floor under its step (`floor`), when one was asked for
+
+
 def choose(per_system: int, requested: int | None, attempt: Callable[[int], T],
-           seconds: Callable[[T], float]) -> T:
+           seconds: Callable[[T], float], *, rank: Callable[[T, int], float] | None = None,
+           floor: Callable[[T, int], float] | None = None, log: list[Tried] | None = None) -> T:
     """Run `attempt(micro_batch)` with the requested micro-batch (sequences per pass, dividing `per_system`),
-    or else with the fastest of those that fit by `seconds`. The largest that fits is found first; each halving
-    of it streams the weights twice as often but frees PEs that the largest kept at their SRAM minimum, and
-    which wins is not monotonic, so every halving down to one sequence is tried (a log2 of the batch of
-    compiles). A refusal at one sequence per pass is the model's own: it is passed on. `requested` is a valid
-    micro-batch (at least 1: see wsc.options); whether it divides the batch is checked here."""
+    or else with the fastest of those that fit by `seconds`.
+
+    1. The largest that fits, by attempts: the whole share first, then smaller sizes scaled by each
+       refusal's needed / offered (the activation store grows with the tokens of a pass).
+    2. Every smaller divisor of the share: one whose `floor(largest, size)` (a floor under its step worked
+       from the compiled largest: passes/estimate.py `training_floor`) is no faster than the largest's step
+       cannot win and is skipped; the others are ranked by `rank(largest, size)` (its step predicted from
+       the largest's terms: `scaled_training_step`), or when no `rank` is given, by attempting them.
+    3. The fastest by rank, if it is not the largest, is attempted and kept if it beats the largest.
+    A refusal at one sequence per pass is the model's own: it is passed on. `requested` is a valid
+    micro-batch (at least 1: see wsc.options); whether it divides the batch is checked here. Each size looked
+    at is appended to `log`."""
+    log = [] if log is None else log
     if requested is not None:
         if per_system % requested:
             raise WscError(f"--micro-batch {requested} does not divide the {per_system} sequences each system "
                            "runs per step; give a divisor of it")
-        return attempt(requested)
+        chosen = attempt(requested)
+        log.append(Tried(requested, "chosen", seconds(chosen)))
+        return chosen
     size = per_system
     while True:
         try:
-            best = attempt(size)
+            largest = attempt(size)
             break
         except DoesNotFit as refusal:
+            log.append(Tried(size, "does not fit"))
             if size == 1:
                 raise
             ratio = refusal.offered / refusal.needed if refusal.needed else 0.5
             size = divisors_below(per_system, min(size - 1, size * min(ratio, 0.9)))
-    while size > 1:
-        size = divisors_below(per_system, size / 2)
-        try:
-            candidate = attempt(size)
-        except (DoesNotFit, NotBatched):  # does not place, or its outputs cannot be stacked: try the next
+    best_seconds = seconds(largest)
+    entries = {size: Tried(size, "fits", best_seconds)}
+    ranked: dict[int, float] = {size: best_seconds}
+    attempted: dict[int, T] = {}
+    for candidate in [d for d in range(size - 1, 0, -1) if per_system % d == 0]:
+        bound = floor(largest, candidate) if floor is not None else None
+        if bound is not None and bound >= best_seconds:
+            entries[candidate] = Tried(candidate, "cannot win", None, bound)
             continue
-        if seconds(candidate) < seconds(best):
-            best = candidate
+        if rank is not None:
+            ranked[candidate] = rank(largest, candidate)
+        else:
+            try:
+                attempted[candidate] = attempt(candidate)
+            except (DoesNotFit, NotBatched):  # does not place, or its outputs cannot be stacked: not a choice
+                entries[candidate] = Tried(candidate, "not batched or does not place", None, bound)
+                continue
+            ranked[candidate] = seconds(attempted[candidate])
+        entries[candidate] = Tried(candidate, "ranked", ranked[candidate], bound)
+    best = largest
+    fastest = min(ranked, key=lambda d: (ranked[d], -d))
+    if fastest != size:
+        try:
+            compiled: T | None = attempted.get(fastest) or attempt(fastest)
+        except (DoesNotFit, NotBatched):
+            compiled = None
+        if compiled is not None and seconds(compiled) < best_seconds:
+            best, size = compiled, fastest
+            entries[fastest] = replace(entries[fastest], step_seconds=seconds(compiled))
+    entries[size] = replace(entries[size], outcome="chosen")
+    log.extend(entries[d] for d in sorted(entries, reverse=True))
     return best

@@ -21,6 +21,7 @@ share that places re-runs (fill_passes). The options of a compile are one Compil
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,6 +41,7 @@ from wsc.core.program import Program
 from wsc.frontend.capture import Captured, capture, fixed_shapes, run_eager, to_numpy
 from wsc.frontend.golden import golden_values
 from wsc.options import DEFAULT_TOLERANCE, CompileOptions
+from wsc.passes import estimate as estimate_lib
 from wsc.passes.estimate import Estimate
 from wsc.passes.fold_constants import FoldConstants
 from wsc.passes.fuse_epilogues import FuseEpilogues
@@ -137,7 +139,7 @@ def compile_model(model: torch.nn.Module, example_inputs: tuple, target: Target,
     carried = micro_batch_lib.batched(example_inputs, batch)
     grouped_by_shape: dict[tuple, Grouped] = {}
 
-    def attempt(rows: int) -> Compiled:
+    def attempt(rows: int, opts: CompileOptions = options) -> Compiled:
         inputs = micro_batch_lib.first_rows(example_inputs, batch, rows) if rows != batch else example_inputs
         key = tuple((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else repr(t) for t in inputs)
         grouped = grouped_by_shape.get(key)
@@ -155,11 +157,25 @@ def compile_model(model: torch.nn.Module, example_inputs: tuple, target: Target,
                 captured, tokens, target, options, model_name=model_name, verify_ir=verify_ir, on_pass=on_pass,
                 micro_batches=batch // rows,
                 batched_inputs=tuple(n.name for n, c in zip(captured.graph.inputs, carried, strict=True) if c))
-        compiled = map_grouped(grouped, options, verify_ir=verify_ir, on_pass=on_pass)
+        compiled = map_grouped(grouped, opts, verify_ir=verify_ir, on_pass=on_pass)
         check_outputs_batched(compiled.program, rows)
         return compiled
 
-    return micro_batch_lib.choose(batch // options.systems, requested, attempt, training_step_seconds)
+    def scale_of(largest: Compiled, rows: int) -> tuple[float, int]:
+        """A pass of `rows` sequences against the largest's pass, and the passes each system then runs."""
+        return rows * largest.program.micro_batches / batch, batch // options.systems // rows
+
+    def floor(largest: Compiled, rows: int) -> float:
+        return estimate_lib.training_floor(largest.program, *scale_of(largest, rows))
+
+    def rank(largest: Compiled, rows: int) -> float:
+        return estimate_lib.scaled_training_step(largest.program, *scale_of(largest, rows))
+
+    search: list[micro_batch_lib.Tried] = []
+    chosen = micro_batch_lib.choose(batch // options.systems, requested, attempt, training_step_seconds,
+                                    rank=rank, floor=floor, log=search)
+    chosen.program.estimate["micro_batch_search"] = [dataclasses.asdict(t) for t in search]
+    return chosen
 
 
 def training_step_seconds(compiled: Compiled) -> float:

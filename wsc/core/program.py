@@ -137,6 +137,9 @@ class Layer:
     region: tuple[int, int] | None = None  # partition's, pipelined mode: the band of mesh rows (first, count)
     placement: Placement | None = None  # place's
     routes: Routes | None = None  # route's
+    # partition's: bytes of activations held for the whole pass while the layer has the wafer (its activation
+    # store, spread over every usable PE): see passes/partition.py, `activation_store_bytes`.
+    store_bytes: int = 0
 
     def streamed_bytes(self, graph: Graph, element_bytes: int) -> int:
         """Bytes of this layer's weights streamed in at `element_bytes` per element."""

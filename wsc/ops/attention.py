@@ -56,7 +56,7 @@ from llvmlite import ir
 
 from wsc.core.ir import Graph, Node
 from wsc.core.program import Cut, KernelPlan
-from wsc.ops.base import ACCUMULATOR_BYTES, KernelOp, Shape, output_view, register
+from wsc.ops.base import ACCUMULATOR_BYTES, KernelOp, Shape, output_view, register, rows_in_flight
 from wsc.ops.codegen import (
     CONTRACT,
     FAST,
@@ -328,12 +328,17 @@ class Attention(KernelOp):
         pairs, d = rows * in_shapes[1][-2], in_shapes[0][-1]
         return 2 * pairs * (d + dv) + (SOFTMAX_FLOPS_PER_ELEMENT + (1 if attrs.get("mask") else 0)) * pairs
 
+    def pass_held_inputs(self, graph: Graph, node: Node) -> tuple[int, ...]:
+        """The keys and values: each query row of a sequence reads every one before it."""
+        return (1, 2)
+
     def sram_bytes(self, graph: Graph, node: Node, cut: Cut, size: int, resident: bool = False) -> int:
         tr, tc = self.tile(node, cut)
+        rows = rows_in_flight(tr)
         d, dv = graph[node.inputs[0]].shape[-1], node.shape[-1]
-        held = tr * d * size + tr * tc * ACCUMULATOR_BYTES + tr * 2 * ACCUMULATOR_BYTES + 2 * (d + dv) * size
+        held = rows * d * size + rows * tc * ACCUMULATOR_BYTES + rows * 2 * ACCUMULATOR_BYTES + 2 * (d + dv) * size
         if node.attrs.get("mask"):
-            per_key = tr if mask_view(graph[node.inputs[3]].shape)[2] > 1 else 1
+            per_key = rows if mask_view(graph[node.inputs[3]].shape)[2] > 1 else 1
             held += 2 * per_key * _mask_bytes(node.attrs, size)
         return held
 

@@ -28,6 +28,15 @@ Shape = tuple[int, ...]
 KernelFactory = Callable[[str, Shape, Sequence[Shape], Mapping[str, Any]], Any]
 
 ACCUMULATOR_BYTES = 4  # partial sums and accumulators are fp32 on a PE, whatever the compute dtype
+# Token rows a PE holds at once: the one it computes and the next arriving. While a layer has the wafer its
+# tokens flow through the kernels a row at a time, so a PE keeps its weight tile and these rows, never the
+# whole pass (the pass's activations between layers are the partitioner's activation store).
+ROWS_IN_FLIGHT = 2
+
+
+def rows_in_flight(tile_rows: int) -> int:
+    """Rows of a tile of `tile_rows` that a PE holds at once."""
+    return min(tile_rows, ROWS_IN_FLIGHT)
 
 
 def output_view(shape: Shape) -> tuple[int, int]:
@@ -103,6 +112,12 @@ class KernelOp(Op):
         """The extent of a reduction the partitioner may split across PEs (a matmul's K); 1 for none."""
         return 1
 
+    def pass_held_inputs(self, graph: Graph, node: Node) -> tuple[int, ...]:
+        """Positions of the inputs the kernel reads again and again over the pass, which must therefore be
+        held whole while its layer has the wafer rather than flow through a row at a time (attention's keys
+        and values: every later query of a sequence reads them). Default: none."""
+        return ()
+
     def summed_terms(self, graph: Graph, node: Node) -> int:
         """How many terms the longest sum behind one output element adds (a matmul's K, a norm's row; 1 for an
         element-wise op): its rounding error grows with the square root of that count, which is what
@@ -110,11 +125,13 @@ class KernelOp(Op):
         return max(1, self.reduction_dim(graph, node))
 
     def sram_bytes(self, graph: Graph, node: Node, cut: Cut, size: int, resident: bool = False) -> int:
-        """Bytes one PE holds for its tile of `cut`; `resident` (pipelined mode) keeps weights in SRAM.
-        Default: each tensor input's tile and the output tile (a scalar input sits in a register)."""
+        """Bytes one PE holds for its tile of `cut`: what stays for the layer's turn (a weight tile) and the
+        token rows in flight (`rows_in_flight`), never the tile's every row. `resident` is pipelined mode,
+        where weights stay for every pass: a PE holds the same bytes either way for the ops here.
+        Default: each tensor input's rows and the output's (a scalar input sits in a register)."""
         tr, tc = self.tile(node, cut)
         tensors = sum(1 for i in node.inputs if graph[i].numel > 1)
-        return (tensors + 1) * tr * tc * size
+        return (tensors + 1) * rows_in_flight(tr) * tc * size
 
     def sram_traffic(self, graph: Graph, node: Node, plan: KernelPlan, size: int) -> tuple[int, int]:
         """Default: each input read as the kernels index it (a full tile, one value per row, or a scalar held

@@ -18,7 +18,7 @@ from llvmlite import ir
 
 from wsc.core.ir import Graph, Node
 from wsc.core.program import Cut, KernelPlan
-from wsc.ops.base import KernelOp, Shape, output_view, register
+from wsc.ops.base import KernelOp, Shape, output_view, register, rows_in_flight
 from wsc.ops.codegen import CONTRACT, KernelBuilder, KernelIR, KernelSpec, f32, for_range, i64, load_at, store_at
 
 OPERANDS = ("mean", "var", "weight", "bias")
@@ -97,7 +97,7 @@ class BatchNorm(KernelOp):
     def sram_bytes(self, graph: Graph, node: Node, cut: Cut, size: int, resident: bool = False) -> int:
         tr, tc = self.tile(node, cut)
         vectors = len(_operands(node.attrs)) * self._channels_in_tile(node, tr, tc)
-        return (2 * tr * tc + vectors) * size
+        return (2 * rows_in_flight(tr) * tc + vectors) * size
 
     def sram_traffic(self, graph: Graph, node: Node, plan: KernelPlan, size: int) -> tuple[int, int]:
         tr, tc = plan.largest_tile

@@ -13,7 +13,7 @@ import numpy as np
 
 from wsc.core.ir import Graph, Node
 from wsc.core.program import Cut, KernelPlan
-from wsc.ops.base import KernelOp, Shape, output_view, register
+from wsc.ops.base import KernelOp, Shape, output_view, register, rows_in_flight
 from wsc.ops.codegen import (
     KernelBuilder,
     KernelIR,
@@ -70,7 +70,8 @@ class Embedding(KernelOp):
 
     def sram_bytes(self, graph: Graph, node: Node, cut: Cut, size: int, resident: bool = False) -> int:
         tr, tc = self.tile(node, cut)
-        return tr * tc * size + tr * TOKEN_ID_BYTES + 2 * tc * size
+        held = rows_in_flight(tr)
+        return held * tc * size + held * TOKEN_ID_BYTES + 2 * tc * size
 
     def sram_traffic(self, graph: Graph, node: Node, plan: KernelPlan, size: int) -> tuple[int, int]:
         tr, tc = plan.largest_tile

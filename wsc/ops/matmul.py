@@ -28,7 +28,7 @@ from llvmlite import ir
 
 from wsc.core.ir import Graph, Node
 from wsc.core.program import Cut, KernelPlan
-from wsc.ops.base import ACCUMULATOR_BYTES, KernelFactory, KernelOp, Shape, register
+from wsc.ops.base import ACCUMULATOR_BYTES, KernelFactory, KernelOp, Shape, register, rows_in_flight
 from wsc.ops.codegen import (
     FAST,
     KernelBuilder,
@@ -197,12 +197,17 @@ class Matmul(KernelOp):
         return graph[node.inputs[0]].shape[-1]
 
     def sram_bytes(self, graph: Graph, node: Node, cut: Cut, size: int, resident: bool = False) -> int:
+        """Its tile of the right operand, `k x tc` (a weight stays for the layer's turn; another value's tile
+        is double-buffered, since its rows belong to several groups in turn), the left operand's rows in
+        flight over its K slice, their fp32 partial sums, and with a split K the neighbouring slice's
+        partial sums arriving; a bias row."""
         tr, tc = self.tile(node, cut)
+        held = rows_in_flight(tr)
         k = math.ceil(self.reduction_dim(graph, node) / cut.k_splits)
         bias = tc * size if node.attrs.get("bias") else 0
-        partials = tr * tc * ACCUMULATOR_BYTES if cut.k_splits > 1 else 0
-        weights = tc * k * size if resident and graph[node.inputs[1]].op == "param" else 2 * tc * size
-        return tr * k * size + tr * tc * ACCUMULATOR_BYTES + weights + bias + partials
+        partials = held * tc * ACCUMULATOR_BYTES if cut.k_splits > 1 else 0
+        right = k * tc * size * (1 if graph[node.inputs[1]].op == "param" else 2)
+        return held * k * size + held * tc * ACCUMULATOR_BYTES + right + bias + partials
 
     def sram_traffic(self, graph: Graph, node: Node, plan: KernelPlan, size: int) -> tuple[int, int]:
         tr, tc = plan.largest_tile

@@ -19,7 +19,7 @@ from llvmlite import ir
 
 from wsc.core.ir import Graph, Node
 from wsc.core.program import Cut, KernelPlan
-from wsc.ops.base import KernelOp, Shape, register
+from wsc.ops.base import KernelOp, Shape, register, rows_in_flight
 from wsc.ops.codegen import KernelBuilder, KernelIR, KernelSpec, f32, for_range, i64, load_at, store_at
 
 TARGET_BYTES = 8  # targets are int64 whatever the compute dtype
@@ -37,7 +37,7 @@ class Pick(KernelOp):
         tr, _ = self.tile(node, cut)
         classes = self.classes(graph, node)
         weights = classes * size if self.weighted(node) else 0
-        return tr * (TARGET_BYTES + size * (1 + self.reads_logp)) + weights
+        return rows_in_flight(tr) * (TARGET_BYTES + size * (1 + self.reads_logp)) + weights
 
     def sram_traffic(self, graph: Graph, node: Node, plan: KernelPlan, size: int) -> tuple[int, int]:
         tr, _ = plan.largest_tile

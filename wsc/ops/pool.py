@@ -21,7 +21,7 @@ from llvmlite import ir
 
 from wsc.core.ir import Graph, Node
 from wsc.core.program import Cut, KernelPlan
-from wsc.ops.base import KernelOp, Shape, output_view, register
+from wsc.ops.base import KernelOp, Shape, output_view, register, rows_in_flight
 from wsc.ops.codegen import FAST, KernelBuilder, KernelIR, KernelSpec, f32, for_range, i64, load_at, loop, store_at
 
 MODES = ("max", "mean")
@@ -96,8 +96,9 @@ class Pool(KernelOp):
 
     def sram_bytes(self, graph: Graph, node: Node, cut: Cut, size: int, resident: bool = False) -> int:
         tr, tc = self.tile(node, cut)
-        divisors = tr * tc if len(node.inputs) > 1 else 0
-        return (tr * tc * int(node.attrs["window"]) + tr * tc + divisors) * size
+        held = rows_in_flight(tr) * tc
+        divisors = held if len(node.inputs) > 1 else 0
+        return (held * int(node.attrs["window"]) + held + divisors) * size
 
     def sram_traffic(self, graph: Graph, node: Node, plan: KernelPlan, size: int) -> tuple[int, int]:
         tr, tc = plan.largest_tile

@@ -30,7 +30,7 @@ from llvmlite import ir
 
 from wsc.core.ir import Graph, Node
 from wsc.core.program import Cut, KernelPlan
-from wsc.ops.base import ACCUMULATOR_BYTES, KernelFactory, KernelOp, Shape, output_view, register
+from wsc.ops.base import ACCUMULATOR_BYTES, KernelFactory, KernelOp, Shape, output_view, register, rows_in_flight
 from wsc.ops.codegen import FAST, KernelBuilder, KernelIR, KernelSpec, f32, for_range, i64, load_at, loop, store_at
 
 # reduce_row(kb, x_row, r): the IR computing row r's result from a pointer to its n elements.
@@ -107,7 +107,7 @@ class RowReduction(KernelOp):
         return graph[node.inputs[0]].numel // rows if rows else 0
 
     def sram_bytes(self, graph: Graph, node: Node, cut: Cut, size: int, resident: bool = False) -> int:
-        tr = math.ceil(output_view(node.shape)[0] / cut.row_blocks)
+        tr = rows_in_flight(math.ceil(output_view(node.shape)[0] / cut.row_blocks))
         k = math.ceil(self.row_length(graph, node) / cut.k_splits)
         per_row = ACCUMULATOR_BYTES * (1 + (cut.k_splits > 1) + (len(node.inputs) > 1))  # result, partial, center
         return tr * k * size + tr * per_row

@@ -15,7 +15,7 @@ from llvmlite import ir
 
 from wsc.core.ir import Graph, Node
 from wsc.core.program import Cut, KernelPlan
-from wsc.ops.base import KernelOp, Shape, output_view, register
+from wsc.ops.base import KernelOp, Shape, output_view, register, rows_in_flight
 from wsc.ops.codegen import FAST, KernelBuilder, KernelIR, KernelSpec, f32, for_range, i64, load_at, loop, store_at
 
 
@@ -64,7 +64,7 @@ class RmsNorm(KernelOp):
 
     def sram_bytes(self, graph: Graph, node: Node, cut: Cut, size: int, resident: bool = False) -> int:
         tr, tc = self.tile(node, cut)
-        return 2 * tr * tc * size + (len(node.inputs) - 1) * tc * size
+        return 2 * rows_in_flight(tr) * tc * size + (len(node.inputs) - 1) * tc * size
 
     def sram_traffic(self, graph: Graph, node: Node, plan: KernelPlan, size: int) -> tuple[int, int]:
         tr, tc = plan.largest_tile
