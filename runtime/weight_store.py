@@ -23,6 +23,7 @@ import os
 import struct
 import tempfile
 import threading
+import traceback
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -148,25 +149,35 @@ class _Shard:
         self.path = path
         try:
             with open(path, "rb") as f:
-                (header_len,) = struct.unpack("<Q", f.read(8))
+                start = f.read(8)
+                if len(start) < 8:
+                    raise ValueError("it is too short for a safetensors header")
+                (header_len,) = struct.unpack("<Q", start)
                 if header_len > 100_000_000:
-                    raise ValueError(f"header of {header_len} bytes")
+                    raise ValueError(f"its header would be {header_len} bytes, so it is not a safetensors file")
                 header = json.loads(f.read(header_len))
             if not isinstance(header, dict):
-                raise ValueError("the header is not a JSON object")
+                raise ValueError("its header is not a JSON object")
         except FileNotFoundError:
             raise WscError(f"weight file {path} does not exist") from None
-        except (OSError, ValueError, struct.error, UnicodeDecodeError) as error:
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise WscError(f"cannot read weight store {path}: its header is not JSON; give a safetensors file",
+                           details=traceback.format_exc()) from None
+        except (OSError, ValueError, struct.error) as error:
             raise WscError(f"cannot read weight store {path}: {error}; give a safetensors file") from None
         header.pop("__metadata__", None)
         self.entries: dict[str, dict] = header
         self.data_start = 8 + header_len
         size = path.stat().st_size
         for key, entry in header.items():
+            if not _well_formed(entry):
+                raise WscError(f"weight {key} in {path} has a malformed header entry (dtype, shape and data_offsets "
+                               "are needed); give a safetensors file")
             if entry.get("dtype") not in SAFETENSORS_DTYPES:
                 raise WscError(f"weight {key} in {path} has unsupported dtype {entry.get('dtype')}")
             if self.data_start + entry["data_offsets"][1] > size:
-                raise WscError(f"weight store {path} is truncated: {key} ends past the end of the file")
+                raise WscError(f"weight store {path} is truncated: {key} ends past the end of the file; give the whole "
+                               "file (copy it again)")
         # An empty data section cannot be mapped; nothing would be read from it anyway.
         self.map = np.memmap(path, dtype=np.uint8, mode="r") if size > self.data_start else np.zeros(0, np.uint8)
 
@@ -199,6 +210,21 @@ class _Shard:
         begin, end = entry["data_offsets"]
         raw = self.map[self.data_start + begin : self.data_start + end]
         return raw.view(SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+
+
+def _well_formed(entry: Any) -> bool:
+    """Whether a safetensors header entry has what reading its tensor needs: a dtype, a shape of sizes and data
+    offsets [begin, end] that hold as many bytes as the shape has elements (when the dtype is known)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str):
+        return False
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
+    if not (isinstance(shape, list) and all(whole(n) for n in shape)):
+        return False
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(whole(n) for n in offsets)):
+        return False
+    dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
+    return offsets[0] <= offsets[1] and (dtype is None or offsets[1] - offsets[0] == math.prod(shape) * dtype.itemsize)
 
 
 def _to_f32(key: str, entry: dict, view: np.ndarray) -> np.ndarray:

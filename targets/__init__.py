@@ -34,6 +34,10 @@ import yaml
 from wsc.core.errors import WscError
 
 DTYPES = ("fp16", "fp32")
+# The most PEs a mesh may have: 2^24, about 18 CS-3 wafers (900,000 PEs each). The placer and the checker hold
+# grids of the mesh in memory, so a mesh far larger (a typo's 100000 x 100000) would exhaust it; a bigger
+# machine is several wafers (--systems), each a mesh of its own.
+MAX_PES = 1 << 24
 # Defaults for the optional pe.sram_*_bytes_per_cycle fields: the CS-2's SRAM ports (see the module docstring).
 SRAM_READ_BYTES_PER_CYCLE = 16.0
 SRAM_WRITE_BYTES_PER_CYCLE = 8.0
@@ -141,10 +145,14 @@ class _Checker:
         self.source = source
 
     def fail(self, field: str, problem: str) -> WscError:
+        if not field:  # the document itself
+            return WscError(f"target file {self.source} {problem}")
         return WscError(f"target file {self.source}: field '{field}' {problem}")
 
     def mapping(self, value: Any, field: str, allowed: set[str], required: set[str]) -> dict[str, Any]:
         if not isinstance(value, dict):
+            if not field:
+                raise self.fail(field, f"must be a mapping of the target's fields ({', '.join(sorted(required))})")
             raise self.fail(field, f"must be a mapping with keys {', '.join(sorted(allowed))}")
         for key in value:
             if key not in allowed:
@@ -197,6 +205,8 @@ def _parse(text: str, source: str) -> Target:
     flops = {d: c.positive_num(flops_raw[d], f"pe.flops_per_cycle.{d}") for d in DTYPES}
     rows = c.positive_int(sec["mesh"]["rows"], "mesh.rows")
     cols = c.positive_int(sec["mesh"]["cols"], "mesh.cols")
+    if rows * cols > MAX_PES:
+        raise c.fail("mesh", f"has {rows * cols:,} PEs, more than the {MAX_PES:,} wsc places; give one wafer's mesh")
 
     dead: set[tuple[int, int]] = set()
     if "defects" in top and top["defects"] is not None:

@@ -242,3 +242,121 @@ def test_the_cli_builds_the_weights_only_when_they_fit(tmp_path, capsys, monkeyp
     assert asked and all(p.is_meta for p in asked[0].parameters())
     v = json.loads((tmp_path / "report.json").read_text())["verification"]
     assert v["status"] == "skipped" and "built without weights" in v["note"]
+
+
+# ------------------------------------------------------------------------------------------ --out and --force
+
+LINEAR = '''\
+import torch
+
+
+class Two(torch.nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.a = torch.nn.Linear(d, d)
+        self.b = torch.nn.Linear(d, d)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def build_model(d: int = 16):
+    return Two(d)
+
+
+def example_inputs(d: int = 16):
+    return (torch.randn(2, 8, d),)
+'''
+QUICK = ("--target", "mesh-16x16", "--strategy", "greedy", "--no-verify")
+
+
+def test_out_holding_another_models_output_needs_force(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("first.py").write_text(LINEAR)
+    Path("second.py").write_text(LINEAR)
+    assert wsc_in_process(capsys, "compile", "first.py", *QUICK, "--model-arg", "d=24", "--out", "out").returncode == 0
+    origin = json.loads(Path("out/report.json").read_text())["origin"]
+    assert origin == {"model_file": str(tmp_path / "first.py"), "model_args": {"d": 24},
+                      "argv": ["compile", "first.py", *QUICK, "--model-arg", "d=24"]}
+    # The same model again (other arguments too) replaces its own output without --force.
+    assert wsc_in_process(capsys, "compile", "first.py", *QUICK, "--out", "out").returncode == 0
+    before = {p.name: p.read_bytes() for p in Path("out").iterdir()}
+    one_line_error(wsc_in_process(capsys, "compile", "second.py", *QUICK, "--out", "out"),
+                   "--out out holds another model's output (first.py); give another --out, or --force to replace it")
+    assert {p.name: p.read_bytes() for p in Path("out").iterdir()} == before
+    assert wsc_in_process(capsys, "compile", "second.py", *QUICK, "--out", "out", "--force").returncode == 0
+    assert json.loads(Path("out/report.json").read_text())["origin"]["model_file"] == str(tmp_path / "second.py")
+
+
+def test_a_report_written_before_origin_is_known_by_its_model_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("first.py").write_text(LINEAR)
+    Path("out").mkdir()
+    Path("out/report.json").write_text(json.dumps({"schema": 1, "model": {"file": "first.py"}}))
+    assert wsc_in_process(capsys, "compile", "first.py", *QUICK, "--out", "out").returncode == 0
+    Path("out/report.json").write_text(json.dumps({"schema": 1, "model": {"file": "elsewhere/first.py"}}))
+    one_line_error(wsc_in_process(capsys, "compile", "first.py", *QUICK, "--out", "out"),
+                   "holds another model's output (first.py)")
+
+
+@pytest.mark.parametrize(("out", "message"), [
+    ("notes.txt/sub", "--out notes.txt/sub cannot be written: notes.txt is a file, not a folder"),
+    ("/proc/wsc-out", "--out /proc/wsc-out cannot be written: making a folder there failed"),
+    ("taken", "--out taken holds the output of another compile"),
+])
+def test_a_bad_out_is_refused_before_the_model_is_built(out, message, tmp_path, capsys, monkeypatch):
+    import wsc.frontend.modelfile
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the model was built before --out was checked")
+
+    monkeypatch.setattr(wsc.frontend.modelfile, "build", no_build)
+    monkeypatch.chdir(tmp_path)
+    Path("model.py").write_text(LINEAR)
+    Path("notes.txt").write_text("mine")
+    Path("taken").mkdir()
+    Path("taken/placement.json").write_text("{}")
+    one_line_error(wsc_in_process(capsys, "compile", "model.py", *QUICK, "--out", out), message)
+    assert not Path("notes.txt/sub").exists() and Path("notes.txt").read_text() == "mine"
+
+
+def test_a_model_without_parameters_is_not_a_bad_input(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("model.py").write_text(LINEAR.replace("return self.b(torch.relu(self.a(x)))", "return torch.relu(x) * 2.0"))
+    proc = wsc_in_process(capsys, "compile", "model.py", "--target", "mesh-16x16", "--strategy", "greedy",
+                          "--out", "out")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(Path("out/report.json").read_text())
+    assert report["model"]["params"] == 0 and report["verification"]["status"] == "pass"
+
+
+# ------------------------------------------------------------------------------------------ --debug
+
+
+def test_debug_adds_the_details_under_the_same_first_line(capsys):
+    plain = wsc_in_process(capsys, "compile", str(MODELS / "wrong_input.py"), "--target", "mesh-16x16")
+    debug = wsc_in_process(capsys, "compile", str(MODELS / "wrong_input.py"), "--target", "mesh-16x16", "--debug")
+    assert plain.returncode == debug.returncode == 2
+    first = plain.stderr.splitlines()[0]
+    assert first in debug.stderr.splitlines() and len(first) < 160
+    assert "Expected tensor for argument #1 'indices'" not in plain.stderr
+    assert "eager: RuntimeError: Expected tensor for argument #1 'indices'" in debug.stderr
+
+
+def test_an_internal_error_names_its_traceback_once(tmp_path, capsys, monkeypatch):
+    import wsc.api
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a compiler bug")
+
+    monkeypatch.setattr(wsc.api, "compile", broken)
+    argv = ("compile", str(MODELS / "tiny_gpt.py"), "--target", "mesh-16x16", "--no-verify",
+            "--out", str(tmp_path / "out"))
+    plain = wsc_in_process(capsys, *argv)
+    assert plain.returncode == 3 and "Traceback" not in plain.stderr
+    line = "error: internal error: RuntimeError: a compiler bug"
+    assert plain.stderr == f"{line} (rerun with --debug for the traceback)\n"
+    debug = wsc_in_process(capsys, *argv, "--debug")
+    assert debug.returncode == 3 and debug.stderr.startswith("Traceback")
+    assert debug.stderr.splitlines()[-1] == f"{line} (the traceback is above)"
+    assert not (tmp_path / "out").exists()

@@ -83,7 +83,10 @@ def test_a_tracer_message_is_never_cut_mid_sentence():
     with pytest.raises(WscError) as refusal:
         capture(FailsLoudly(), (torch.randn(2, 3),))
     message = str(refusal.value)
-    quoted = message.split("the model fails on its example inputs (float32[2, 3]): ", 1)[1]
-    quoted = quoted.split("; give inputs of the dtype", 1)[0]
+    # A first sentence too long for the one line is not cut there: the line names the error's type, and the
+    # details (--debug) quote the sentence whole.
+    assert message.startswith("the model fails on its example inputs (float32[2, 3]): ValueError; give inputs")
+    assert "\n" not in message and len("error: " + message) < 160
+    quoted = refusal.value.details.splitlines()[0].removeprefix("eager: ")
     assert quoted.startswith("ValueError: The first sentence") and quoted.endswith("and ends here.")
     assert len(quoted) > 300  # a first sentence longer than the quote limit is kept whole

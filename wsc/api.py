@@ -137,6 +137,51 @@ def weights_fit(module: torch.nn.Module) -> bool:
     return weight_bytes(module) * 2 <= VERIFY_MEMORY_SHARE * physical_memory_bytes()
 
 
+def check_finite_weights(module: torch.nn.Module) -> None:
+    """Refuse a parameter holding NaN or an infinity, naming it and the index of its first such element: the
+    program would compute nothing but that, and verification could only say its outputs are not finite."""
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if parameter.is_meta or not parameter.is_floating_point():
+                continue
+            bad = ~torch.isfinite(parameter)
+            if not bool(bad.any()):
+                continue
+            where = bad.nonzero()
+            index = where[0].tolist()
+            value = float(parameter[tuple(index)])
+            kind = "NaN" if value != value else ("inf" if value > 0 else "-inf")
+            others = len(where) - 1
+            more = f" (and {others} more non-finite value{'s' if others > 1 else ''})" if others else ""
+            raise WscError(f"parameter {name} holds {kind} at index {index}{more}; give the model finite weights")
+
+
+def check_store(module: torch.nn.Module, path: Path) -> None:
+    """Refuse a --weights store that is not this model's checkpoint (a parameter it does not hold, or holds in
+    another shape) before anything is compiled: only the files' headers are read."""
+    from wsc.frontend.capture import tensor_aliases
+
+    store = WeightStore(path)
+    try:
+        aliases, available = tensor_aliases(module), set(store.keys())
+        missing, wrong = [], []
+        for name, parameter in module.named_parameters():
+            try:
+                key = pipeline.store_key(name, aliases, available, store.path)
+            except WscError:
+                missing.append(name)
+                continue
+            if store.shape(key) != tuple(parameter.shape):
+                wrong.append(f"{name} is {list(store.shape(key))} there, {list(parameter.shape)} in the model")
+    finally:
+        store.close()
+    for problems, what in ((missing, "holds no tensor for parameter"), (wrong, "does not fit: parameter")):
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise WscError("\n".join([f"--weights {path} {what} {problems[0]}{more}; give the checkpoint of this "
+                                       "model", *(f"  {p}" for p in problems[1:6])]))
+
+
 def compile(module: torch.nn.Module, example_inputs: tuple, target: str | Target = "cs2-sim",
             options: CompileOptions | None = None, *, model_name: str | None = None,
             model_info: dict[str, Any] | None = None, on_pass: Callable[[str, float], None] | None = None,
@@ -158,6 +203,9 @@ def compile(module: torch.nn.Module, example_inputs: tuple, target: str | Target
     options = CompileOptions.of(options, **keywords)
     target = load_target(target) if isinstance(target, str) else target
     example_inputs = tuple(example_inputs)
+    check_finite_weights(module)
+    if options.weights is not None:
+        check_store(module, options.weights)
     name = model_name or type(module).__name__
     compiled = pipeline.compile_model(module, example_inputs, target, options, model_name=name, on_pass=on_pass)
     result = CompiledModel(compiled, {})

@@ -10,7 +10,7 @@ import argparse
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from wsc.core.errors import WscError
 
@@ -22,12 +22,25 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C ende
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as error:
+        command = f"wsc {argv[0]}" if argv and argv[0] in COMMANDS else error.prog
+        print(f"error: {error}; see `{command} --help`", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    args.argv = argv
+    debug = getattr(args, "debug", False)
     try:
         return args.run(args)
     except WscError as error:
-        print(f"error: {error}", file=sys.stderr)
+        lines = str(error).splitlines() or [type(error).__name__]
+        print(f"error: {lines[0]}", file=sys.stderr)
+        for line in lines[1:]:  # the short list of a problem of several parts
+            print(line, file=sys.stderr)
+        if debug and error.details:
+            print(error.details, file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # nothing was written: the output is written last, all of it or none
         print("interrupted", file=sys.stderr)
@@ -35,15 +48,36 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader (e.g. `| head`) went away: nothing left to say
         return 0
     except Exception as error:  # a compiler bug: one line, the traceback only on request
-        if getattr(args, "debug", False):
+        message = f"error: internal error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        if debug:
             traceback.print_exc()
-        print(f"error: internal error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-              " (rerun with --debug for the traceback)", file=sys.stderr)
+            print(f"{message} (the traceback is above)", file=sys.stderr)
+        else:
+            print(f"{message} (rerun with --debug for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
 
 
+COMMANDS = ("compile", "ops", "check", "viz")
+
+
+class _UsageError(Exception):
+    """A command line argparse refuses (an unknown flag, a value of the wrong type, a missing argument)."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its refusals raised rather than printed after the usage text: `main` gives them the
+    one line `error: ...` every bad input gets."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(self.prog, message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wsc", description="Compile PyTorch models for wafer-scale meshes.")
+    parser = _Parser(prog="wsc", description="Compile PyTorch models for wafer-scale meshes.")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
     c = sub.add_parser("compile", help="compile, place, run and verify a model file")
     c.add_argument("model", help="a .py file defining build_model(**kw) and example_inputs(**kw)")
@@ -51,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="passed to build_model and example_inputs (repeatable)")
     c.add_argument("--out", help="output folder (default wsc_out/<model>)")
+    c.add_argument("--force", action="store_true",
+                   help="write into --out even when it holds another model's output (replacing its files)")
     # The compile options default to None here: CompileOptions holds the defaults and checks every value.
     c.add_argument("--strategy", help="placement: cpsat (default), greedy, row-major, snake, random or anneal")
     c.add_argument("--router", help="routing: congestion (default) or xy")
@@ -132,25 +168,26 @@ def compile_options(args: argparse.Namespace) -> CompileOptions:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from wsc import api, progress
-    from wsc.frontend import capture
-    from wsc.frontend.meta import empty_weights
-    from wsc.frontend.modelfile import build, load_exported, parse_model_args
     from wsc.targets import load_target
 
-    capture.VERBOSE = args.debug
+    # What the command line alone decides is checked before anything is imported, built or traced.
     options = compile_options(args)  # a bad option is refused before anything is built
     target = load_target(args.target)
     model_name = Path(args.model).stem
     out = Path(args.out) if args.out else Path("wsc_out") / model_name
-    if out.exists() and not out.is_dir():
-        raise WscError(f"--out {out} is a file; give a folder")
+    check_out(out, args.model, args.force)
+
+    from wsc import api, progress
+    from wsc.frontend import capture
+    from wsc.frontend.meta import empty_weights
+    from wsc.frontend.modelfile import build, load_exported, parse_model_args
+
+    capture.VERBOSE = args.debug
     info: dict = {"file": str(args.model)}
     if args.model.endswith(".pt2"):
         if args.model_arg:
-            raise WscError(f"--model-arg {' '.join(args.model_arg)} does not apply to a .pt2 file: its model and "
-                           "inputs were fixed when it was exported; drop --model-arg, or export it again with "
-                           "those arguments")
+            raise WscError(f"--model-arg {' '.join(args.model_arg)} does not apply to a .pt2 file, whose inputs "
+                           "were fixed when it was exported; drop --model-arg, or export it again with them")
         model, inputs = load_exported(args.model)
     else:
         model_args = parse_model_args(args.model_arg)
@@ -162,10 +199,71 @@ def _compile(args: argparse.Namespace) -> int:
             with progress.stage(f"building {model_name} with its weights"):  # random init of 1B weights takes seconds
                 model, inputs, info["args"] = build(args.model, model_args)
     compiled = api.compile(model, inputs, target, options, model_name=model_name, model_info=info)
+    compiled.report["origin"] = origin(args, info)
     with progress.stage(f"writing {out}"):
-        compiled.save(out)
+        try:
+            compiled.save(out)
+        except OSError as error:  # a full disk, a folder gone read-only: nothing was left (all or none)
+            raise WscError(unwritable_message(out, error)) from None
     _print_summary(compiled.report, out)
     return EXIT_MISMATCH if compiled.report["verification"]["status"] == "fail" else 0
+
+
+# The files a compile writes into --out: a folder holding any of them holds a compile's output.
+OUTPUT_FILES = ("report.json", "placement.json", "trace.json", "report.html")
+
+
+def origin(args: argparse.Namespace, info: dict) -> dict:
+    """report.json's `origin`: the model file (its absolute path) and the arguments that wrote the folder. The
+    command line is kept without its --out, which is the folder itself."""
+    argv, kept = list(getattr(args, "argv", [])), []
+    while argv:
+        word = argv.pop(0)
+        if word == "--out" and argv:
+            argv.pop(0)
+        elif not word.startswith("--out="):
+            kept.append(word)
+    return {"model_file": str(Path(args.model).resolve()), "model_args": info.get("args", {}), "argv": kept}
+
+
+def check_out(out: Path, model: str, force: bool) -> None:
+    """Refuse an --out that cannot be written (under a file, on a read-only or pseudo file system) or that holds
+    another model's output (unless `force`), before anything is compiled."""
+    from wsc.artifacts.atomic import unwritable
+
+    if out.is_dir() and not force and any((out / name).exists() for name in OUTPUT_FILES):
+        holder = _origin_model(out)
+        if holder != str(Path(model).resolve()):
+            whose = f"another model's output ({Path(holder).name})" if holder else "the output of another compile"
+            raise WscError(f"--out {out} holds {whose}; give another --out, or --force to replace it")
+    problem = unwritable(out)
+    if problem:
+        raise WscError(f"--out {out} cannot be written: {problem}; give a folder you can write")
+
+
+def _origin_model(out: Path) -> str:
+    """The model file that wrote `out`, as its report.json's origin records it (or, in a report written before
+    origin was, as its model.file names it from here); '' when it does not say."""
+    import json
+
+    try:
+        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        if "origin" in report:
+            return str(report["origin"]["model_file"])
+        return str(Path(report["model"]["file"]).resolve())
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def unwritable_message(out: Path, error: OSError) -> str:
+    """The one line for a write into `out` that failed (the disk filled up, the folder went away)."""
+    import errno
+
+    if error.errno == errno.ENOSPC:
+        return f"cannot write {out}: no space left on the device; free some space or give another --out"
+    if error.errno == errno.EDQUOT:
+        return f"cannot write {out}: over the disk quota; free some space or give another --out"
+    return f"cannot write {out} ({error.strerror or type(error).__name__}); give a folder you can write"
 
 
 def _print_summary(report: dict, out: Path) -> None:

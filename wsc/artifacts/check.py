@@ -34,9 +34,17 @@ import numpy as np
 
 from wsc.core.mesh import dead_grid
 
+# The newest placement.json schema this checker reads (wsc.artifacts.report.SCHEMA_VERSION, which it may not
+# import: it shares nothing with the compiler). A file without `schema` predates the key and is read as 1.
+SCHEMA = 1
+
 
 class Malformed(Exception):
     """placement.json is missing or does not have the documented shape."""
+
+    def __init__(self, message: str, fix: str = "compile again to rewrite it"):
+        super().__init__(message)
+        self.fix = fix
 
 
 def check_output(out_dir: str | Path) -> list[str]:
@@ -79,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = check_output(out)
         doc = _load(out / "placement.json")
     except Malformed as error:
-        print(f"error: {out / 'placement.json'}: {error}", file=sys.stderr)
+        print(f"error: {out / 'placement.json'}: {error}; {error.fix}", file=sys.stderr)
         return 2
     if problems:
         print(f"{out / 'placement.json'}: {len(problems)} violation{'s' if len(problems) != 1 else ''}")
@@ -99,14 +107,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(path: Path) -> dict[str, Any]:
+    if not path.parent.is_dir():
+        what = f"{path.parent} is a file, not a folder" if path.parent.exists() else "no such folder"
+        raise Malformed(what, "give the --out folder of a `wsc compile`")
     if not path.is_file():
-        raise Malformed("no such file; run `wsc compile` first or give the folder it wrote")
+        raise Malformed("no such file", "run `wsc compile` first or give the folder it wrote")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise Malformed(f"not valid JSON ({error})") from None
+    except OSError as error:
+        raise Malformed(f"cannot be read ({error.strerror})", "give a folder you can read") from None
     if not isinstance(doc, dict):
         raise Malformed("the top level must be an object")
+    schema = doc.get("schema", 1)
+    if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
+        raise Malformed(f"key 'schema' must be a version number of 1 or more, got {schema!r}")
+    if schema > SCHEMA:
+        raise Malformed(f"schema {schema} is newer than this wsc reads ({SCHEMA})",
+                        "check it with the wsc that wrote it, or compile again with this one")
     return doc
 
 

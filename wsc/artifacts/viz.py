@@ -16,11 +16,14 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from wsc.artifacts import viz_data as vd
-from wsc.artifacts.atomic import write_atomic
+from wsc.artifacts.atomic import unwritable, write_atomic
+from wsc.artifacts.report import SCHEMA_VERSION
 from wsc.artifacts.viz_svg import render_svg
 from wsc.core.errors import WscError
 
 FORMATS = (".svg", ".png", ".html")
+# A malformed file's error is quoted in the one line when this short; else only its type (--debug: all of it).
+MALFORMED_QUOTE_CHARS = 60
 
 
 def load(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -39,6 +42,12 @@ def load(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             raise WscError(f"{path} is not readable JSON ({str(error).splitlines()[0]}); compile again") from None
         if not isinstance(found[-1], dict):
             raise WscError(f"{path} is not a JSON object; compile again")
+        schema = found[-1].get("schema", 1)
+        if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
+            raise WscError(f"{path} has schema {schema!r}, not a version number; compile again")
+        if schema > SCHEMA_VERSION:
+            raise WscError(f"{path} has schema {schema}, newer than this wsc reads ({SCHEMA_VERSION}); draw it with "
+                           "the wsc that wrote it, or compile again")
     return found[0], found[1]
 
 
@@ -57,8 +66,11 @@ def render(placement: dict[str, Any], report: dict[str, Any], fmt: str, layer_in
 
         return render_png(placement, report, layer, marked)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
-        raise WscError(f"{source} has a malformed placement.json or report.json ({type(error).__name__}: "
-                       f"{error}); compile again") from None
+        said = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        if len(said) > MALFORMED_QUOTE_CHARS:
+            said = type(error).__name__
+        raise WscError(f"{source} has a malformed placement.json or report.json ({said}); compile again",
+                       details=f"{type(error).__name__}: {error}") from None
 
 
 def main(out: str, output: str, layer: int | None = None, highlight: str | None = None) -> int:
@@ -67,8 +79,19 @@ def main(out: str, output: str, layer: int | None = None, highlight: str | None 
     fmt = Path(output).suffix.lower()
     if fmt not in FORMATS:
         raise WscError(f"-o {output}: unknown picture format {fmt or '(none)'!r}; use .svg, .png or .html")
+    target = Path(output)
+    if target.is_dir():
+        raise WscError(f"-o {output} is a folder; give a file name ending in .svg, .png or .html")
+    problem = unwritable(target.parent)
+    if problem:
+        raise WscError(f"-o {output} cannot be written: {problem}; give a file in a folder you can write")
     placement, report = load(Path(out))
-    write_atomic(Path(output), render(placement, report, fmt, layer, source=out, highlight=highlight))
+    picture = render(placement, report, fmt, layer, source=out, highlight=highlight)
+    try:
+        write_atomic(target, picture)
+    except OSError as error:  # the disk filled up: nothing is left (written under a temporary name)
+        raise WscError(f"cannot write -o {output} ({error.strerror or type(error).__name__}); free some space or "
+                       "give another file") from None
     print(f"wrote {output}")
     return 0
 

@@ -1,11 +1,21 @@
 """The one error type users see: a message that names the problem and what to do about it.
 
-The CLI prints `error: <message>` on one line and exits with code 2; no traceback reaches the user.
+The CLI prints `error: <message>` on one line (under 160 characters) and exits with code 2; no traceback
+reaches the user. A problem of several parts (several unsupported ops) lists the others on the lines after
+it; what would only help a debugging reader (a tracer's raw exception) is the error's `details`, which the
+CLI prints with `--debug` alone.
 """
+
+from __future__ import annotations
 
 
 class WscError(Exception):
-    """Bad input or an unsupported model: the message names the problem and the fix."""
+    """Bad input or an unsupported model: the message names the problem and the fix; `details`, when given, is
+    the longer story behind it (shown with --debug)."""
+
+    def __init__(self, message: str = "", *, details: str = ""):
+        super().__init__(message)
+        self.details = details
 
 
 class DoesNotFit(WscError):

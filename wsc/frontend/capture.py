@@ -83,11 +83,11 @@ def capture(model: nn.Module, example_inputs: tuple) -> Captured:
     # The stage opens before _quiet so that its spinner is bound to the real stderr, not the sink.
     with progress.stage(f"capturing {type(model).__name__}"), _quiet():
         captured = _capture(model, example_inputs)
-    captured.aliases = _aliases(model)
+    captured.aliases = tensor_aliases(model)
     return captured
 
 
-def _aliases(model: nn.Module) -> dict[str, list[str]]:
+def tensor_aliases(model: nn.Module) -> dict[str, list[str]]:
     """Every name of each tensor the model holds under several (a tied embedding and LM head)."""
     names: dict[int, list[str]] = {}
     for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers()]:
@@ -130,23 +130,57 @@ def _capture(model: nn.Module, example_inputs: tuple) -> Captured:
     if fixed_shapes(model):  # a loaded .pt2: its graph is already captured
         return _from_exported(model.exported)  # type: ignore[arg-type]
     try:
-        with _buffers_on_meta_beside_meta_parameters(model) as real_buffers:
-            keywords = forward_kwargs(model, example_inputs) or None
-            exported = torch.export.export(model, tuple(example_inputs), kwargs=keywords, strict=False)
-    except Exception as export_error:  # export raises many types; each means "try the fallback"
+        exported, real_buffers = _export(model, example_inputs)
+    except Exception as first_error:  # export raises many types; each means "try the fallback"
+        export_error = first_error
+        on_meta = _inputs_on_meta(model, example_inputs) if _two_devices(first_error) else None
+        if on_meta is not None:
+            # A model built without weights (on meta) meets a real floating input on two devices: traced again
+            # with its inputs on meta too, since capture needs only their shapes and dtypes.
+            try:
+                exported, real_buffers = _export(model, on_meta)
+            except Exception as meta_error:
+                export_error, example_inputs = meta_error, on_meta
+            else:
+                return _with_buffers(_from_exported(exported), real_buffers)
         if _unbacked(export_error):  # no tracer makes such a shape static: the fallback would only hide why
             raise WscError("cannot capture the model: a shape in it depends on the values of its inputs (a tensor "
                            "used as a size, a start or a count of repeats); pass that value as a Python "
-                           "number") from None
+                           "number", details=_first_line(export_error)) from None
         try:
             return _from_symbolic_trace(model, example_inputs)
         except WscError:
             raise
         except Exception as trace_error:
             raise _diagnose(model, example_inputs, export_error, trace_error) from None
-    captured = _from_exported(exported)
+    return _with_buffers(_from_exported(exported), real_buffers)
+
+
+def _export(model: nn.Module, example_inputs: tuple) -> tuple[torch.export.ExportedProgram, dict[str, torch.Tensor]]:
+    """torch.export's program of the model, and the real values of the buffers it moved to meta to trace it."""
+    with _buffers_on_meta_beside_meta_parameters(model) as real_buffers:
+        keywords = forward_kwargs(model, example_inputs) or None
+        return torch.export.export(model, tuple(example_inputs), kwargs=keywords, strict=False), real_buffers
+
+
+def _with_buffers(captured: Captured, real_buffers: dict[str, torch.Tensor]) -> Captured:
     captured.weights.update({k: v for k, v in real_buffers.items() if k in captured.weights})
     return captured
+
+
+def _two_devices(error: Exception) -> bool:
+    """Whether a tracer failed on tensors of two devices (a real input meeting a meta weight)."""
+    return "DeviceMismatch" in type(error).__name__ or "at least two devices" in str(error)
+
+
+def _inputs_on_meta(model: nn.Module, example_inputs: tuple) -> tuple | None:
+    """The example inputs on the meta device, for a model whose parameters are there; None when the model has
+    real parameters or the inputs are on meta already."""
+    if not any(p.is_meta for p in model.parameters()):
+        return None
+    if not any(isinstance(t, torch.Tensor) and not t.is_meta for t in example_inputs):
+        return None
+    return tuple(t.to("meta") if isinstance(t, torch.Tensor) else t for t in example_inputs)
 
 
 @contextmanager
@@ -171,27 +205,50 @@ def _buffers_on_meta_beside_meta_parameters(model: nn.Module) -> Iterator[dict[s
 
 def _diagnose(model: nn.Module, example_inputs: tuple, export_error: Exception,
               trace_error: Exception) -> WscError:
-    """Say why neither tracer took the model: it fails on its inputs, it returns something that is not a
-    tensor, or it branches on tensor values; else what each tracer said."""
-    if not any(p.is_meta for p in model.parameters()):
-        try:
-            with torch.no_grad():
-                model(*example_inputs, **forward_kwargs(model, example_inputs))
-        except Exception as eager_error:
-            shapes = ", ".join(f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}" for t in example_inputs)
-            return WscError(f"the model fails on its example inputs ({shapes}): {_first_line(eager_error)}; "
-                            "give inputs of the dtype and shape its forward expects")
-    both = (f"torch.export failed ({_first_line(export_error)}) and symbolic_trace failed "
-            f"({_first_line(trace_error)})")
+    """Say why neither tracer took the model: it returns something that is not a tensor, it branches on tensor
+    values, or it fails on its inputs; else that both tracers failed. One short line: what each tracer said is
+    the error's details (the CLI's --debug shows them, and the tracers' own output)."""
+    details = f"torch.export: {_first_line(export_error)}\nsymbolic_trace: {_first_line(trace_error)}"
     unknown = re.search(r"Found <class '([\w.]+)'> in output", str(export_error))
     if unknown:
         kind = unknown.group(1).rsplit(".", 1)[-1]
         return WscError(f"cannot capture the model: its output holds an object of class {kind}, which is not a "
-                        "tensor; return tensors (or a tuple, list or dict of them)")
+                        "tensor; return tensors (or a tuple, list or dict of them)", details=details)
     if any(_data_dependent(error) for error in (export_error, trace_error)):
-        return WscError(f"cannot capture the model: {both}; data-dependent control flow (an `if` on a tensor's "
-                        "value) is the usual cause: make the branch static")
-    return WscError(f"cannot capture the model: {both}; the CLI's --debug shows the tracers' own output")
+        return WscError("cannot capture the model: both tracers failed; data-dependent control flow (an `if` on "
+                        "a tensor's value) is the usual cause: make the branch static", details=details)
+    eager_error = _eager_error(model, example_inputs)
+    if eager_error is not None:
+        head = f"the model fails on its example inputs ({_shapes(example_inputs)})"
+        tail = "; give inputs of the dtype and shape its forward expects"
+        said = quote(eager_error, MESSAGE_CHARS - len(head) - len(tail) - 2)
+        if said == type(eager_error).__name__:  # its message would not fit: --debug shows it
+            tail += " (--debug: the message)"
+        return WscError(f"{head}: {said}{tail}", details=f"eager: {_first_line(eager_error)}\n{details}")
+    return WscError(f"cannot capture the model: torch.export failed ({type(export_error).__name__}) and "
+                    f"symbolic_trace failed ({type(trace_error).__name__}); --debug shows what each said",
+                    details=details)
+
+
+def _eager_error(model: nn.Module, example_inputs: tuple) -> Exception | None:
+    """What the model raises when run eagerly on its inputs (on meta, with the inputs, when its parameters are
+    there), or None when it runs; an error of the meta device itself (an op that needs real data) is None."""
+    on_meta = any(p.is_meta for p in model.parameters())
+    inputs = (_inputs_on_meta(model, example_inputs) or example_inputs) if on_meta else example_inputs
+    try:
+        with torch.no_grad():
+            model(*inputs, **forward_kwargs(model, inputs))
+    except Exception as error:
+        return None if on_meta and "meta" in str(error) else error
+    return None
+
+
+def _shapes(example_inputs: tuple, most: int = 3) -> str:
+    """`float32[1, 12], int64[1, 12]` of the first `most` inputs, and how many more."""
+    shown = [f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}" if isinstance(t, torch.Tensor)
+             else type(t).__name__ for t in example_inputs[:most]]
+    more = f" and {len(example_inputs) - most} more" if len(example_inputs) > most else ""
+    return ", ".join(shown) + more
 
 
 def _unbacked(error: Exception) -> bool:
@@ -208,24 +265,33 @@ def _data_dependent(error: Exception) -> bool:
                                          "cannot be used as inputs to control flow"))
 
 
-# A tracer's first line is quoted in a refusal; one longer than this keeps its first whole sentences only.
+# A refusal's line is at most this long (with the CLI's `error: ` in front, under 160 characters).
+MESSAGE_CHARS = 150
+# A tracer's first line is kept in a refusal's details; one longer than this keeps its first whole sentences only.
 QUOTE_CHARS = 300
 
 
-def _first_line(error: Exception) -> str:
-    """`Type: message` of the error's first line, shortened (when longer than QUOTE_CHARS) to the whole
-    sentences that fit, and never to less than its first sentence: a quote is never cut mid-sentence."""
+def _first_line(error: Exception, room: int = QUOTE_CHARS) -> str:
+    """`Type: message` of the error's first line, shortened (when longer than `room`) to the whole sentences
+    that fit, and never to less than its first sentence: a quote is never cut mid-sentence."""
     text = str(error).strip().splitlines()
     line = f"{type(error).__name__}: {text[0].strip() if text else ''}"
-    if len(line) <= QUOTE_CHARS:
+    if len(line) <= room:
         return line
     sentences = re.split(r"(?<=[.!?])\s+", line)
     kept = sentences[0]
     for sentence in sentences[1:]:
-        if len(kept) + 1 + len(sentence) > QUOTE_CHARS:
+        if len(kept) + 1 + len(sentence) > room:
             break
         kept += " " + sentence
     return kept
+
+
+def quote(error: Exception, room: int) -> str:
+    """The error quoted in at most `room` characters: its whole sentences that fit (`_first_line`), else its
+    type's name alone. Never cut mid-sentence."""
+    line = _first_line(error, room)
+    return line if len(line) <= room else type(error).__name__
 
 
 def _from_exported(ep: torch.export.ExportedProgram) -> Captured:

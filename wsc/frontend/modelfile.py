@@ -9,12 +9,14 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import sys
+import traceback
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
 from wsc.core.errors import WscError
+from wsc.frontend.capture import MESSAGE_CHARS, quote
 
 
 def parse_model_args(pairs: list[str]) -> dict[str, object]:
@@ -47,9 +49,15 @@ def load_model_file(path: str) -> ModuleType:
     try:
         spec.loader.exec_module(module)
     except SyntaxError as error:
-        raise WscError(f"model file {path} has a syntax error at line {error.lineno}: {error.msg}") from None
+        raise WscError(f"model file {path} has a syntax error at line {error.lineno}: {error.msg}; fix it",
+                       details=traceback.format_exc()) from None
+    except ModuleNotFoundError as error:
+        raise WscError(f"model file {path} imports {error.name}, which is not installed; install it or fix the "
+                       "import", details=traceback.format_exc()) from None
     except Exception as error:
-        raise WscError(f"model file {path} failed to import: {type(error).__name__}: {error}") from None
+        head, tail = f"model file {path} failed to import: ", "; fix it (--debug shows the traceback)"
+        raise WscError(f"{head}{quote(error, MESSAGE_CHARS - len(head) - len(tail))}{tail}",
+                       details=traceback.format_exc()) from None
     for fn in ("build_model", "example_inputs"):
         if not callable(getattr(module, fn, None)):
             raise WscError(f"model file {path} does not define {fn}(**kwargs); see the README's model files")
@@ -68,18 +76,34 @@ def effective_args(module: ModuleType, model_args: dict[str, object]) -> dict[st
 def build(path: str, model_args: dict[str, object]) -> tuple[torch.nn.Module, tuple, dict[str, object]]:
     """Build the model and its example inputs; also return the arguments in effect, for the report."""
     module = load_model_file(path)
-    try:
-        model = module.build_model(**model_args)
-        inputs = module.example_inputs(**model_args)
-    except TypeError as error:
-        raise WscError(f"{path}: {error}; check the --model-arg names") from None
-    except (ValueError, KeyError) as error:
-        raise WscError(f"{path}: {error}") from None
+    model = _call(path, module.build_model, model_args)
+    inputs = _call(path, module.example_inputs, model_args)
     if not isinstance(model, torch.nn.Module):
-        raise WscError(f"{path}: build_model returned {type(model).__name__}, not a torch.nn.Module")
+        raise WscError(f"{path}: build_model returned {type(model).__name__}, not a torch.nn.Module; return the "
+                       "model")
     if not isinstance(inputs, (tuple, list)) or not all(isinstance(t, torch.Tensor) for t in inputs):
-        raise WscError(f"{path}: example_inputs must return a tuple of tensors")
+        if isinstance(inputs, (tuple, list)):
+            other = next(t for t in inputs if not isinstance(t, torch.Tensor))
+            what = f"a {type(inputs).__name__} holding a {type(other).__name__}"
+        else:
+            what = type(inputs).__name__
+        raise WscError(f"{path}: example_inputs returned {what}, not a tuple of tensors; return (tensor, ...)")
     return model.eval(), tuple(inputs), effective_args(module, model_args)
+
+
+def _call(path: str, function, model_args: dict[str, object]):
+    """`function(**model_args)`, a model file's build_model or example_inputs; what it raises is the file's
+    problem, said in one line (the traceback behind --debug)."""
+    try:
+        return function(**model_args)
+    except Exception as error:  # the model file's own code failed: its bug, not the compiler's
+        details = traceback.format_exc()
+        if isinstance(error, TypeError) and str(error).startswith(f"{function.__name__}()"):
+            # The call itself: a keyword the function does not take (or lacks), i.e. a --model-arg.
+            raise WscError(f"{path}: {error}; check the --model-arg names", details=details) from None
+        head = f"{path}: {function.__name__}() raised "
+        tail = "; fix the model file (--debug shows the traceback)"
+        raise WscError(f"{head}{quote(error, MESSAGE_CHARS - len(head) - len(tail))}{tail}", details=details) from None
 
 
 def load_exported(path: str) -> tuple[torch.nn.Module, tuple]:

@@ -1,0 +1,1 @@
+"""The bad-input corpus (cases.py), its runner and the generator of docs/errors.md."""
