@@ -157,7 +157,7 @@ def build_model(arch: str = "llama", size: str = "tiny", seq: int = 32, batch: i
 def example_inputs(arch: str = "llama", size: str = "tiny", seq: int = 32, batch: int = 1, seed: int = 0,
                    **overrides: Any) -> tuple:
     vocab = int(overrides.get("vocab_size", SIZES.get(arch, {}).get(size, {}).get("vocab_size", 100)))
-    limit = SIZES.get(arch, {}).get(size, {})
+    limit = {**SIZES.get(arch, {}).get(size, {}), **overrides}  # an override of the positions widens the limit
     positions = limit.get("max_position_embeddings", limit.get("n_positions"))
     if positions is not None and not 1 <= seq <= positions:
         raise ValueError(f"seq must be in 1..{positions} for {arch} {size}, got {seq}")

@@ -200,8 +200,9 @@ class Partition:
                 needed, budget,
             )
         shares = water_fill(work, {n: c.pes for n, c in least.items()}, budget)
-        # Lanes square to area: cap them so that every kernel at the floor still fits the budget.
-        lanes = min(self.lanes_needed(program, layer), math.isqrt(budget // len(kernels))) if not resident else 1
+        # A kernel raised to `lanes` rows keeps the columns its share (or its least cut) gives it, so lanes cost
+        # a column of PEs each: cap them so that every kernel as such a column still fits the budget.
+        lanes = min(self.lanes_needed(program, layer, budget), area.rows, budget // len(kernels)) if not resident else 1
         plans: dict[str, KernelPlan] = {}
         for k in kernels:
             rows, cols = ops.output_view(k.shape)
@@ -253,16 +254,19 @@ class Partition:
             )
         return max(free - share, 0)
 
-    def lanes_needed(self, program: Program, layer: Layer) -> int:
+    def lanes_needed(self, program: Program, layer: Layer, budget: int) -> int:
         """Rows of PEs each kernel should span so the layer's traffic, even if it all shared one bundle of
-        lanes, moves within the time the layer's weights take to stream in: with fewer, a tiny kernel (a
-        residual add on a handful of PEs) would become the fabric's hot spot and the layer's bottleneck."""
+        lanes, moves within the time the layer takes at best: its weights' stream, or its FLOPs over the
+        budget's PEs at the peak rate, whichever is longer. With fewer, a tiny kernel (a residual add on a
+        handful of PEs) would become the fabric's hot spot and the layer's bottleneck."""
         target = program.target
         weight_bytes = layer.streamed_bytes(program.graph, DTYPE_SIZE[program.dtype])
         if weight_bytes == 0:
             return 1
-        stream_seconds = weight_bytes / target.io_bytes_per_second
-        lane_bytes = target.link_bytes_per_cycle * target.clock_hz * stream_seconds
+        flops = sum(program.graph[n].flops for n in layer.nodes if program.graph[n].is_kernel)
+        seconds = max(weight_bytes / target.io_bytes_per_second,
+                      flops / (max(budget, 1) * target.pe_flops(program.dtype)))
+        lane_bytes = target.link_bytes_per_cycle * target.clock_hz * seconds
         return max(1, math.ceil(sum(f.bytes for f in layer.flows) / lane_bytes))
 
     def smallest_cut(self, graph: Graph, node: Node, size: int, capacity: int, area: Area,

@@ -32,8 +32,9 @@ def thin_links(tmp_path_factory) -> Path:
 
 # (mode, batch, micro-batch, how much slower the slowest strategy is at least): pipelined, the bands' handoff
 # binds and the strategies differ by a few percent; streaming one sequence or a training batch in passes of 2,
-# the layers' own traffic binds and they differ by far more.
-CASES = [("pipelined", 1, None, 1.01), ("weight-streaming", 1, None, 1.5), ("weight-streaming", 8, 2, 1.5)]
+# the layers' own traffic binds and they differ by more (the passes of 2 give the kernels more rows of lanes,
+# which spread any placement's traffic more thinly).
+CASES = [("pipelined", 1, None, 1.01), ("weight-streaming", 1, None, 1.5), ("weight-streaming", 8, 2, 1.2)]
 
 
 @pytest.mark.parametrize(("mode", "batch", "micro_batch", "spread"), CASES)
