@@ -86,6 +86,7 @@ class Area:
     cols: int
     pes: int
     region: tuple[int, int] | None = None  # pipelined mode: the band of mesh rows (first, count) of the layer
+    dead_lines: bool = False  # dead rows or columns took some of the mesh's rows or columns from it
 
 
 def rectangle(cut: Cut, area: Area, fold_strips: bool = False) -> tuple[int, int] | None:
@@ -109,8 +110,9 @@ def layer_areas(program: Program, reserved_bytes: int) -> list[Area]:
     dead = mesh.dead_grid
     live_rows = np.flatnonzero(~dead.all(axis=1))
     live_cols = np.flatnonzero(~dead.all(axis=0))
+    lost = len(live_rows) < dead.shape[0] or len(live_cols) < dead.shape[1]
     if program.mode == "weight-streaming":
-        return [Area(len(live_rows), len(live_cols), int((~dead).sum()))] * len(program.layers)
+        return [Area(len(live_rows), len(live_cols), int((~dead).sum()), dead_lines=lost)] * len(program.layers)
     if program.mode != "pipelined":
         raise WscError(f"unknown mode {program.mode!r}; use weight-streaming or pipelined")
     graph, target = program.graph, program.target
@@ -127,7 +129,7 @@ def layer_areas(program: Program, reserved_bytes: int) -> list[Area]:
     areas, first = [], 0
     for count in bands:
         rows = live_rows[first : first + count]
-        areas.append(Area(count, len(live_cols), int((~dead[rows]).sum()), (int(rows[0]), count)))
+        areas.append(Area(count, len(live_cols), int((~dead[rows]).sum()), (int(rows[0]), count), lost))
         first += count
     return areas
 
@@ -194,9 +196,8 @@ class Partition:
         needed = sum(c.pes for c in least.values())
         if needed > budget:
             raise DoesNotFit(
-                f"layer {layer.name} needs {needed} PEs to hold its kernels' tiles but {target.name} "
-                f"offers {budget} ({self.fill:.0%} of the {area.pes} usable PEs it may take); use a bigger "
-                "target, a smaller batch or sequence, or (in pipelined mode) --mode weight-streaming",
+                f"layer {layer.name} needs {needed:,} PEs for its tiles, {target.name} offers {budget:,} "
+                f"({self.fill:.0%} of {area.pes:,}); use a bigger target or a smaller batch or sequence",
                 needed, budget,
             )
         shares = water_fill(work, {n: c.pes for n, c in least.items()}, budget)
@@ -242,6 +243,10 @@ class Partition:
         refused by the cuts (more PEs needed than offered)."""
         target = program.target
         free = target.sram_bytes_per_pe - self.reserved_bytes
+        if free <= 0:
+            raise DoesNotFit(f"{target.name} does not fit: its {target.sram_bytes_per_pe:,} bytes of SRAM a "
+                             f"PE leave nothing beside the {self.reserved_bytes:,} kept for code, stack and router "
+                             "buffers; give it more SRAM")
         store = activation_store_bytes(program, layer)
         share = math.ceil(store / max(area.pes, 1))
         if 0 < free <= share:
@@ -291,11 +296,12 @@ class Partition:
                     best[plain] = cut
         if best:
             return best.get(True) or best[False]
-        raise DoesNotFit(
-            f"kernel {node.name} ({node.op} {node.shape}) does not fit: no cut of it into PE tiles fits the "
-            f"{capacity} bytes a PE has free within {area.rows}x{area.cols} PEs; use a target with more SRAM "
-            "per PE or a smaller batch or sequence"
-        )
+        if area.dead_lines:
+            raise DoesNotFit(f"kernel {node.name} ({node.op}) does not fit the {area.rows}x{area.cols} PEs the dead "
+                             f"rows and columns leave ({capacity:,} bytes a PE); use fewer dead rows or a smaller "
+                             "batch or sequence")
+        raise DoesNotFit(f"kernel {node.name} ({node.op}) does not fit: no cut into PE tiles fits the {capacity:,} "
+                         "bytes a PE has free; use a target with more SRAM per PE or a smaller batch or sequence")
 
     @staticmethod
     def fewest_col_blocks(graph: Graph, node: Node, row_blocks: int, splits: int, size: int, capacity: int,

@@ -74,7 +74,7 @@ def test_areas_follow_work_on_a_large_mesh():
 
 def test_layer_too_big_for_the_mesh_is_a_clear_error():
     model, inputs = tiny_gpt(layers=1, d_model=256, d_ffn=1024, seq=64)
-    message = r"kernel embedding \(embedding \(1, 64, 256\)\) does not fit: .* the 0 bytes a PE has free within 16x16"
+    message = r"mesh-16x16 does not fit: its 49,152 bytes of SRAM a PE leave nothing beside the 49,152 kept"
     with pytest.raises(WscError, match=message):
         partitioned(model, inputs, reserved_bytes=48 * 1024)
 

@@ -256,14 +256,10 @@ CASES: list[Case] = [
          {**MODEL, "t.yaml": mesh(rows=100000, cols=100000)}),
     Case("target-mesh-too-small", "target", "a 1 x 1 mesh, too small for any tile",
          compile_(QUICK, target="t.yaml"), r"layer \w+ needs \d+ PEs .*; use a bigger target",
-         {**MODEL, "t.yaml": mesh(rows=1, cols=1)},
-         xfail="passes/partition.py's refusal is a 216-character line (the need, the offer, the share and "
-               "three fixes)"),
+         {**MODEL, "t.yaml": mesh(rows=1, cols=1)},),
     Case("target-sram-too-small", "target", "PEs of 64 bytes of SRAM, less than the runtime keeps",
          compile_(QUICK, target="t.yaml"), r"does not fit: .*SRAM",
-         {**MODEL, "t.yaml": mesh(sram=64)},
-         xfail="passes/partition.py's refusal is a 196-character line, and says '0 bytes a PE has free' "
-               "where the target's SRAM is below what the runtime keeps for itself"),
+         {**MODEL, "t.yaml": mesh(sram=64)},),
     Case("target-every-pe-dead", "target", "dead rows covering the whole mesh",
          compile_(QUICK, target="t.yaml"), r"field 'defects' marks every PE dead; at least one PE must be usable",
          {**MODEL, "t.yaml": mesh(extra=f"defects: {{dead_rows: {list(range(16))}}}\n")}),
@@ -275,9 +271,7 @@ CASES: list[Case] = [
          {**MODEL, "t.yaml": mesh(extra="defects: {rate: 1}\n")}),
     Case("target-dead-rows-leave-no-room", "target", "dead rows leaving one row for a layer that needs more",
          compile_(QUICK, "--model-arg", "d=1024", target="t.yaml"), r"does not fit.* dead rows",
-         {**MODEL, "t.yaml": mesh(extra=f"defects: {{dead_rows: {list(range(1, 16))}}}\n")},
-         xfail="passes/partition.py's refusal is a 201-character line, and blames the SRAM per PE where the dead "
-               "rows leave one row of 16 PEs"),
+         {**MODEL, "t.yaml": mesh(extra=f"defects: {{dead_rows: {list(range(1, 16))}}}\n")},),
     # ------------------------------------------------------------------------------------------ weights
     Case("weights-missing", "weights", "--weights naming a file that does not exist",
          compile_("--weights", "w.safetensors"), r"--weights w\.safetensors does not exist; give a safetensors",
