@@ -148,6 +148,11 @@ def band_rows(program: Program, rows: int) -> list[int]:
     return bands
 
 
+# The largest share of a layer's area its kernels' rectangles may take before lanes are given up for room: the
+# placers pack rectangles of many sizes well up to about this (a modelling choice, see `partition_layer`).
+PACKABLE = 0.85
+
+
 @dataclass(frozen=True)
 class Partition:
     name: ClassVar[str] = "partition"
@@ -204,6 +209,20 @@ class Partition:
         # A kernel raised to `lanes` rows keeps the columns its share (or its least cut) gives it, so lanes cost
         # a column of PEs each: cap them so that every kernel as such a column still fits the budget.
         lanes = min(self.lanes_needed(program, layer, budget), area.rows, budget // len(kernels)) if not resident else 1
+        while True:
+            plans = self.cut_kernels(program, kernels, least, shares, lanes, capacity, area)
+            # Lanes raise wide kernels to many rows: when the rectangles would leave the placer no room to pack
+            # them, the layer's kernels get half the lanes (fewer rows each), until they do.
+            if lanes == 1 or sum(plan.h * plan.w for plan in plans.values()) <= PACKABLE * area.pes:
+                return plans
+            lanes //= 2
+
+    def cut_kernels(self, program: Program, kernels: list[Node], least: dict[str, Cut], shares: dict[str, int],
+                    lanes: int, capacity: int, area: Area) -> dict[str, KernelPlan]:
+        """Each kernel's plan for its share of PEs and `lanes` rows of lanes."""
+        graph = program.graph
+        size = DTYPE_SIZE[program.dtype]
+        resident = program.mode == "pipelined"
         plans: dict[str, KernelPlan] = {}
         for k in kernels:
             rows, cols = ops.output_view(k.shape)

@@ -101,8 +101,8 @@ def _call(path: str, function, model_args: dict[str, object]):
         if isinstance(error, TypeError) and str(error).startswith(f"{function.__name__}()"):
             # The call itself: a keyword the function does not take (or lacks), i.e. a --model-arg.
             raise WscError(f"{path}: {error}; check the --model-arg names", details=details) from None
-        head = f"{path}: {function.__name__}() raised "
-        tail = "; fix the model file (--debug shows the traceback)"
+        head = f"{Path(path).name}: {function.__name__}() raised "  # the file's name: room for its message
+        tail = "; fix the model file"
         raise WscError(f"{head}{quote(error, MESSAGE_CHARS - len(head) - len(tail))}{tail}", details=details) from None
 
 
