@@ -117,13 +117,14 @@ def layer_areas(program: Program, reserved_bytes: int) -> list[Area]:
         raise WscError(f"unknown mode {program.mode!r}; use weight-streaming or pipelined")
     graph, target = program.graph, program.target
     weights = sum(p.numel for p in graph.params) * DTYPE_SIZE[program.dtype]
+    held = weights + sum(activation_store_bytes(program, layer) for layer in program.layers)
     sram = int((~dead).sum()) * (target.sram_bytes_per_pe - reserved_bytes)
     n = len(program.layers)
-    if weights > sram // 2 or len(live_rows) < n:
+    if held > PACKABLE * sram or len(live_rows) < n:
         raise WscError(
-            f"pipelined mode keeps every weight on the wafer: {weights / 1e9:.2f} GB of {program.dtype} weights, "
-            f"but {target.name} has {sram / 1e9:.2f} GB of SRAM free, of which half may hold weights (the rest "
-            f"holds activations and buffers); use --mode weight-streaming"
+            f"pipelined mode keeps every weight on the wafer: {weights / 1e9:.2f} GB of {program.dtype} weights "
+            f"and {(held - weights) / 1e9:.2f} GB of keys and values, but {target.name} has {sram / 1e9:.2f} GB "
+            f"of SRAM free; use --mode weight-streaming"
         )
     bands = band_rows(program, len(live_rows))
     areas, first = [], 0
@@ -199,6 +200,8 @@ class Partition:
         work = {k.name: max(k.flops, k.numel) for k in kernels}
         least = {k.name: self.smallest_cut(graph, k, size, capacity, area, resident) for k in kernels}
         needed = sum(c.pes for c in least.values())
+        if resident and budget < needed <= PACKABLE * area.pes:
+            budget = needed  # every weight stays: the kernels take what their tiles need, the placer packs them
         if needed > budget:
             raise DoesNotFit(
                 f"layer {layer.name} needs {needed:,} PEs for its tiles, {target.name} offers {budget:,} "

@@ -154,3 +154,19 @@ def test_the_search_ranks_by_the_compiled_terms_and_its_floor_is_under_a_real_co
     quarter = compile_model(model, inputs, load_target("mesh-16x16"), strategy="greedy", micro_batch=1).program
     assert quarter.passes_per_system == 4
     assert training_floor(one_pass, 0.25, 4) <= quarter.estimate["training"]["step_seconds"]
+
+
+def test_pipelined_mode_holds_a_model_whose_weights_fill_more_than_half_the_wafer() -> None:
+    """Llama-3-8B's 16.06 GB of fp16 weights in cs2-sim's 30.54 GB of free SRAM: each band's kernels take what
+    their weight tiles need, up to what the placer packs."""
+    hf = load_example("hf_models")
+    with empty_weights():
+        model = hf.build_model(arch="llama", size="8B", seq=32)
+    inputs = hf.example_inputs(arch="llama", size="8B", seq=32)
+    program = Partition()(partitioned(model, inputs, load_target("cs2-sim"), mode="pipelined"))
+    weights = sum(p.numel for p in program.graph.params) * 2
+    assert 16.0e9 < weights < 16.1e9
+    held = sum(plan.pes * plan.sram_bytes_per_pe for layer in program.layers for plan in layer.kernels.values())
+    assert held >= weights  # every weight tile is on the wafer at once
+    assert all(sum(plan.pes for plan in layer.kernels.values()) <= 0.85 * 994 * layer.region[1]
+               for layer in program.layers)

@@ -89,9 +89,18 @@ def test_pipelined_mode_refuses_weights_that_do_not_fit(gpt_module):
 
     with empty_weights():
         model = gpt_module.build_model("13B")
-    with pytest.raises(WscError, match=r"pipelined mode keeps every weight on the wafer: 25\.71 GB of fp16 "
-                                       r"weights, but cs2-sim has 30\.54 GB of SRAM free.*--mode weight-streaming"):
+    # 25.71 GB of fp16 weights in 30.54 GB of free SRAM: its bands are 84% weights, more than the placer packs.
+    with pytest.raises(WscError, match=r"pipelined mode cannot hold layer \S+ in its band of \d+ rows: .*"
+                                       r"--mode weight-streaming"):
         compile_model(model, gpt_module.example_inputs("13B"), load_target("cs2-sim"), mode="pipelined")
+    with empty_weights():
+        model = gpt_module.build_model("13B", seq=2048, batch=8)
+    # At 8 sequences of 2048 its keys and values (40 layers x 2 x 16,384 tokens x 5,120 x 2 bytes) join them.
+    with pytest.raises(WscError, match=r"pipelined mode keeps every weight on the wafer: 25\.71 GB of fp16 "
+                                       r"weights and 13\.42 GB of keys and values, but cs2-sim has 30\.54 GB of "
+                                       r"SRAM free; use --mode weight-streaming"):
+        compile_model(model, gpt_module.example_inputs("13B", seq=2048, batch=8), load_target("cs2-sim"),
+                      mode="pipelined")
 
 
 def test_kernels_get_the_largest_share_of_the_mesh_that_places(small_target, monkeypatch):
