@@ -1,12 +1,13 @@
-"""Predicted speed of the Cerebras-GPT family on a CS-2: a training step at the card's batch and sequence, on
-one system and data parallel over several, and single-sequence inference.
+"""Predicted speed of the Cerebras-GPT family on CS-2 systems, trained as the model card's training ran: the
+card's batch on the card's systems, to the card's token count; and single-sequence inference.
 
     .venv/bin/python benchmarks/performance_table.py [--sizes 111M,1.3B] [--out docs/cerebras-gpt-performance.md]
 
-Every number is the performance model's (passes/estimate.py, docs/performance-model.md) for a program wsc
-compiled: each model is built without weights, captured, partitioned, placed (CP-SAT) and routed on cs2-sim.
-The training batch is split into the fastest micro-batch that fits the wafer (wsc.micro_batch.choose); the
-data-parallel column uses the most systems, up to Andromeda's 16, that divide the batch.
+Every number is the calibrated performance model's (passes/estimate.py, docs/performance-model.md,
+docs/calibration.md) for a program wsc compiled: each model is built without weights, captured, partitioned,
+placed (CP-SAT) and routed on cs2-sim at its defaults. Each system's share of the batch runs in the fastest
+micro-batch that fits (wsc.micro_batch.choose), set beside the sequences per pass Cerebras' own configuration
+files ran.
 """
 
 from __future__ import annotations
@@ -22,8 +23,14 @@ from wsc.targets import load_target
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQ = 2048
-BATCH = {"111M": 120, "256M": 264, "590M": 264, "1.3B": 528, "2.7B": 528, "6.7B": 1040, "13B": 720}  # the card's
-MAX_SYSTEMS = 16  # Andromeda: 16 CS-2s
+# The model card's training table: batch (sequences), steps, and the systems each size trained on (Cerebras
+# Model Zoo, Cerebras-GPT configuration files); the 13B's first 57k steps ran at batch 720 on 8 systems.
+CARD = {
+    "111M": (120, 9037, 1), "256M": (264, 9468, 1), "590M": (264, 21836, 1), "1.3B": (528, 24334, 4),
+    "2.7B": (528, 49041, 4), "6.7B": (1040, 62522, 8), "13B": (720, 174335, 8),
+}
+# Sequences per system per pass in Cerebras' configuration files, where they say (6.7B: two accumulation steps).
+CONFIGURED_PASS = {"111M": 120, "1.3B": 132, "6.7B": 65, "13B": 90}
 
 
 def compiled_estimate(gpt, target, size: str, batch: int, systems: int = 1) -> dict:
@@ -35,7 +42,7 @@ def compiled_estimate(gpt, target, size: str, batch: int, systems: int = 1) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default=",".join(BATCH))
+    parser.add_argument("--sizes", default=",".join(CARD))
     parser.add_argument("--target", default="cs2-sim")
     parser.add_argument("--out", default=str(ROOT / "docs" / "cerebras-gpt-performance.md"))
     args = parser.parse_args()
@@ -46,43 +53,45 @@ def main() -> None:
     training_rows, inference_rows = [], []
     for size in args.sizes.split(","):
         start = time.perf_counter()
-        batch = BATCH[size]
-        systems = max(n for n in range(1, MAX_SYSTEMS + 1) if batch % n == 0)
-        one = compiled_estimate(gpt, target, size, batch)
-        many = compiled_estimate(gpt, target, size, batch, systems)
+        batch, steps, systems = CARD[size]
+        card = compiled_estimate(gpt, target, size, batch, systems)
         infer = compiled_estimate(gpt, target, size, 1)
-        t1, tn = one["training"], many["training"]
-        sequences = one["micro_batch_tokens"] // SEQ
+        train = card["training"]
+        sequences = card["micro_batch_tokens"] // SEQ
+        days = steps * train["step_seconds"] / 86400
         training_rows.append(
-            f"| {size} | {batch} | {sequences} x {one['micro_batches']} | {t1['step_seconds']:.3f} | "
-            f"{t1['tokens_per_second']:,.0f} | {t1['compute_utilization']:.1%} | {t1['bottleneck']} | "
-            f"{t1['bound_seconds']:.3f} | {systems} | {many['micro_batch_tokens'] // SEQ} x "
-            f"{many['passes_per_system']} | {tn['tokens_per_second']:,.0f} | {tn['scaling_efficiency']:.1%} | "
-            f"{tn['tokens_per_second'] / t1['tokens_per_second']:.1f}x |")
+            f"| {size} | {batch} | {systems} | {CONFIGURED_PASS.get(size, '-')} | {sequences} x "
+            f"{card['passes_per_system']} | {train['step_seconds']:.3f} | {train['tokens_per_second']:,.0f} | "
+            f"{train['compute_utilization']:.1%} | {train['bottleneck']} | {train['bound_seconds']:.3f} | "
+            f"{train['scaling_efficiency']:.1%} | {steps:,} | {days:.2f} |")
         inference_rows.append(
             f"| {size} | {infer['step_seconds'] * 1e3:.3f} | {infer['tokens_per_second']:,.0f} | "
             f"{infer['compute_utilization']:.2%} | {infer['bottleneck']} | {infer['bound_seconds'] * 1e3:.3f} |")
         print(training_rows[-1], inference_rows[-1], f"({time.perf_counter() - start:.0f} s)", flush=True)
+    calibration = (f"compute efficiency {target.compute_efficiency:g}, step boundary "
+                   f"{target.step_overhead_seconds * 1e3:g} ms")
     text = "\n".join([
         f"# Cerebras-GPT on {target.name}: predicted training and inference speed",
         "",
         "Generated by `benchmarks/performance_table.py`; do not edit by hand. Every number is wsc's performance",
-        "model (docs/performance-model.md) for the program it compiled: built without weights, captured,",
-        f"partitioned, placed with CP-SAT and routed on {target.name}, at sequence length {SEQ}, fp16.",
+        "model (docs/performance-model.md), calibrated on measured CS-2 runs (docs/calibration.md: "
+        f"{calibration}),",
+        "for the program it compiled: built without weights, captured, partitioned, placed with CP-SAT and",
+        f"routed on {target.name}, at sequence length {SEQ}, fp16, at wsc's defaults. Read each number with the",
+        "calibration's error bars (its leave-one-out errors).",
         "",
-        "## Training step at the model card's batch",
+        "## Training as the model card's training ran",
         "",
-        "One step = forward, backward and the gradients streamed out, over the card's batch. *Micro-batch* is",
-        "sequences per pass x passes per step (wsc picks the fastest that fits the wafer's SRAM; every pass",
-        "streams the weights again). *Bound* is the roofline: the larger of all FLOPs at the wafer's peak and",
-        "all streamed bytes at the I/O rate. *Systems* is the most systems, up to Andromeda's 16, that divide",
-        "the batch; each takes an equal share of it (SwarmX broadcasts the weights and reduces the gradients).",
-        "*Scaling* = one system's step / (systems x their step), at the same micro-batch; *x one system* =",
-        "their tokens/s over the one-system column's, whose micro-batch may differ (a share of the batch",
-        "has fewer divisors to choose from).",
+        "One step = forward, backward, the gradients streamed out and the step boundary, over the card's batch on",
+        "the systems it trained on (data parallel: SwarmX broadcasts the weights and reduces the gradients).",
+        "*Configured* is the sequences per system per pass in Cerebras' configuration files, where they give it;",
+        "*wsc's pass* is sequences per pass x passes per system as wsc chose them (the fastest that fits). *Bound*",
+        "is the roofline: the larger of all FLOPs at the wafers' peak and all streamed bytes at the I/O rate.",
+        "*Scaling* = one system's step over the same batch / (systems x their step). *Days* = the card's steps x",
+        "the predicted step: the time to train the size to its 20 tokens per parameter.",
         "",
-        "| size | batch | micro-batch | step (s) | tokens/s | utilisation | bottleneck | bound (s) "
-        "| systems | micro-batch per system | tokens/s | scaling | x one system |",
+        "| size | batch | systems | configured pass | wsc's pass | step (s) | tokens/s | utilisation | bottleneck "
+        "| bound (s) | scaling | steps | days |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *training_rows,
         "",
