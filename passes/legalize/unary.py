@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from wsc.core.ir import Node
 from wsc.passes.legalize import Rewriter, legalizes
+from wsc.passes.legalize.gelu import spelled_out_gelu
 
 NOT_FLOAT32 = "tensors other than float32"
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -29,9 +30,17 @@ def _function(op: str):
     return rule
 
 
-for _op in ("neg", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt", "reciprocal", "square", "sin", "cos", "tanh",
-            "erf", "sigmoid", "silu", "abs"):
+for _op in ("neg", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt", "reciprocal", "square", "sin", "cos", "erf",
+            "sigmoid", "silu", "abs"):
     legalizes(f"aten.{_op}.default", refuses=NOT_FLOAT32)(_function(_op))
+
+
+@legalizes("aten.tanh.default", refuses=NOT_FLOAT32)
+def _tanh(rw: Rewriter, node: Node) -> str:
+    """tanh, or the tanh GELU spelled out around it (gelu.py) as one gelu kernel."""
+    if node.op == "aten.tanh.default" and (gelu := spelled_out_gelu(rw, node)) is not None:
+        return gelu
+    return rw.emit("tanh", [_float_input(rw, node)], node.shape, final=True)
 
 
 def _number(rw: Rewriter, node: Node, value: object, what: str) -> float | None:
