@@ -29,7 +29,7 @@ def ids(batch: int = 1, seq: int = 12) -> torch.Tensor:
 
 @pytest.mark.parametrize("batch", [1, 2])
 def test_raw_gpt2_lm_head_model_compiles_and_verifies(batch):
-    # gpt2's own activation, gelu_new, is pow + tanh; gelu_pytorch_tanh is the same function as one op.
+    # gpt2's own activation, gelu_new, is recognised as one tanh GELU; gelu_pytorch_tanh is the same function as one op.
     model, inputs = gpt2(activation_function="gelu_pytorch_tanh"), (ids(batch),)
     compiled = wsc.compile(model, inputs, "mesh-16x16", **FAST)
     assert compiled.report["verification"]["status"] == "pass", compiled.report["verification"]

@@ -13,7 +13,8 @@ from wsc.frontend.meta import empty_weights
 
 
 class SpelledOutGeluMlp(torch.nn.Module):
-    """GPT-J's MLP with `gelu_new` as transformers writes it: six element-wise kernels of [tokens, 4 d]."""
+    """GPT-J's MLP with a tanh GELU spelled out as transformers writes `gelu_new`, but with a constant of its own
+    (0.045), so legalize does not take it for the GELU: six element-wise kernels of [tokens, 4 d]."""
 
     def __init__(self, d: int):
         super().__init__()
@@ -21,7 +22,7 @@ class SpelledOutGeluMlp(torch.nn.Module):
 
     def forward(self, x):
         h = self.up(x)
-        h = 0.5 * h * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * torch.pow(h, 3.0))))
+        h = 0.5 * h * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (h + 0.045 * torch.pow(h, 3.0))))
         return self.down(h)
 
 
