@@ -272,8 +272,8 @@ def _print_summary(report: dict, out: Path) -> None:
     print(f"wsc: {m['name']} {args} on {report['target']['name']}")
     print(f"  model         {m['params'] / 1e6:.1f}M params, {m['layers']} layers, "
           f"{m['flops_per_step'] / 1e9:.1f} GFLOP per step ({m['capture']})")
-    print(f"  placement     {p['strategy']}: {p['pes_used']:,} PEs ({p['utilization']:.1%} of the mesh), "
-          f"wirelength {p['wirelength']:.3g} byte-hops, max link load {p['max_link_load']:,} B")
+    print(f"  placement     {placement_name(p, m['layers'])}: {p['pes_used']:,} PEs ({p['utilization']:.1%} of the "
+          f"mesh), wirelength {p['wirelength']:.3g} byte-hops, max link load {p['max_link_load']:,} B")
     print(f"  simulation    {s['step_seconds'] * 1e3:.3f} ms per step (bound {s['bound_seconds'] * 1e3:.3f} ms), "
           f"{s['bottleneck']}-bound, {s['tokens_per_second']:,.0f} tokens/s, "
           f"{s['compute_utilization']:.1%} of peak")
@@ -290,6 +290,16 @@ def _print_summary(report: dict, out: Path) -> None:
         print(line)
     print(f"  wrote         {out}/: report.json, placement.json, trace.json, report.html "
           f"({report['timings']['total']:.1f} s)")
+
+
+def placement_name(p: dict, layers: int) -> str:
+    """The summary's name for the placement: the strategy, and the baseline it fell back to in the layers its
+    solver found no arrangement for."""
+    solver = p.get("solver") or {}
+    if not solver.get("fallback"):
+        return str(p["strategy"])
+    return (f"{p['strategy']} fell back to {solver['fallback']} (CP-SAT returned {solver['fallback_status']}, "
+            f"no solution, in {len(solver['fallback_layers'])} of {layers} layers)")
 
 
 def verification_lines(v: dict, out: Path) -> list[str]:

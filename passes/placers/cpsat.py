@@ -29,6 +29,11 @@ and bound into a Placement). `place_cpsat` runs them in that order, then, given 
 `routed_choice`: the model cannot see links shared by several flows, nor the estimate's other
 placement-dependent terms, so its answer and every heuristic's are routed and the one the layer is charged
 least for (the request's `layer_cycles`, the estimate's own terms) is kept.
+
+When the solver returns no arrangement (UNKNOWN: the time limit ran out first; MODEL_INVALID; INFEASIBLE of
+a thinned model), the placement falls back to the best baseline, the heuristics' answer the layer is charged
+least for, and says so (`Placement.fallback`, `fallback_status`; report.json's `placement.solver.fallback`).
+Only a proof that the rectangles cannot be packed, or no answer from any of them, refuses the layer.
 """
 
 from __future__ import annotations
@@ -63,6 +68,9 @@ from wsc.passes.routers import RouteRequest
 
 MAX_OBSTACLES = 500
 MAX_TABLE_ROWS = 3000
+# Whether the solver starts from the best heuristic answer. Always, in a compile; a test turns it off to see the
+# solver search alone, which at a small time limit finds nothing (the fallback then keeps the baseline).
+HINT_SOLVER = True
 
 
 @register("cpsat")
@@ -71,15 +79,15 @@ def place_cpsat(request: PlaceRequest) -> Placement:
     wirelength at that time, and read the answer back."""
     fabric = (request.link_bytes_per_cycle, request.hop_latency_cycles)
     answers = heuristic_answers(request.kernels, request.flows, request.mesh, request.seed)
-    start, _ = best_hint(request.kernels, request.flows, request.mesh, request.seed, fabric, request.anchors,
-                         answers, request.floor_cycles)
+    start, baseline = best_hint(request.kernels, request.flows, request.mesh, request.seed, fabric,
+                                request.anchors, answers, request.floor_cycles)
     model = build(request.kernels, request.flows, request.mesh, keep=start, fabric=fabric, anchors=request.anchors,
                   floor_cycles=request.floor_cycles)
-    if start is not None:
+    if start is not None and HINT_SOLVER:
         hint(model, start)
     solver, status, stage_one = solve_in_stages(model, seed=request.seed, workers=request.workers,
                                                 time_limit=request.time_limit)
-    placement = read(model, solver, status, start, request.flows, request.time_limit, stage_one)
+    placement = read(model, solver, status, start, request.flows, request.time_limit, stage_one, baseline=baseline)
     return routed_choice(placement, answers, request) if request.router is not None else placement
 
 
@@ -89,7 +97,8 @@ def routed_choice(placement: Placement, answers: dict[str, dict[str, Rect]], req
     latency, plus a pipelined band's anchor hops) or the layer's floor when that is longer, then wirelength.
     The model sees each flow's lanes but not
     the links flows share, which only routing decides; this closes that gap, so cpsat is never charged more
-    fabric time than another strategy's answer. The status names the answer kept when it is not the solver's."""
+    fabric time than another strategy's answer. The status names the answer kept when it is not the solver's;
+    when the solver found none (`Placement.fallback`), the baseline kept is the one that routes best."""
     def charged(rects: dict[str, Rect]) -> tuple[float, int]:
         trial = Placement(rects, "cpsat", "", 0.0, 0.0, 0.0, 0, 0.0)
         routes = routers.get(request.router)(RouteRequest(trial, request.flows, request.mesh, request.colors))
@@ -115,6 +124,11 @@ def routed_choice(placement: Placement, answers: dict[str, dict[str, Rect]], req
     if best == "cpsat":
         return placement
     rects = answers[best]
+    if placement.fallback:
+        objective = max(request.floor_cycles, charged_cycles(rects, request.flows, request.link_bytes_per_cycle,
+                                                             request.hop_latency_cycles, request.anchors))
+        return replace(placement, rects=rects, status=fallen_back(placement.fallback_status, best),
+                       objective=objective, fallback=best, wirelength=wirelength(rects, request.flows))
     return replace(placement, rects=rects, status=f"{placement.status} (routed: {best}'s kept)",
                    wirelength=wirelength(rects, request.flows))
 
@@ -167,6 +181,7 @@ class Model:
     anchor_vars: list[tuple[cp_model.IntVar, cp_model.IntVar]] = field(default_factory=list)
     floor: float = 0.0  # the layer's cycles whatever the placement
     thinned: bool = False
+    found: dict[str, Rect] | None = None  # the first stage's answer, once it has one
 
 
 def build(kernels: list[KernelRect], flows: list[Flow], mesh: Mesh, keep: dict[str, Rect] | None,
@@ -441,14 +456,14 @@ def solve_in_stages(
 ) -> tuple[cp_model.CpSolver, cp_model.CpSolverStatus, tuple[str, float, float] | None]:
     """The charged fabric time first, then wirelength with that time held at what the first stage found,
     from its answer; half the time limit each. Returns the last solver and status, and the first stage's
-    (status, objective, bound), None when it found nothing."""
+    (status, objective, bound), None when it found nothing; its answer is kept in `m.found`."""
     m.cp.minimize(m.charged)
     solver, status = solve(m, seed=seed, workers=workers, time_limit=time_limit / 2)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return solver, status, None
     stage_one = (solver.status_name(status), solver.objective_value, solver.best_objective_bound)
-    found = {k.name: Rect(k.name, solver.value(m.xs[k.name]), solver.value(m.ys[k.name]), k.w, k.h)
-             for k in m.kernels}
+    found = m.found = {k.name: Rect(k.name, solver.value(m.xs[k.name]), solver.value(m.ys[k.name]), k.w, k.h)
+                       for k in m.kernels}
     m.cp.add(m.charged <= round(stage_one[1]))
     m.cp.clear_hints()
     hint(m, found)
@@ -468,11 +483,19 @@ def read(
     flows: list[Flow],
     time_limit: float,
     stage_one: tuple[str, float, float] | None = None,
+    *,
+    baseline: str = "hint",
 ) -> Placement:
     """The solver's answer as a Placement, kept only if it exists and is no worse than the hint `start` by the
     charged fabric time, then wirelength (else the hint, saying so in the status). The status, objective and
-    bound are the first stage's (`stage_one`: the charged fabric time, in cycles). Raises DoesNotPlace when
-    there is no answer at all."""
+    bound are the first stage's (`stage_one`: the charged fabric time, in cycles); when the second stage found
+    nothing in its half of the limit, the first stage's answer (`m.found`) is the solver's.
+
+    When the solver returned no answer at all (UNKNOWN: no time to find one; MODEL_INVALID; INFEASIBLE of a
+    thinned model, which proves nothing of the mesh), the best baseline placement `start` (the heuristic
+    `baseline`'s) is kept: `Placement.fallback` names it, `fallback_status` is the solver's status. Raises
+    DoesNotPlace when there is no answer at all: CP-SAT proved that none exists, or neither it nor any
+    heuristic found one."""
     def cost(rects: dict[str, Rect]) -> tuple[float, int]:
         return (max(m.floor, charged_cycles(rects, flows, *m.fabric, m.anchors)),
                 anchored_wirelength(rects, flows, m.anchors))
@@ -483,22 +506,32 @@ def read(
             k.name: Rect(k.name, solver.value(m.xs[k.name]), solver.value(m.ys[k.name]), k.w, k.h)
             for k in m.kernels
         }
+    elif stage_one is not None:
+        rects = m.found
     if stage_one is not None and rects is not None:
         status_name, objective, bound = stage_one[0], stage_one[1] / CHARGE_SCALE, stage_one[2] / CHARGE_SCALE
         if start is not None and cost(start) < cost(rects):
             rects, status_name = start, f"{status_name} (kept hint)"
             objective = cost(start)[0]
     elif start is not None:
-        name = solver.status_name(status) if stage_one is None else stage_one[0]
-        rects, objective, bound, status_name = start, cost(start)[0], 0.0, f"{name} (used hint)"
+        returned = solver.status_name(status)
+        return Placement(start, "cpsat", fallen_back(returned, baseline), cost(start)[0], 0.0,
+                         1.0 if cost(start)[0] > 0 else 0.0, wirelength(start, flows), 0.0,
+                         fallback=baseline, fallback_status=returned)
     elif status == cp_model.INFEASIBLE:
         among = " among the sampled rows of legal positions" if m.thinned else ""
         raise no_fit(m.kernels, m.mesh, f"CP-SAT proved that no non-overlapping arrangement exists{among}")
     else:
-        raise no_fit(m.kernels, m.mesh, f"CP-SAT found no arrangement in {time_limit:g} s")
+        raise no_fit(m.kernels, m.mesh, f"neither CP-SAT in {time_limit:g} s nor a heuristic found an arrangement")
     if m.thinned:
         # The bound holds for the thinned model only, not for every position: claim nothing.
         bound, status_name = 0.0, f"{status_name} (thinned positions)"
     bound = min(max(bound, 0.0), objective)
     gap = (objective - bound) / objective if objective > 0 else 0.0
     return Placement(rects, "cpsat", status_name, objective, bound, gap, wirelength(rects, flows), 0.0)
+
+
+def fallen_back(returned: str, baseline: str) -> str:
+    """The status of a placement kept from the baseline `baseline` when the solver returned `returned` and no
+    arrangement."""
+    return f"{returned} (no solution: {baseline}'s kept)"

@@ -72,6 +72,9 @@ def placement_summary(program: Program) -> dict[str, Any]:
     # One layer is on the wafer at a time when streaming weights; all of them at once when pipelined.
     pes_used = sum(per_layer) if program.mode == "pipelined" else max(per_layer, default=0)
     worst = max(placements, key=lambda p: p.gap, default=None)
+    # Layers whose solver returned no arrangement, each placed as the best baseline heuristic answered it.
+    fell_back = [(layer.name, layer.placement) for layer in program.layers
+                 if layer.placement is not None and layer.placement.fallback]
     routers = {layer.routes.router for layer in program.layers if layer.routes is not None}
     return {
         "strategy": ",".join(sorted({p.strategy for p in placements})),
@@ -91,6 +94,9 @@ def placement_summary(program: Program) -> dict[str, Any]:
         "solver": None if worst is None else {
             "status": worst.status, "objective": worst.objective, "best_bound": worst.best_bound,
             "gap": worst.gap, "seconds": sum(p.seconds for p in placements),
+            "fallback": ",".join(sorted({p.fallback for _, p in fell_back})) or None,
+            "fallback_status": ",".join(sorted({p.fallback_status for _, p in fell_back})) or None,
+            "fallback_layers": [name for name, _ in fell_back],
         },
     }
 

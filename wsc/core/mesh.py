@@ -161,6 +161,10 @@ class Placement:
     most loaded lane of any flow over the link bandwidth, plus the longest centre distance at the hop
     latency: `passes/placers/common.charged_cycles`), before wirelength at that time. The heuristics report
     their wirelength in bytes x hops and the trivial bound 0. `wirelength` is always exact bytes x hops.
+
+    When cpsat's solver returned no arrangement (no time to find one, or a model it refused) and a baseline
+    heuristic's answer is kept instead, `fallback` names that heuristic and `fallback_status` is the status the
+    solver returned (e.g. UNKNOWN); both are '' otherwise.
     """
 
     rects: dict[str, Rect]
@@ -171,6 +175,8 @@ class Placement:
     gap: float
     wirelength: int
     seconds: float
+    fallback: str = ""
+    fallback_status: str = ""
 
 
 def cut_off(mesh: Mesh) -> frozenset[tuple[int, int]]:
