@@ -1,7 +1,10 @@
 """Are two compiles' artifacts the same? Compares report.json and placement.json of two output folders.
 
 A refactoring that keeps behaviour must leave both files identical, except for the keys that measure the run
-itself (how long it took, how much memory it used, how many kernels the on-disk cache already held).
+itself (how long it took, how much memory it used, how many kernels the on-disk cache already held:
+`wsc.artifacts.report.MEASURED`, the list tests/test_reproducible.py holds two compiles to) and where the
+model file lay (`LOCATION`: origin.model_file, which differs between the worktree of the commit before and this
+checkout).
 Everything else, every PE, route, byte and second of the estimate and the verification's measured error
 (each kernel's elements are computed by one thread, so the error does not depend on the thread split), must
 match exactly.
@@ -26,18 +29,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# Keys that measure the run, as paths from the document's root; a prefix matches everything under it.
-MEASURED = (
-    ("timings",),
-    ("placement", "solver", "seconds"),
-    ("memory", "peak_rss_bytes"),
-    ("runtime", "kernel_cache"),
-)
+from wsc.artifacts.report import LOCATION, MEASURED, is_under
+
+# Keys left out of the comparison, as paths from the document's root; a prefix matches everything under it.
+IGNORED = MEASURED + LOCATION
 FILES = ("report.json", "placement.json")
 
 
 def measured(path: tuple[str, ...]) -> bool:
-    return any(path[: len(prefix)] == prefix for prefix in MEASURED)
+    return is_under(path, IGNORED)
 
 
 def differences(before: Any, after: Any, path: tuple[str, ...] = ()) -> list[str]:

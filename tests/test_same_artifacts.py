@@ -44,3 +44,12 @@ def test_measured_keys_are_ignored_and_everything_else_is_compared(tmp_path: Pat
         (tmp_path / folder / "placement.json").write_text(json.dumps({"layers": [{"x": 1}]}))
     assert same.main([str(tmp_path / "a"), str(tmp_path / "a")]) == 0
     assert same.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 1
+
+
+def test_where_the_model_file_lay_is_ignored_and_the_rest_of_origin_compared() -> None:
+    same = load()
+    before = {"origin": {"model_file": "/tmp/before/examples/cerebras_gpt.py", "argv": ["compile", "m.py"]}}
+    after = {"origin": {"model_file": "/work/examples/cerebras_gpt.py", "argv": ["compile", "m.py"]}}
+    assert same.differences(before, after) == []
+    after["origin"]["argv"] = ["compile", "m.py", "--seed", "1"]
+    assert same.differences(before, after) == ["origin.argv: 2 items before, 4 after"]

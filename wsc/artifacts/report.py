@@ -19,6 +19,40 @@ from wsc.core.program import Program
 SCHEMA_VERSION = 1
 TILE_RULE = "row-major over the working PEs"  # placement.json's tile_pes.rule: how slots map to PEs
 
+# The keys of report.json that measure the run itself, as paths from the document's root (a prefix matches
+# everything under it): how long it took, how much memory it used, how many kernels the on-disk kernel cache
+# already held. Everything else is decided by the model, target, options and seed: two compiles of the same
+# write byte-identical placement.json, and report.json identical outside these keys, in any process and under
+# any PYTHONHASHSEED (tests/test_reproducible.py). benchmarks/same_artifacts.py compares two folders outside them.
+#
+# `origin` is not among them: it records the invocation, the model file and the command line without its
+# --out (the folder the file itself lies in), so one command writes the same origin into any folder.
+MEASURED: tuple[tuple[str, ...], ...] = (
+    ("timings",),
+    ("placement", "solver", "seconds"),
+    ("memory", "peak_rss_bytes"),
+    ("runtime", "kernel_cache"),
+)
+# Where the model file lay: the same model compiled from two checkouts (the commit before a change in a worktree,
+# and the change) differs here and nowhere else; benchmarks/same_artifacts.py leaves it out of its comparison too.
+LOCATION: tuple[tuple[str, ...], ...] = (("origin", "model_file"),)
+
+
+def is_under(path: tuple[str, ...], prefixes: tuple[tuple[str, ...], ...] = MEASURED) -> bool:
+    """Whether the key at `path` (from report.json's root) is one of `prefixes` or lies under one."""
+    return any(path[: len(prefix)] == prefix for prefix in prefixes)
+
+
+def without_measured(doc: Any, prefixes: tuple[tuple[str, ...], ...] = MEASURED,
+                     path: tuple[str, ...] = ()) -> Any:
+    """`doc` (a report.json, parsed) without the keys under `prefixes`, every other key in its order."""
+    if isinstance(doc, dict):
+        return {key: without_measured(value, prefixes, (*path, key)) for key, value in doc.items()
+                if not is_under((*path, key), prefixes)}
+    if isinstance(doc, list):
+        return [without_measured(value, prefixes, (*path, str(i))) for i, value in enumerate(doc)]
+    return doc
+
 
 def tile_pes_json(rect: Rect, pes: np.ndarray) -> dict[str, Any]:
     """A kernel's slot -> PE map (`pes`, (x, y) per slot, as `wsc.core.mesh.tile_pes` gives it) as the rule
