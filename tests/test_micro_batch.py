@@ -223,3 +223,23 @@ def test_a_size_tried_again_reuses_its_capture_and_grouped_program(tight_target,
     assert shapes == [(4, 32), (2, 32)]
     assert runs.count("legalize") == runs.count("group-layers") == 2 and runs.count("estimate") == 3
     assert compiled.program.micro_batches in (2, 4) and compiled.program.estimate["step_seconds"] > 0
+
+
+def test_a_cramped_largest_has_its_half_compiled_though_the_ranking_prefers_it():
+    from wsc.micro_batch import choose
+
+    tried = []
+
+    def attempt(size: int) -> int:
+        tried.append(size)
+        return size
+
+    steps = {12: 10.0, 6: 9.0, 4: 12.0, 3: 12.5, 2: 13.0, 1: 14.0}
+    ranked = {6: 10.5, 4: 11.0, 3: 11.5, 2: 12.0, 1: 13.0}  # at the largest's cuts, nothing smaller wins
+    rank = lambda largest, size: ranked[size]  # noqa: E731
+    assert choose(12, None, attempt, steps.__getitem__, rank=rank) == 12 and tried == [12]
+    tried.clear()
+    log = []
+    assert choose(12, None, attempt, steps.__getitem__, rank=rank, cramped=lambda largest: True, log=log) == 6
+    assert tried == [12, 6]
+    assert [(t.sequences, t.outcome) for t in log][:2] == [(12, "fits"), (6, "chosen")]

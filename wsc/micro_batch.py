@@ -61,14 +61,15 @@ class Tried:
     """One pass size the search looked at, and what became of it (report.json `micro_batch_search`)."""
 
     sequences: int
-    outcome: str  # chosen, fits, does not fit, cannot win, ranked, not batched or does not place
+    outcome: str  # chosen, fits, does not fit, cannot win, ranked, compiled, not batched or does not place
     step_seconds: float | None = None  # its training step: as compiled, or as ranked with the quick placer
     floor_seconds: float | None = None  # the floor under its step (`floor`), when one was asked for
 
 
 def choose(per_system: int, requested: int | None, attempt: Callable[[int], T],
            seconds: Callable[[T], float], *, rank: Callable[[T, int], float] | None = None,
-           floor: Callable[[T, int], float] | None = None, log: list[Tried] | None = None) -> T:
+           floor: Callable[[T, int], float] | None = None, cramped: Callable[[T], bool] | None = None,
+           log: list[Tried] | None = None) -> T:
     """Run `attempt(micro_batch)` with the requested micro-batch (sequences per pass, dividing `per_system`),
     or else with the fastest of those that fit by `seconds`.
 
@@ -78,7 +79,9 @@ def choose(per_system: int, requested: int | None, attempt: Callable[[int], T],
        from the compiled largest: passes/estimate.py `training_floor`) is no faster than the largest's step
        cannot win and is skipped; the others are ranked by `rank(largest, size)` (its step predicted from
        the largest's terms: `scaled_training_step`), or when no `rank` is given, by attempting them.
-    3. The fastest by rank, if it is not the largest, is attempted and kept if it beats the largest.
+    3. The fastest by rank, if it is not the largest, is attempted and kept if it beats the largest; so is the
+       half of the largest when `cramped(largest)` says its cuts may have been squeezed in a way the ranking
+       cannot see (a fabric-bound pass may owe its fabric to lanes the partitioner gave up for room).
     A refusal at one sequence per pass is the model's own: it is passed on. `requested` is a valid
     micro-batch (at least 1: see wsc.options); whether it divides the batch is checked here. Each size looked
     at is appended to `log`."""
@@ -120,16 +123,25 @@ def choose(per_system: int, requested: int | None, attempt: Callable[[int], T],
                 continue
             ranked[candidate] = seconds(attempted[candidate])
         entries[candidate] = Tried(candidate, "ranked", ranked[candidate], bound)
-    best = largest
+    best, largest_size = largest, size
     fastest = min(ranked, key=lambda d: (ranked[d], -d))
-    if fastest != size:
+    tries = [fastest] if fastest != size else []
+    if cramped is not None and cramped(largest):
+        # Its cuts may have given up lanes for room, which a ranking at the same cuts cannot see: compile the half.
+        half = divisors_below(per_system, size / 2)
+        tries += [half] if half < size and half not in tries and entries.get(half, Tried(half, "")).outcome != \
+            "cannot win" else []
+    for candidate in tries:
         try:
-            compiled: T | None = attempted.get(fastest) or attempt(fastest)
+            compiled: T | None = attempted.get(candidate) or attempt(candidate)
         except (DoesNotFit, NotBatched):
             compiled = None
-        if compiled is not None and seconds(compiled) < best_seconds:
-            best, size = compiled, fastest
-            entries[fastest] = replace(entries[fastest], step_seconds=seconds(compiled))
+        if compiled is not None:
+            entries[candidate] = replace(entries[candidate], outcome="compiled", step_seconds=seconds(compiled))
+            if seconds(compiled) < seconds(best):
+                best, size = compiled, candidate
+    if size != largest_size:
+        entries[largest_size] = replace(entries[largest_size], outcome="fits")
     entries[size] = replace(entries[size], outcome="chosen")
     log.extend(entries[d] for d in sorted(entries, reverse=True))
     return best

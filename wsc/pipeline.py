@@ -173,9 +173,15 @@ def compile_model(model: torch.nn.Module, example_inputs: tuple, target: Target,
 
     search: list[micro_batch_lib.Tried] = []
     chosen = micro_batch_lib.choose(batch // options.systems, requested, attempt, training_step_seconds,
-                                    rank=rank, floor=floor, log=search)
+                                    rank=rank, floor=floor, cramped=fabric_bound, log=search)
     chosen.program.estimate["micro_batch_search"] = [dataclasses.asdict(t) for t in search]
     return chosen
+
+
+def fabric_bound(compiled: Compiled) -> bool:
+    """A training step the fabric binds: its pass's cuts may have given up lanes for room (passes/partition.py),
+    which a smaller pass would not, so the micro-batch search compiles the half too."""
+    return compiled.program.estimate["training"].get("bottleneck") == "fabric"
 
 
 def training_step_seconds(compiled: Compiled) -> float:
