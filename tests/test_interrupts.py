@@ -2,11 +2,19 @@
 
 Each stage is interrupted deterministically: the stage raises KeyboardInterrupt when it starts, as Python does
 when SIGINT arrives. CP-SAT is told to leave SIGINT to Python (it took it for itself and ended its search early,
-so that the compile went on with a weaker placement and exited 0).
+so that the compile went on with a weaker placement and exited 0); one test sends a real SIGINT to a `wsc
+compile` while CP-SAT searches.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +29,7 @@ from wsc.passes.place import Place
 from wsc.passes.route import Route
 
 MODEL = Path(__file__).parent / "models" / "tiny_gpt.py"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def interrupt(*args, **kwargs):
@@ -104,3 +113,57 @@ def test_cpsat_leaves_sigint_to_python(monkeypatch) -> None:
     model, inputs = __import__("conftest").tiny_gpt(layers=1)
     api.compile(model, inputs, "mesh-16x16", verify=False, time_limit=0.3)
     assert seen and not any(seen)
+
+
+# CSI escape sequences (colour, cursor moves, line erasing) of the forced progress display.
+ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def test_a_real_sigint_while_cpsat_searches_exits_130_and_writes_nothing(tmp_path) -> None:
+    """`wsc compile` in its own process, its progress forced on (stderr is a pipe): once the display shows the
+    first block's wirelength search (the one long solve of the tiny GPT on cs2-sim, a few seconds: the other
+    layers are solved at once, and the second block reuses the first's placement), SIGINT. CP-SAT keeps
+    searching to its limit and returns, Python raises KeyboardInterrupt, and the CLI ends with 130, erases
+    the display and prints the one line `interrupted`, leaving no folder and no temporary behind."""
+    out = tmp_path / "out"
+    env = {**os.environ, "WSC_PROGRESS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "wsc.cli", "compile", str(MODEL), "--target", "cs2-sim",
+                             "--out", str(out), "--time-limit", "4", "--no-verify"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err = bytearray()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        while chunk := os.read(proc.stderr.fileno(), 65536):
+            err.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def frames() -> list[str]:  # the display's frames: each redraw returns the cursor to column 0 first
+        return ESCAPES.sub("", err.decode("utf-8", errors="replace")).split("\r")
+
+    def searching() -> bool:
+        done = frames()[:-1]  # the last may be half written
+        return bool(done) and "placing blocks.0 (cpsat)" in done[-1] and "CP-SAT searching wirelength" in done[-1]
+
+    deadline = time.monotonic() + 60
+    try:
+        while not searching():
+            assert proc.poll() is None, f"the compile ended before CP-SAT's long search: {frames()[-3:]}"
+            assert time.monotonic() < deadline, "no CP-SAT search of blocks.0 shown in 60 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=10)
+    assert proc.stdout is not None
+    assert (code, proc.stdout.read()) == (130, b"")
+    text = err.decode()
+    assert "Traceback" not in text and "error" not in text
+    # The display erased, what is left on the line is the CLI's one line.
+    assert frames()[-1] == "interrupted\n" and text.endswith("\rinterrupted\n")
+    assert not out.exists() and list(tmp_path.iterdir()) == []

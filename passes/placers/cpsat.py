@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 from ortools.sat.python import cp_model
 
+from wsc.core import progress
 from wsc.core.errors import WscError
 from wsc.core.mesh import Anchor, Flow, KernelRect, Mesh, Placement, Rect, row_runs
 from wsc.passes import routers
@@ -455,10 +456,13 @@ def solve_in_stages(
     m: Model, *, seed: int, workers: int, time_limit: float
 ) -> tuple[cp_model.CpSolver, cp_model.CpSolverStatus, tuple[str, float, float] | None]:
     """The charged fabric time first, then wirelength with that time held at what the first stage found,
-    from its answer; half the time limit each. Returns the last solver and status, and the first stage's
-    (status, objective, bound), None when it found nothing; its answer is kept in `m.found`."""
+    from its answer; half the time limit each, each shown as a progress stage while it runs (a SIGINT lands
+    when the search returns). Returns the last solver and status, and the first stage's (status, objective,
+    bound), None when it found nothing; its answer is kept in `m.found`."""
+    half = time_limit / 2
     m.cp.minimize(m.charged)
-    solver, status = solve(m, seed=seed, workers=workers, time_limit=time_limit / 2)
+    with progress.stage(f"CP-SAT searching the charged fabric time ({half:g} deterministic s at most)"):
+        solver, status = solve(m, seed=seed, workers=workers, time_limit=half)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return solver, status, None
     stage_one = (solver.status_name(status), solver.objective_value, solver.best_objective_bound)
@@ -468,7 +472,8 @@ def solve_in_stages(
     m.cp.clear_hints()
     hint(m, found)
     m.cp.minimize(m.wirelength)
-    solver, status = solve(m, seed=seed, workers=workers, time_limit=time_limit / 2)
+    with progress.stage(f"CP-SAT searching wirelength at that time ({half:g} deterministic s at most)"):
+        solver, status = solve(m, seed=seed, workers=workers, time_limit=half)
     return solver, status, stage_one
 
 
