@@ -263,6 +263,7 @@ class Estimate:
                 return step, bottleneck, 0.0  # reported as 0: the whole gradient exchange is in `tail` above
             step, _, by_term = schedule.run(schedule.training_phases(layers, passes))
             tail = swarmx_seconds(n_systems, layers[0]["weight_bytes"], io)
+            by_term["boundary"] = boundary  # the step boundary binds a step it takes most of
             return step + tail + boundary, max(by_term, key=by_term.__getitem__), tail
 
         if not layers:
