@@ -43,7 +43,7 @@ from typing import ClassVar
 import numpy as np
 
 from wsc.core import progress
-from wsc.core.errors import WscError
+from wsc.core.errors import DoesNotPlace, WscError
 from wsc.core.mesh import Anchor, Flow, KernelRect, Mesh, Placement, Rect, mesh_of
 from wsc.core.program import DTYPE_SIZE, Layer, Program
 from wsc.passes import placers
@@ -167,6 +167,10 @@ def scattered_density(mesh: Mesh) -> float:
     rows, cols = ~dead.all(axis=1), ~dead.all(axis=0)
     inner = dead[np.ix_(rows, cols)]
     return float(inner.mean()) if inner.size else 1.0
+
+
+# The shares of `spare_rows` a faulty mesh's layer is placed with, in turn, until one places.
+SPARE_SHARES: tuple[float, ...] = (1.0, 0.5, 0.0)
 
 
 def spare_rows(h: int, density: float) -> int:
@@ -326,7 +330,6 @@ class Place:
                 layers.append(replace(layer, placement=replace(twin, rects=rects, seconds=0.0)))
                 continue
             density = scattered_density(mesh)
-            kernels = [self.kernel_rect(n, plan.h, plan.w, mesh, density) for n, plan in layer.kernels.items()]
             target = program.target
             before = before_seconds(program, layer)
             context = None
@@ -336,13 +339,26 @@ class Place:
                     layer.region[1] and after.signature(program.graph) == layer.signature(program.graph) else None
                 context = HandoffContext(program, list(layers), handoff, layer, top, below, self.router, whole,
                                          getattr(target, "routable_colors", target.colors))
-            request = PlaceRequest(kernels, layer.flows, mesh, self.seed, self.workers, self.time_limit,
-                                   link_bytes_per_cycle=target.link_bytes_per_cycle,
-                                   hop_latency_cycles=target.hop_latency_cycles, anchors=anchors,
-                                   router=self.router, colors=getattr(target, "routable_colors", target.colors),
-                                   floor_cycles=floor_cycles(program, layer, before),
-                                   layer_cycles=charged_layer_cycles(program, layer, before, context))
-            placement = _run(placer, request)
+            floor = floor_cycles(program, layer, before)
+            charged = charged_layer_cycles(program, layer, before, context)
+            # On a faulty mesh the spare rows may take the room the kernels need (three kernels of 4 rows on a
+            # 16-row mesh with a few dead PEs): fewer spare rows are tried, down to none (a rectangle clear of
+            # dead PEs), before the layer is refused at this share of the mesh.
+            ladder = SPARE_SHARES if mesh.dead else (1.0,)
+            for share in ladder:
+                kernels = [self.kernel_rect(n, plan.h, plan.w, mesh, density, share)
+                           for n, plan in layer.kernels.items()]
+                request = PlaceRequest(kernels, layer.flows, mesh, self.seed, self.workers, self.time_limit,
+                                       link_bytes_per_cycle=target.link_bytes_per_cycle,
+                                       hop_latency_cycles=target.hop_latency_cycles, anchors=anchors,
+                                       router=self.router, colors=getattr(target, "routable_colors", target.colors),
+                                       floor_cycles=floor, layer_cycles=charged)
+                try:
+                    placement = _run(placer, request)
+                    break
+                except DoesNotPlace:
+                    if share == ladder[-1]:
+                        raise
             if top:
                 placement.rects = {n: replace(r, y=r.y + top) for n, r in placement.rects.items()}
             layers.append(replace(layer, placement=placement))
@@ -350,8 +366,10 @@ class Place:
         return replace(program, layers=layers)
 
     @staticmethod
-    def kernel_rect(name: str, h: int, w: int, mesh: Mesh, density: float) -> KernelRect:
-        """A kernel's rectangle on `mesh`: its tile grid, plus spare rows on a faulty mesh."""
+    def kernel_rect(name: str, h: int, w: int, mesh: Mesh, density: float, share: float = 1.0) -> KernelRect:
+        """A kernel's rectangle on `mesh`: its tile grid, plus spare rows on a faulty mesh (`share` of
+        `spare_rows`, rounded down: 0 asks for a rectangle of working PEs only)."""
         if not mesh.dead:
             return KernelRect(name, w, h)
-        return KernelRect(name, w, min(mesh.rows, h + spare_rows(h, density)), pes=h * w)
+        spare = math.floor(share * spare_rows(h, density))
+        return KernelRect(name, w, min(mesh.rows, h + spare), pes=h * w)

@@ -12,6 +12,9 @@ report as report.json, and `.save(folder)` writes report.json and placement.json
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,7 +28,8 @@ from wsc import pipeline
 from wsc import verification as checks
 from wsc.artifacts.atomic import write_all_atomic
 from wsc.artifacts.report import build_report, dumps, placement_json
-from wsc.core.errors import WscError
+from wsc.core.errors import DoesNotFit, WscError
+from wsc.core.mesh import mesh_of
 from wsc.core.program import Program
 from wsc.frontend.capture import TORCH_DTYPES, to_numpy
 from wsc.frontend.meta import physical_memory_bytes, weight_bytes
@@ -207,12 +211,43 @@ def compile(module: torch.nn.Module, example_inputs: tuple, target: str | Target
     if options.weights is not None:
         check_store(module, options.weights)
     name = model_name or type(module).__name__
-    compiled = pipeline.compile_model(module, example_inputs, target, options, model_name=name, on_pass=on_pass)
+    try:
+        compiled = pipeline.compile_model(module, example_inputs, target, options, model_name=name, on_pass=on_pass)
+    except DoesNotFit as error:
+        raise too_few_pes(error, target, options) or error from None
+    # On a faulty wafer the same compile on the wafer without its defects is the step they are weighed against.
+    perfect = None
+    if target.dead_pes:
+        clean = dataclasses.replace(target, dead_pes=frozenset())
+        perfect = pipeline.compile_model(module, example_inputs, clean, dataclasses.replace(options, verify=False),
+                                         model_name=name).program
     result = CompiledModel(compiled, {})
     verification, memory, run_seconds = verify_compiled(compiled, module, example_inputs, options)
     result.report = build_report(compiled, verification=verification, memory=memory, run_seconds=run_seconds,
-                                 total_seconds=time.perf_counter() - start, model_info=model_info or {})
+                                 total_seconds=time.perf_counter() - start, model_info=model_info or {},
+                                 perfect=perfect)
     return result
+
+
+def too_few_pes(error: DoesNotFit, target: Target, options: CompileOptions) -> WscError | None:
+    """The one line for a model refused because the target's defects leave too few working PEs: the PEs its
+    largest need asks of the mesh, those left (the mesh less its dead and cut-off PEs) and the difference.
+    None when the defects are not the cause (a clean wafer of this size would be too small too), or the refusal
+    is not one of PEs: the refusal itself is then the message."""
+    if not target.dead_pes or options.mode != "weight-streaming" or not error.needed:
+        return None
+    left = target.rows * target.cols - len(mesh_of(target).dead)
+    # The partitioner's refusal (passes/partition.py): a layer's tiles need more PEs than its share of the mesh.
+    tiles = re.match(r"layer (\S+) needs [\d,]+ PEs for its tiles", str(error))
+    if tiles is None:
+        return None
+    fill = options.fill or pipeline.FILLS[0]  # the share the first try gives, which refused it
+    needed = math.ceil(error.needed / fill)
+    if needed <= left or needed > target.rows * target.cols:
+        return None
+    return DoesNotFit(f"too few PEs left on {target.name}: layer {tiles.group(1)} needs {needed:,} (its "
+                      f"{error.needed:,} tiles at a {fill:.0%} share), {left:,} are left, {needed - left:,} missing; "
+                      "use fewer defects or a smaller model", needed, left)
 
 
 def verify_compiled(compiled: pipeline.Compiled, module: torch.nn.Module, example_inputs: tuple,

@@ -286,6 +286,12 @@ def _print_summary(report: dict, out: Path) -> None:
         print(f"  training      {t['step_seconds'] * 1e3:.3f} ms per step (forward + backward), "
               f"{t['bottleneck']}-bound, {t['tokens_per_second']:,.0f} tokens/s, "
               f"{t['compute_utilization']:.1%} of peak{scaling}")
+    defects = s.get("defects")
+    if defects:
+        cut = f", {defects['cut_off_pes']:,} more cut off" if defects["cut_off_pes"] else ""
+        slowdown = f"{defects['slowdown']:.2f}x" if defects["slowdown"] is not None else "unknown against"
+        print(f"  defects       {defects['dead_share']:.1%} of PEs dead ({defects['dead_pes']:,}{cut}): step "
+              f"{slowdown} the perfect wafer's")
     for line in verification_lines(v, out):
         print(line)
     print(f"  wrote         {out}/: report.json, placement.json, trace.json, report.html "

@@ -173,12 +173,28 @@ def _polyline_nodes(points: np.ndarray) -> np.ndarray:
     return np.concatenate(pieces).astype(np.int64)
 
 
+_PREFIXES: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # the last few dead grids' prefix counts
+
+
+def _prefix_counts(dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dead PEs before each PE along its row and along its column, with a zero border: made once per grid (a
+    mesh's `dead_grid` is one read-only array), not once per bundle, which on a 750 x 994 wafer is most of
+    routing's time."""
+    for known, along_row, along_col in _PREFIXES:
+        if known is dead:
+            return along_row, along_col
+    along_row = np.concatenate([np.zeros((dead.shape[0], 1), np.int64), dead.cumsum(axis=1)], axis=1)
+    along_col = np.concatenate([np.zeros((1, dead.shape[1]), np.int64), dead.cumsum(axis=0)], axis=0)
+    if not dead.flags.writeable:  # a grid that can change cannot be remembered
+        _PREFIXES[:] = [*_PREFIXES[-3:], (dead, along_row, along_col)]
+    return along_row, along_col
+
+
 def _hits_dead(corners: np.ndarray, dead: np.ndarray) -> np.ndarray:
     """Per lane: does any leg of its polyline touch a dead PE? O(1) per leg with prefix counts."""
     if not dead.any():
         return np.zeros(corners.shape[0], dtype=bool)
-    along_row = np.concatenate([np.zeros((dead.shape[0], 1), np.int64), dead.cumsum(axis=1)], axis=1)
-    along_col = np.concatenate([np.zeros((1, dead.shape[1]), np.int64), dead.cumsum(axis=0)], axis=0)
+    along_row, along_col = _prefix_counts(dead)
     hit = np.zeros(corners.shape[0], dtype=bool)
     for k in range(corners.shape[1] - 1):
         (ra, ca), (rb, cb) = corners[:, k].T, corners[:, k + 1].T

@@ -13,7 +13,7 @@ import numpy as np
 
 from wsc import ops
 from wsc.artifacts.routes_json import route_json
-from wsc.core.mesh import Rect
+from wsc.core.mesh import Rect, mesh_of
 from wsc.core.program import Program
 
 SCHEMA_VERSION = 1
@@ -147,10 +147,25 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def defects_summary(program: Program, perfect: Program | None) -> dict[str, Any] | None:
+    """report.json's `simulation.defects`: the target's dead PEs, those a dead row or column cuts off from the
+    mesh's largest region (unused too), their share of the mesh, and the step against `perfect`, the same
+    compile on the target without its defects. None on a wafer without defects."""
+    target = program.target
+    if not target.dead_pes or perfect is None:
+        return None
+    step, clean = program.estimate["step_seconds"], perfect.estimate["step_seconds"]
+    dead = len(target.dead_pes)
+    return {"dead_pes": dead, "cut_off_pes": len(mesh_of(target).dead) - dead,
+            "dead_share": dead / (target.rows * target.cols), "perfect_step_seconds": clean,
+            "slowdown": step / clean if clean > 0 else None}
+
+
 def build_report(compiled, *, verification: dict[str, Any], memory: dict[str, Any], run_seconds: float,
-                 total_seconds: float, model_info: dict[str, Any]) -> dict[str, Any]:
+                 total_seconds: float, model_info: dict[str, Any], perfect: Program | None = None) -> dict[str, Any]:
     """report.json: what was compiled, where it went, how fast the target would run it, and whether the
-    compiled program computed what PyTorch does."""
+    compiled program computed what PyTorch does. `perfect` is the same compile on the target without its
+    defects, for `simulation.defects` (left out: null)."""
     program = compiled.program
     graph, target = program.graph, program.target
     # The graph is one pass (one micro-batch); a step runs micro_batches of them.
@@ -174,7 +189,7 @@ def build_report(compiled, *, verification: dict[str, Any], memory: dict[str, An
         "target": {"name": target.name, "rows": target.rows, "cols": target.cols,
                    "usable_pes": target.usable_pes, "clock_hz": target.clock_hz},
         "placement": placement_summary(program),
-        "simulation": program.estimate,
+        "simulation": {**program.estimate, "defects": defects_summary(program, perfect)},
         "verification": verification,
         "memory": {**memory, "max_layer_weights_bytes": max(layer_weights, default=0)},
         "runtime": runtime_info(),
