@@ -66,10 +66,10 @@ def weight_delivery(layer: Layer, weight_bytes: dict[str, int], target: Target) 
     (seconds, busiest link's bytes, hops of the farthest lane).
 
     A modelling choice (where the wafer's I/O meets its fabric is not public; weights "stream in from the
-    wafer edge", docs/hardware.md): each kernel's weights arrive on one lane per row of its rectangle, split
-    evenly over its rows, and travel east along the row to the rectangle, then across it. A kernel at column
-    0 takes them straight from the edge. Kernels that share rows share those rows' links, so the busiest
-    link of a row carries the lanes of every kernel east of the edge in it."""
+    wafer edge", docs/hardware.md): each kernel's weights arrive on one lane per row of its rectangle that
+    holds its tiles, split evenly over those rows, and travel east along the row to the rectangle, then across
+    it. A kernel at column 0 takes them straight from the edge. Kernels that share rows share those rows'
+    links, so the busiest link of a row carries the lanes of every kernel east of the edge in it."""
     if layer.placement is None or not weight_bytes:
         return 0.0, 0, 0
     row_load: dict[int, float] = {}
@@ -79,8 +79,12 @@ def weight_delivery(layer: Layer, weight_bytes: dict[str, int], target: Target) 
         hops = max(hops, rect.x + rect.w - 1)
         if rect.x == 0 and rect.w == 1:
             continue  # on the edge itself: no link carries its weights
-        for row in range(rect.y, rect.y + rect.h):
-            row_load[row] = row_load.get(row, 0.0) + nbytes / rect.h
+        # The rows that hold its tiles (row-major from the top): a rectangle's spare rows, kept to step around
+        # dead PEs, take no lane.
+        plan = layer.kernels.get(name)
+        rows = rect.h if plan is None else max(1, min(rect.h, math.ceil(plan.cut.pes / max(rect.w, 1))))
+        for row in range(rect.y, rect.y + rows):
+            row_load[row] = row_load.get(row, 0.0) + nbytes / rows
     busiest = max(row_load.values(), default=0.0)
     seconds = (busiest / target.link_bytes_per_cycle + hops * target.hop_latency_cycles) / target.clock_hz
     return seconds, math.ceil(busiest), hops

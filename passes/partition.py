@@ -206,7 +206,7 @@ class Partition:
             raise DoesNotFit(
                 f"layer {layer.name} needs {needed:,} PEs for its tiles, {target.name} offers {budget:,} "
                 f"({self.fill:.0%} of {area.pes:,}); use a bigger target or a smaller batch or sequence",
-                needed, budget,
+                needed, budget, layer=layer.name, share=self.fill,
             )
         shares = water_fill(work, {n: c.pes for n, c in least.items()}, budget)
         # A kernel raised to `lanes` rows keeps the columns its share (or its least cut) gives it, so lanes cost

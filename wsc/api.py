@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -238,14 +237,13 @@ def too_few_pes(error: DoesNotFit, target: Target, options: CompileOptions) -> W
         return None
     left = target.rows * target.cols - len(mesh_of(target).dead)
     # The partitioner's refusal (passes/partition.py): a layer's tiles need more PEs than its share of the mesh.
-    tiles = re.match(r"layer (\S+) needs [\d,]+ PEs for its tiles", str(error))
-    if tiles is None:
+    if not error.layer or not error.share:
         return None
-    fill = options.fill or pipeline.FILLS[0]  # the share the first try gives, which refused it
+    fill = error.share
     needed = math.ceil(error.needed / fill)
     if needed <= left or needed > target.rows * target.cols:
         return None
-    return DoesNotFit(f"too few PEs left on {target.name}: layer {tiles.group(1)} needs {needed:,} (its "
+    return DoesNotFit(f"too few PEs left on {target.name}: layer {error.layer} needs {needed:,} (its "
                       f"{error.needed:,} tiles at a {fill:.0%} share), {left:,} are left, {needed - left:,} missing; "
                       "use fewer defects or a smaller model", needed, left)
 

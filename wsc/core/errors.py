@@ -20,11 +20,13 @@ class WscError(Exception):
 
 class DoesNotFit(WscError):
     """The model's working set does not fit the target's SRAM. `needed` / `offered` (PEs), when known, say by
-    how much: fewer tokens per pass (a smaller micro-batch) shrink the need about in proportion."""
+    how much: fewer tokens per pass (a smaller micro-batch) shrink the need about in proportion. A refusal of
+    a layer's tiles against its share of the mesh also names the `layer` and the `share` it was offered."""
 
-    def __init__(self, message: str, needed: int = 0, offered: int = 0):
+    def __init__(self, message: str, needed: int = 0, offered: int = 0, *, layer: str = "", share: float = 0.0):
         super().__init__(message)
         self.needed, self.offered = needed, offered
+        self.layer, self.share = layer, share
 
 
 class DoesNotPlace(DoesNotFit):
