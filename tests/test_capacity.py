@@ -4,6 +4,7 @@ holds its activation store for the whole pass, and the passes Cerebras ran fit i
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -170,3 +171,20 @@ def test_pipelined_mode_holds_a_model_whose_weights_fill_more_than_half_the_wafe
     assert held >= weights  # every weight tile is on the wafer at once
     assert all(sum(plan.pes for plan in layer.kernels.values()) <= 0.85 * 994 * layer.region[1]
                for layer in program.layers)
+
+
+def test_a_step_the_boundary_takes_most_of_is_bound_by_it(tmp_path, capsys) -> None:
+    from wsc.cli import main
+
+    text = (ROOT / "targets" / "mesh-16x16.yaml").read_text()
+    target = tmp_path / "slow-boundary.yaml"
+    target.write_text(text + "\ncalibration: {step_seconds: 1.0}\n")
+    code = main(["compile", str(ROOT / "tests" / "models" / "tiny_gpt.py"), "--target", str(target),
+                 "--out", str(tmp_path / "out"), "--no-verify", "--strategy", "greedy"])
+    out = capsys.readouterr().out
+    assert code == 0
+    training = next(line for line in out.splitlines() if line.startswith("  training"))
+    assert "bound by the step boundary" in training
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["simulation"]["training"]["bottleneck"] == "boundary"
+    assert report["simulation"]["training"]["step_boundary_seconds"] == 1.0

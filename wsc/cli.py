@@ -283,8 +283,9 @@ def _print_summary(report: dict, out: Path) -> None:
     t = s["training"]
     if t:
         scaling = f", scaling efficiency {t['scaling_efficiency']:.1%}" if s["systems"] > 1 else ""
+        bound = "bound by the step boundary" if t["bottleneck"] == "boundary" else f"{t['bottleneck']}-bound"
         print(f"  training      {t['step_seconds'] * 1e3:.3f} ms per step (forward + backward), "
-              f"{t['bottleneck']}-bound, {t['tokens_per_second']:,.0f} tokens/s, "
+              f"{bound}, {t['tokens_per_second']:,.0f} tokens/s, "
               f"{t['compute_utilization']:.1%} of peak{scaling}")
     defects = s.get("defects")
     if defects:
