@@ -37,7 +37,9 @@ class FuseEpilogues:
             for position in range(len(node.inputs)):
                 how = op.epilogue(graph, node, position)
                 found = self.sole_kernel(graph, current, node.inputs[position]) if how else None
-                if how and found and ops.kernel(found[0].op).accepts_epilogue(found[0], how[0]):
+                # A residual that is the absorbed value itself (y + y) would read what the fusion removes.
+                if how and found and how[1] not in found[1] \
+                        and ops.kernel(found[0].op).accepts_epilogue(found[0], how[0]):
                     current[node.name] = fused(found[0], node, how[0], extra_input=how[1])
                     absorbed.update(found[1])
                     break
