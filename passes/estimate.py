@@ -265,10 +265,8 @@ class Estimate:
                 bottleneck = "stream" if tail > passes * max(stages) else (
                     "fabric" if handoff > max(times) else max(slowest, key=slowest.__getitem__))
                 return step, bottleneck, 0.0  # reported as 0: the whole gradient exchange is in `tail` above
-            step, _, by_term = schedule.run(schedule.training_phases(layers, passes))
-            tail = swarmx_seconds(n_systems, layers[0]["weight_bytes"], io)
-            by_term["boundary"] = boundary  # the step boundary binds a step it takes most of
-            return step + tail + boundary, max(by_term, key=by_term.__getitem__), tail
+            step, by_term, tail = streamed_training_step(layers, passes, n_systems, target)
+            return step, max(by_term, key=by_term.__getitem__), tail
 
         if not layers:
             return {}
@@ -285,10 +283,21 @@ class Estimate:
             "tokens_per_second": program.tokens / step if step > 0 else 0.0,
             "compute_utilization": passes * flops / (step * peak) if step > 0 else 0.0,
             "swarmx_seconds": swarmx,
-            "step_boundary_seconds": target.step_overhead_seconds,
+            "step_boundary_seconds": boundary,
             "single_system_step_seconds": single,
             "scaling_efficiency": single / (systems * step) if step > 0 else 0.0,
         }
+
+
+def streamed_training_step(layers: list[dict], passes: int, systems: int,
+                           target: Target) -> tuple[float, dict[str, float], float]:
+    """A weight-streaming training step over per-layer terms: the schedule of its phases, the SwarmX tail on
+    `systems` systems and the step boundary; with the time each term bounds (the boundary binds a step it
+    takes most of) and the tail."""
+    step, _, by_term = schedule.run(schedule.training_phases(layers, passes))
+    tail = swarmx_seconds(systems, layers[0]["weight_bytes"], target.io_bytes_per_second) if layers else 0.0
+    by_term["boundary"] = target.step_overhead_seconds
+    return step + tail + target.step_overhead_seconds, by_term, tail
 
 
 def training_floor(program: Program, scale: float, passes: int) -> float:
@@ -305,10 +314,9 @@ def training_floor(program: Program, scale: float, passes: int) -> float:
     peak, io = target.peak_flops(program.dtype), target.io_bytes_per_second
     layers = [{"compute_seconds": e["flops"] * scale / peak,
                "backward_compute_seconds": e["backward_flops"] * scale / peak,
-               "fabric_seconds": 0.0, "stream_seconds": e["weight_bytes"] / io} for e in program.estimate["layers"]]
-    step = schedule.run(schedule.training_phases(layers, passes))[0]
-    first = program.estimate["layers"][0]["weight_bytes"] if layers else 0
-    return step + swarmx_seconds(program.systems, first, io) + target.step_overhead_seconds
+               "fabric_seconds": 0.0, "stream_seconds": e["weight_bytes"] / io, "weight_bytes": e["weight_bytes"]}
+              for e in program.estimate["layers"]]
+    return streamed_training_step(layers, passes, program.systems, target)[0]
 
 
 def scaled_training_step(program: Program, scale: float, passes: int) -> float:
@@ -317,17 +325,16 @@ def scaled_training_step(program: Program, scale: float, passes: int) -> float:
     its fill (one wave of rows through the kernels) and its weights' stream do not. What the micro-batch
     search ranks sizes by without compiling them; pipelined mode, where a step fills its pipeline once,
     gives the compiled step (a smaller pass streams nothing less and fills no less)."""
-    if program.mode == "pipelined" or not program.estimate:
-        return float(program.estimate.get("training", {}).get("step_seconds", 0.0)) if program.estimate else 0.0
-    target = program.target
-    layers = [{"compute_seconds": e["fill_seconds"] + (e["compute_seconds"] - e["fill_seconds"]) * scale,
+    if not program.estimate:
+        return 0.0
+    if program.mode == "pipelined":
+        return float(program.estimate["training"].get("step_seconds", 0.0))
+    layers = [{**e, "compute_seconds": e["fill_seconds"] + (e["compute_seconds"] - e["fill_seconds"]) * scale,
                "backward_compute_seconds": 2 * e["fill_seconds"]
                + (e["backward_compute_seconds"] - 2 * e["fill_seconds"]) * scale,
-               "fabric_seconds": e["fabric_seconds"] * scale, "stream_seconds": e["stream_seconds"]}
+               "fabric_seconds": e["fabric_seconds"] * scale}
               for e in program.estimate["layers"]]
-    step = schedule.run(schedule.training_phases(layers, passes))[0]
-    first = program.estimate["layers"][0]["weight_bytes"] if layers else 0
-    return step + swarmx_seconds(program.systems, first, target.io_bytes_per_second) + target.step_overhead_seconds
+    return streamed_training_step(layers, passes, program.systems, program.target)[0]
 
 
 def summarize(layers: list[dict], slots: list[schedule.Slot], first_stream: float) -> None:

@@ -64,8 +64,7 @@ def activation_store_bytes(program: Program, layer: Layer) -> int:
                 held.add(name)
         if node.is_kernel:
             held.update(node.inputs[i] for i in ops.kernel(node.op).pass_held_inputs(graph, node))
-    return sum(graph[n].numel * (graph[n].nbytes // max(graph[n].numel, 1) if graph[n].op == "input" else size)
-               for n in held)
+    return sum(graph[n].nbytes if graph[n].op == "input" else graph[n].numel * size for n in held)
 
 
 def grid_for_area(rows: int, cols: int, area: int, max_h: int | None = None,
@@ -104,8 +103,9 @@ def rectangle(cut: Cut, area: Area, fold_strips: bool = False) -> tuple[int, int
 
 def layer_areas(program: Program, reserved_bytes: int) -> list[Area]:
     """Weight streaming: every layer has the whole mesh in turn. Pipelined: every layer is resident at once,
-    each in its own band of rows (the area's `region`, which becomes the layer's). Dead PEs and what a dead row or
-    column cuts off (see place.mesh_of) are not counted."""
+    each in its own band of rows (the area's `region`, which becomes the layer's), and with it its weights and
+    its activation store (`Layer.store_bytes`). Dead PEs and what a dead row or column cuts off (see
+    place.mesh_of) are not counted."""
     mesh = mesh_of(program.target)
     dead = mesh.dead_grid
     live_rows = np.flatnonzero(~dead.all(axis=1))
@@ -117,7 +117,7 @@ def layer_areas(program: Program, reserved_bytes: int) -> list[Area]:
         raise WscError(f"unknown mode {program.mode!r}; use weight-streaming or pipelined")
     graph, target = program.graph, program.target
     weights = sum(p.numel for p in graph.params) * DTYPE_SIZE[program.dtype]
-    held = weights + sum(activation_store_bytes(program, layer) for layer in program.layers)
+    held = weights + sum(layer.store_bytes for layer in program.layers)
     sram = int((~dead).sum()) * (target.sram_bytes_per_pe - reserved_bytes)
     n = len(program.layers)
     if held > PACKABLE * sram or len(live_rows) < n:
@@ -165,6 +165,8 @@ class Partition:
 
     def __call__(self, program: Program) -> Program:
         mapped: dict[str, dict[str, KernelPlan]] = {}
+        program = replace(program, layers=[replace(layer, store_bytes=activation_store_bytes(program, layer))
+                                           for layer in program.layers])
         areas = layer_areas(program, self.reserved_bytes)
         layers = []
         for layer in program.layers:
@@ -183,8 +185,7 @@ class Partition:
                                      f"{area.rows} rows: {str(error).split(';')[0]}; use --mode "
                                      "weight-streaming", error.needed, error.offered) from None
                 mapped[key] = plans
-            layers.append(replace(layer, kernels=plans, region=area.region,
-                                  store_bytes=activation_store_bytes(program, layer)))
+            layers.append(replace(layer, kernels=plans, region=area.region))
         return replace(program, layers=layers, fill=self.fill, compact=self.compact)
 
     def partition_layer(self, program: Program, layer: Layer, area: Area) -> dict[str, KernelPlan]:
@@ -260,18 +261,18 @@ class Partition:
 
     def tile_capacity(self, program: Program, layer: Layer, area: Area) -> int:
         """Bytes a PE has for its kernel's tile: its SRAM less the reserve for code, stack and router buffers,
-        less its share of the layer's activation store (spread evenly over every usable PE of the area). A
-        store that leaves a PE nothing is refused here; one that leaves too little for some kernel's tiles is
-        refused by the cuts (more PEs needed than offered)."""
+        less its share of the layer's activation store (`layer.store_bytes`, spread evenly over every usable PE
+        of the area). A store that leaves a PE nothing is refused here; one that leaves too little for some
+        kernel's tiles is refused by the cuts (more PEs needed than offered)."""
         target = program.target
         free = target.sram_bytes_per_pe - self.reserved_bytes
         if free <= 0:
             raise DoesNotFit(f"{target.name} does not fit: its {target.sram_bytes_per_pe:,} bytes of SRAM a "
                              f"PE leave nothing beside the {self.reserved_bytes:,} kept for code, stack and router "
                              "buffers; give it more SRAM")
-        store = activation_store_bytes(program, layer)
+        store = layer.store_bytes
         share = math.ceil(store / max(area.pes, 1))
-        if 0 < free <= share:
+        if free <= share:
             fits = area.pes * free
             raise DoesNotFit(
                 f"layer {layer.name} holds {store / 1e9:.2f} GB of activations for the pass (its inputs and "
@@ -279,7 +280,7 @@ class Partition:
                 "free; use a smaller micro-batch, batch or sequence",
                 store, fits,
             )
-        return max(free - share, 0)
+        return free - share
 
     def lanes_needed(self, program: Program, layer: Layer, budget: int) -> int:
         """Rows of PEs each kernel should span so the layer's traffic, even if it all shared one bundle of

@@ -154,14 +154,21 @@ def test_choose_finds_the_largest_that_fits_then_the_fastest_divisor():
     assert choose(120, 24, attempt, step.get) == 24
 
 
-def test_choose_skips_what_its_floor_rules_out_and_compiles_only_the_ranked_winner():
-    from wsc.micro_batch import choose
-
-    tried = []
+def recording_attempt():
+    """An attempt that compiles every size (as itself) and the list of the sizes it was asked for."""
+    tried: list[int] = []
 
     def attempt(size: int) -> int:
         tried.append(size)
         return size
+
+    return tried, attempt
+
+
+def test_choose_skips_what_its_floor_rules_out_and_compiles_only_the_ranked_winner():
+    from wsc.micro_batch import choose
+
+    tried, attempt = recording_attempt()
 
     steps = {12: 10.0, 6: 8.0, 4: 9.0, 3: 11.0, 2: 12.0, 1: 20.0}
     floors = {6: 2.0, 4: 3.0, 3: 10.0, 2: 10.5, 1: 15.0}  # 3, 2 and 1 cannot beat the 10 s of 12 per pass
@@ -228,11 +235,7 @@ def test_a_size_tried_again_reuses_its_capture_and_grouped_program(tight_target,
 def test_a_cramped_largest_has_its_half_compiled_though_the_ranking_prefers_it():
     from wsc.micro_batch import choose
 
-    tried = []
-
-    def attempt(size: int) -> int:
-        tried.append(size)
-        return size
+    tried, attempt = recording_attempt()
 
     steps = {12: 10.0, 6: 9.0, 4: 12.0, 3: 12.5, 2: 13.0, 1: 14.0}
     ranked = {6: 10.5, 4: 11.0, 3: 11.5, 2: 12.0, 1: 13.0}  # at the largest's cuts, nothing smaller wins

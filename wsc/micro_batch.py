@@ -7,7 +7,7 @@ has the same shapes and one compiled graph serves them all. `choose` first finds
 fits (what grows with it is the activation store each layer holds for its pass; a refusal says by how much),
 then looks at every smaller divisor: a size whose floor (the step's schedule with every layer's compute at the
 whole wafer's peak) is already no faster than the largest's step cannot win and is skipped, and the rest are
-ranked with a cheap placer; the fastest is compiled and kept if it beats the largest.
+ranked from the largest's terms; the fastest is compiled and kept if it beats the largest.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class Tried:
 
     sequences: int
     outcome: str  # chosen, fits, does not fit, cannot win, ranked, compiled, not batched or does not place
-    step_seconds: float | None = None  # its training step: as compiled, or as ranked with the quick placer
+    step_seconds: float | None = None  # its training step: as compiled, or as ranked from the largest's terms
     floor_seconds: float | None = None  # the floor under its step (`floor`), when one was asked for
 
 
@@ -123,14 +123,13 @@ def choose(per_system: int, requested: int | None, attempt: Callable[[int], T],
                 continue
             ranked[candidate] = seconds(attempted[candidate])
         entries[candidate] = Tried(candidate, "ranked", ranked[candidate], bound)
-    best, largest_size = largest, size
+    best = largest
     fastest = min(ranked, key=lambda d: (ranked[d], -d))
     tries = [fastest] if fastest != size else []
-    if cramped is not None and cramped(largest):
-        # Its cuts may have given up lanes for room, which a ranking at the same cuts cannot see: compile the half.
-        half = divisors_below(per_system, size / 2)
-        tries += [half] if half < size and half not in tries and entries.get(half, Tried(half, "")).outcome != \
-            "cannot win" else []
+    half = divisors_below(per_system, size / 2)
+    if cramped is not None and cramped(largest) and half < size and half not in tries \
+            and entries[half].outcome != "cannot win":
+        tries.append(half)  # its cuts may have given up lanes for room, which a ranking at the same cuts cannot see
     for candidate in tries:
         try:
             compiled: T | None = attempted.get(candidate) or attempt(candidate)
@@ -140,8 +139,6 @@ def choose(per_system: int, requested: int | None, attempt: Callable[[int], T],
             entries[candidate] = replace(entries[candidate], outcome="compiled", step_seconds=seconds(compiled))
             if seconds(compiled) < seconds(best):
                 best, size = compiled, candidate
-    if size != largest_size:
-        entries[largest_size] = replace(entries[largest_size], outcome="fits")
     entries[size] = replace(entries[size], outcome="chosen")
     log.extend(entries[d] for d in sorted(entries, reverse=True))
     return best

@@ -139,7 +139,7 @@ def compile_model(model: torch.nn.Module, example_inputs: tuple, target: Target,
     carried = micro_batch_lib.batched(example_inputs, batch)
     grouped_by_shape: dict[tuple, Grouped] = {}
 
-    def attempt(rows: int, opts: CompileOptions = options) -> Compiled:
+    def attempt(rows: int) -> Compiled:
         inputs = micro_batch_lib.first_rows(example_inputs, batch, rows) if rows != batch else example_inputs
         key = tuple((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else repr(t) for t in inputs)
         grouped = grouped_by_shape.get(key)
@@ -157,7 +157,7 @@ def compile_model(model: torch.nn.Module, example_inputs: tuple, target: Target,
                 captured, tokens, target, options, model_name=model_name, verify_ir=verify_ir, on_pass=on_pass,
                 micro_batches=batch // rows,
                 batched_inputs=tuple(n.name for n, c in zip(captured.graph.inputs, carried, strict=True) if c))
-        compiled = map_grouped(grouped, opts, verify_ir=verify_ir, on_pass=on_pass)
+        compiled = map_grouped(grouped, options, verify_ir=verify_ir, on_pass=on_pass)
         check_outputs_batched(compiled.program, rows)
         return compiled
 
