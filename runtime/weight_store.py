@@ -16,6 +16,7 @@ started (the layer is then copied when it is asked for).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import mmap
@@ -56,6 +57,15 @@ def _stored_dtype(source: np.dtype, dtype: str) -> np.dtype:
     return source
 
 
+def _header_of(value: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a tensor to be written. A value that states both as numpy's (an array, or a tensor
+    drawn only when it is written: wsc.runtime.random_weights) is not materialised for the header."""
+    if isinstance(getattr(value, "dtype", None), np.dtype) and hasattr(value, "shape"):
+        return tuple(value.shape), value.dtype
+    src = np.asarray(value)  # no copy for CPU torch tensors
+    return src.shape, src.dtype
+
+
 def _write_safetensors(path: Path, tensors: Mapping[str, Any], dtype: str) -> int:
     """Write one safetensors file tensor by tensor, atomically; returns the bytes of tensor data written.
 
@@ -66,10 +76,10 @@ def _write_safetensors(path: Path, tensors: Mapping[str, Any], dtype: str) -> in
     header: dict[str, Any] = {}
     offset = 0
     for key, value in tensors.items():
-        src = np.asarray(value)  # no copy for numpy arrays and CPU torch tensors
-        dt = _stored_dtype(src.dtype, dtype)
-        nbytes = src.size * dt.itemsize
-        header[key] = {"dtype": _NUMPY_TO_SAFETENSORS[dt], "shape": list(src.shape),
+        shape, source = _header_of(value)
+        dt = _stored_dtype(source, dtype)
+        nbytes = math.prod(shape) * dt.itemsize
+        header[key] = {"dtype": _NUMPY_TO_SAFETENSORS[dt], "shape": list(shape),
                        "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     header["__metadata__"] = {"format": "pt", "wsc_dtype": dtype}
@@ -376,3 +386,15 @@ class WeightStore:
         if self._worker is not None:
             self._worker.shutdown(wait=True)
             self._worker = None
+
+
+def values_digest(store: WeightStore, keys: Sequence[str]) -> str:
+    """sha256 over the values of `keys` (in that order) as the store streams them: each tensor's shape and its
+    float32 bytes, names left out, so the same weights under a checkpoint's other names give the same digest.
+    What a run and the compile that recorded its reference compare to know they streamed the same weights."""
+    digest = hashlib.sha256()
+    for key in keys:
+        values = np.ascontiguousarray(store.read(key), dtype=np.float32)
+        digest.update(json.dumps(list(values.shape)).encode())
+        digest.update(values.astype("<f4", copy=False).reshape(-1).view(np.uint8).data)
+    return digest.hexdigest()

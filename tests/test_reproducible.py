@@ -1,5 +1,6 @@
-"""The same model, target, options and seed give byte-identical placement.json, and report.json identical outside
-the keys that measure the run (wsc.artifacts.report.MEASURED), in two processes with different string hashing.
+"""The same model, target, options and seed give byte-identical placement.json, program.json and its reference, and
+report.json identical outside the keys that measure the run (wsc.artifacts.report.MEASURED), in two processes with
+different string hashing.
 
 CP-SAT is what could differ: it is run with the compile's seed, one worker and a deterministic time limit (the
 solver's own work count), which the second test checks is what it is given.
@@ -35,8 +36,9 @@ def test_two_processes_with_different_hash_seeds_write_the_same_artifacts(tmp_pa
     for run in runs:
         stdout, stderr = run.communicate(timeout=120)
         assert run.returncode == 0, stderr
-    first, second = ((out / "placement.json").read_bytes() for out in outs)
-    assert first == second
+    for name in ("placement.json", "program.json", "reference.safetensors"):
+        first, second = ((out / name).read_bytes() for out in outs)
+        assert first == second, name
     reports = [json.loads((out / "report.json").read_text()) for out in outs]
     assert reports[0]["verification"]["status"] == "pass"
     for report in reports:  # what is left out is there to leave out, so the comparison is not vacuous

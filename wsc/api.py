@@ -34,12 +34,16 @@ from wsc.frontend.capture import TORCH_DTYPES, to_numpy
 from wsc.frontend.meta import physical_memory_bytes, weight_bytes
 from wsc.options import CompileOptions
 from wsc.runtime.executor import Executor
+from wsc.runtime.random_weights import write_random_store
 from wsc.runtime.weight_store import WeightStore, write_store
 from wsc.targets import Target, load_target
 
 # Verifying holds the eager model's weights, the store's copy and one streamed layer: skip verification
 # (with a note) rather than exhaust memory when that would not fit in this share of the machine's RAM.
 VERIFY_MEMORY_SHARE = 0.6
+# The most bytes of capture input and eager outputs an output folder keeps as its reference (111M's logits at
+# 128 tokens are 26 MB); past it, `wsc run` runs the folder but has nothing to hold its outputs to.
+REFERENCE_BYTES = 64 << 20
 
 
 class CompiledModel:
@@ -51,6 +55,12 @@ class CompiledModel:
         self.report = report
         self._store_dir: tempfile.TemporaryDirectory | None = None
         self._executor: Executor | None = None
+        # What the compile ran on and, where it verified the program, the capture input with eager's outputs
+        # for it: program.json records the first, reference.safetensors holds the second (`wsc run` checks a
+        # run of the folder against it).
+        self.weights_record: dict[str, Any] = {"source": "model", "seed": None, "file": None, "sha256": None,
+                                               "dtype": "fp32"}
+        self.reference: dict[str, list[np.ndarray]] | None = None
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
         """The outputs in the form the module returns them: a tensor, a tuple or dict of them, or a Hugging Face
@@ -76,22 +86,57 @@ class CompiledModel:
         return self._executor
 
     def save(self, out: Path | str) -> None:
-        """Write placement.json, report.json, trace.json (the estimate as a Perfetto timeline) and report.html
-        (summary, pictures and per-layer table in one page) into `out`, all of them or none."""
-        from wsc.artifacts import viz
+        """Write placement.json, report.json, trace.json (the estimate as a Perfetto timeline), report.html
+        (summary, pictures and per-layer table in one page) and program.json (the IR `wsc run` executes
+        again), with reference.safetensors (the capture input and eager's outputs) when the compile verified
+        the program, into `out`, all of them or none. Weights are never written there."""
+        from wsc.artifacts import OUTPUT_FILES, program_json, viz
         from wsc.artifacts.trace import trace_events
 
         out = Path(out)
         # Everything is rendered before anything is written, so a failure leaves the folder as it was.
         placement = placement_json(self.program)
+        reference_bytes, reference = self._reference_file()
+        program_doc = program_json.document(self.program, self.compiled.captured, weights=self.weights_record,
+                                            reference=reference)
+        if self.report:
+            self.report["program"] = {"file": program_json.FILE, "sha256": program_doc["sha256"],
+                                      "reference": None if reference is None else reference["file"]}
+            self.report["weights"] = dict(self.weights_record)
         files: dict[str, bytes | str] = {
             "placement.json": dumps(placement),
             "report.json": dumps(self.report),
             "trace.json": dumps(trace_events(self.program)),
+            program_json.FILE: program_json.dumps(program_doc),
         }
+        if reference_bytes is not None:
+            files[program_json.REFERENCE_FILE] = reference_bytes
         if self.report:  # a report-less model (never compiled through wsc.compile) has nothing to summarise
             files["report.html"] = viz.render(placement, self.report, ".html")
-        write_all_atomic(out, files)
+        # A file an earlier compile left that this one does not write would describe another program.
+        write_all_atomic(out, files, remove=[name for name in OUTPUT_FILES if name not in files])
+
+    def _reference_file(self) -> tuple[bytes | None, dict[str, Any] | None]:
+        """reference.safetensors' bytes and program.json's record of it; (None, None) without a reference or
+        when its outputs exceed REFERENCE_BYTES (a 1.3B model's logits at 2048 tokens are 0.4 GB)."""
+        import hashlib
+
+        from wsc.artifacts import program_json
+
+        if self.reference is None:
+            return None, None
+        graph = self.program.graph
+        tensors = {f"input.{node.name}": value for node, value in zip(graph.inputs, self.reference["inputs"],
+                                                                       strict=True)}
+        tensors |= {f"output.{name}": value for name, value in zip(graph.outputs, self.reference["outputs"],
+                                                                    strict=True)}
+        if sum(np.asarray(v).nbytes for v in tensors.values()) > REFERENCE_BYTES:
+            return None, None
+        with tempfile.TemporaryDirectory(prefix="wsc-reference-") as tmp:
+            data = write_store(Path(tmp) / program_json.REFERENCE_FILE, tensors).read_bytes()
+        return data, {"file": program_json.REFERENCE_FILE, "sha256": hashlib.sha256(data).hexdigest(),
+                      "inputs": [f"input.{n.name}" for n in graph.inputs],
+                      "outputs": [f"output.{name}" for name in graph.outputs]}
 
 
 def buffer_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -214,6 +259,33 @@ def compile(module: torch.nn.Module, example_inputs: tuple, target: str | Target
         compiled = pipeline.compile_model(module, example_inputs, target, options, model_name=name, on_pass=on_pass)
     except DoesNotFit as error:
         raise too_few_pes(error, target, options) or error from None
+    with tempfile.TemporaryDirectory(prefix="wsc-random-weights-") as tmp:
+        if options.random_weights is not None:  # drawn for exactly the tensors the program streams
+            store = draw_weights(compiled, Path(tmp), options.random_weights)
+            pipeline.load_weights(module, compiled.captured, store, every=True)
+            run_options = dataclasses.replace(options, weights=store, random_weights=None)
+        else:
+            run_options = options
+        return finish_compile(compiled, module, example_inputs, target, options, run_options, start,
+                              model_name=name, model_info=model_info)
+
+
+def draw_weights(compiled: pipeline.Compiled, folder: Path, seed: int) -> Path:
+    """A store in `folder` of the seeded weights (wsc.runtime.random_weights) of the tensors the program
+    streams, by the keys they were captured under."""
+    from wsc.artifacts.program_json import captured_keys
+
+    _, tensors = captured_keys(compiled.program, compiled.captured)
+    specs = {t["key"]: (tuple(t["shape"]), np.float32) for t in tensors}
+    return write_random_store(folder / "weights.safetensors", specs, seed)
+
+
+def finish_compile(compiled: pipeline.Compiled, module: torch.nn.Module, example_inputs: tuple, target: Target,
+                   options: CompileOptions, run_options: CompileOptions, start: float, *, model_name: str,
+                   model_info: dict[str, Any] | None) -> CompiledModel:
+    """Verify the compiled program on `run_options`' weights and build its report; `options` are the compile's
+    as given (its weights drawn at random when `random_weights` is set)."""
+    name = model_name
     # On a faulty wafer the same compile on the wafer without its defects is the step they are weighed against.
     perfect = None
     if target.dead_pes:
@@ -221,7 +293,14 @@ def compile(module: torch.nn.Module, example_inputs: tuple, target: str | Target
         perfect = pipeline.compile_model(module, example_inputs, clean, dataclasses.replace(options, verify=False),
                                          model_name=name).program
     result = CompiledModel(compiled, {})
-    verification, memory, run_seconds = verify_compiled(compiled, module, example_inputs, options)
+    ran: dict[str, Any] = {}
+    verification, memory, run_seconds = verify_compiled(compiled, module, example_inputs, run_options, ran)
+    result.weights_record = {
+        "source": "random" if options.random_weights is not None else ("file" if options.weights else "model"),
+        "seed": options.random_weights, "file": None if options.weights is None else str(options.weights),
+        "sha256": ran.get("digest"), "dtype": options.weights_dtype}
+    if ran:
+        result.reference = {"inputs": ran["inputs"], "outputs": ran["outputs"]}
     result.report = build_report(compiled, verification=verification, memory=memory, run_seconds=run_seconds,
                                  total_seconds=time.perf_counter() - start, model_info=model_info or {},
                                  perfect=perfect)
@@ -249,9 +328,12 @@ def too_few_pes(error: DoesNotFit, target: Target, options: CompileOptions) -> W
 
 
 def verify_compiled(compiled: pipeline.Compiled, module: torch.nn.Module, example_inputs: tuple,
-                    options: CompileOptions) -> tuple[dict[str, Any], dict[str, Any], float]:
+                    options: CompileOptions, ran: dict[str, Any] | None = None,
+                    ) -> tuple[dict[str, Any], dict[str, Any], float]:
     """Run the compiled program and hold it to eager PyTorch (unless `options.verify` is off or the model
-    cannot be run here): the report's verification and memory sections, and the seconds of the run."""
+    cannot be run here): the report's verification and memory sections, and the seconds of the run. When it
+    ran, `ran` (if given) receives the capture input ("inputs"), eager's outputs for it ("outputs") and the
+    digest of the weights streamed ("digest")."""
     tolerance = options.verify_tolerance
     verification: dict[str, Any] = {"status": "skipped", "max_abs_err": None, "tolerance": tolerance}
     memory: dict[str, Any] = {"peak_rss_bytes": None}
@@ -279,12 +361,16 @@ def verify_compiled(compiled: pipeline.Compiled, module: torch.nn.Module, exampl
         # the module is left as one eager call on the capture input leaves it.
         before = buffer_state(module)
         per_input, after_capture = [], None
+        expected: list[np.ndarray] = []
         for (label, inputs), outputs in zip(input_sets, [run.outputs, *run.more_outputs], strict=True):
             set_buffers(module, before)
             per_input.append((label, pipeline.verify(module, inputs, outputs, compiled.program, tolerance,
-                                                     options.weights_dtype)))
+                                                     options.weights_dtype,
+                                                     expected_out=expected if after_capture is None else None)))
             if after_capture is None:
                 after_capture = buffer_state(module)
+        if ran is not None:
+            ran.update(inputs=[to_numpy(t) for t in example_inputs], outputs=expected, digest=run.weights_digest)
         set_buffers(module, before if after_capture is None else after_capture)
         verification = checks.combine(per_input, options.weights_dtype, tolerance)
         if verification["status"] == "fail" or options.verify_layers:

@@ -1,4 +1,5 @@
-"""The `wsc` command line: `wsc compile MODEL.py --target NAME|PATH.yaml`, `wsc check`, `wsc viz` and `wsc ops`.
+"""The `wsc` command line: `wsc compile MODEL.py --target NAME|PATH.yaml`, `wsc run`, `wsc check`, `wsc viz` and
+`wsc ops`.
 
 Bad input ends with one line `error: ...` and exit code 2; a verification mismatch exits with 1; Ctrl-C with
 `interrupted` and 130, nothing written.
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-COMMANDS = ("compile", "ops", "check", "viz")
+COMMANDS = ("compile", "ops", "check", "viz", "run")
 
 
 class _UsageError(Exception):
@@ -105,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
                         "fails)")
     c.add_argument("--weights", help="run on these weights: a safetensors file, a sharded checkpoint folder "
                                      "or its index (the model is then built without weights)")
+    c.add_argument("--random-weights", type=int, metavar="SEED",
+                   help="run and verify on wsc's seeded random weights instead of the model's own; `wsc run OUT "
+                        "--random-weights SEED` draws the same from the folder alone")
     c.add_argument("--weights-dtype", metavar="{fp32,fp16}",
                    help="precision the weight store holds and streams (default fp32)")
     c.add_argument("--seed", type=int, help="placement seed (default 0)")
@@ -129,6 +133,20 @@ def _parser() -> argparse.ArgumentParser:
                         "report.json's verification.located names")
     v.set_defaults(run=lambda args: __import__("wsc.artifacts.viz", fromlist=["main"]).main(
         args.out, args.output, args.layer, args.highlight))
+    r = sub.add_parser("run", help="run a compiled program again from its output folder and weights alone")
+    r.add_argument("out", help="the output folder of a compile (its program.json is read; nothing is executed)")
+    weights = r.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--weights", help="a safetensors file, a sharded checkpoint folder or its index")
+    weights.add_argument("--random-weights", type=int, metavar="SEED",
+                         help="wsc's seeded random weights (those `wsc compile --random-weights SEED` used)")
+    r.add_argument("--inputs", metavar="FILE.safetensors",
+                   help="one tensor per program input, under its name (default: the compile's capture input)")
+    r.add_argument("--outputs", metavar="FILE.safetensors", help="write the program's outputs there")
+    r.add_argument("--weights-dtype", metavar="{fp32,fp16}",
+                   help="precision the store holds and streams (default: the compile's)")
+    r.add_argument("--tolerance", type=float, help="factor of the derived error bound (default 1)")
+    r.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    r.set_defaults(run=lambda args: __import__("wsc.run", fromlist=["main"]).main(args))
     return parser
 
 
@@ -162,7 +180,8 @@ def compile_options(args: argparse.Namespace) -> CompileOptions:
     given = {"strategy": args.strategy, "router": args.router, "mode": args.mode, "micro_batch": args.micro_batch,
              "systems": args.systems, "verify": not args.no_verify, "tolerance": args.tolerance,
              "verify_layers": args.verify_layers or None,
-             "weights": args.weights, "weights_dtype": args.weights_dtype, "seed": args.seed,
+             "weights": args.weights, "weights_dtype": args.weights_dtype, "random_weights": args.random_weights,
+             "seed": args.seed,
              "time_limit": args.time_limit}
     return CompileOptions(**{name: value for name, value in given.items() if value is not None})
 
@@ -195,7 +214,8 @@ def _compile(args: argparse.Namespace) -> int:
         # weights can be made (and the program verified) at all.
         with empty_weights():
             model, inputs, info["args"] = build(args.model, model_args)
-        if options.verify and options.weights is None and api.weights_fit(model):
+        # Random weights are drawn after the compile for what the program streams: the model needs none.
+        if options.verify and options.weights is None and options.random_weights is None and api.weights_fit(model):
             with progress.stage(f"building {model_name} with its weights"):  # random init of 1B weights takes seconds
                 model, inputs, info["args"] = build(args.model, model_args)
     compiled = api.compile(model, inputs, target, options, model_name=model_name, model_info=info)
@@ -207,10 +227,6 @@ def _compile(args: argparse.Namespace) -> int:
             raise WscError(unwritable_message(out, error)) from None
     _print_summary(compiled.report, out)
     return EXIT_MISMATCH if compiled.report["verification"]["status"] == "fail" else 0
-
-
-# The files a compile writes into --out: a folder holding any of them holds a compile's output.
-OUTPUT_FILES = ("report.json", "placement.json", "trace.json", "report.html")
 
 
 def origin(args: argparse.Namespace, info: dict) -> dict:
@@ -229,6 +245,7 @@ def origin(args: argparse.Namespace, info: dict) -> dict:
 def check_out(out: Path, model: str, force: bool) -> None:
     """Refuse an --out that cannot be written (under a file, on a read-only or pseudo file system) or that holds
     another model's output (unless `force`), before anything is compiled."""
+    from wsc.artifacts import OUTPUT_FILES
     from wsc.artifacts.atomic import unwritable
 
     if out.is_dir() and not force and any((out / name).exists() for name in OUTPUT_FILES):
@@ -295,8 +312,10 @@ def _print_summary(report: dict, out: Path) -> None:
               f"{slowdown} the perfect wafer's")
     for line in verification_lines(v, out):
         print(line)
-    print(f"  wrote         {out}/: report.json, placement.json, trace.json, report.html "
-          f"({report['timings']['total']:.1f} s)")
+    written = ["report.json", "placement.json", "trace.json", "report.html", "program.json"]
+    if (report.get("program") or {}).get("reference"):
+        written.append(report["program"]["reference"])
+    print(f"  wrote         {out}/: {', '.join(written)} ({report['timings']['total']:.1f} s)")
 
 
 def placement_name(p: dict, layers: int) -> str:

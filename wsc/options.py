@@ -45,6 +45,9 @@ class CompileOptions:
     verify_layers: bool = False  # diff every layer and kernel with eager's values (always done on a failure)
     weights: Path | None = None  # a store to run from: a safetensors file, a sharded checkpoint folder or its index
     weights_dtype: str = "fp32"  # precision the weight store holds and streams: one of STORE_DTYPES
+    # Run and verify on wsc's seeded weights (wsc.runtime.random_weights) instead of the model's own, which
+    # `wsc run --random-weights` draws again from the program alone; None: the model's (or `weights`').
+    random_weights: int | None = None
     seed: int = 0  # placement seed
     time_limit: float = 2.0  # CP-SAT deterministic seconds per distinct layer
     fused_attention: bool = True  # legalize attention into one kernel (else matmuls and a softmax)
@@ -73,6 +76,12 @@ class CompileOptions:
         for name in ("verify", "verify_layers", "fused_attention"):
             if not isinstance(getattr(self, name), bool):
                 raise WscError(f"{name}={getattr(self, name)!r} is not a bool; give True or False")
+        if self.random_weights is not None:
+            if not (_whole(self.random_weights) and 0 <= self.random_weights <= MAX_SEED):
+                raise WscError(f"--random-weights {self.random_weights} is out of range; give a whole number from 0 "
+                               f"to {MAX_SEED}")
+            if self.weights is not None:
+                raise WscError("--random-weights and --weights both name the weights to run on; give one of them")
         if self.weights is not None:
             object.__setattr__(self, "weights", Path(self.weights))  # a str from the CLI or the API
             if not self.weights.exists():

@@ -51,7 +51,7 @@ from wsc.passes.partition import Partition
 from wsc.passes.place import Place
 from wsc.passes.route import Route
 from wsc.runtime.executor import Executor
-from wsc.runtime.weight_store import WeightStore, write_store
+from wsc.runtime.weight_store import WeightStore, values_digest, write_store
 from wsc.targets import Target
 
 
@@ -269,6 +269,7 @@ class RunResult:
     seconds: float = 0.0  # the first input's run
     streamed_bytes: int = 0  # read from the store by the first input's run: one step's
     more_outputs: list[list[np.ndarray]] = field(default_factory=list)  # for each of `also`'s inputs
+    weights_digest: str = ""  # of the weights as streamed (wsc.runtime.weight_store.values_digest)
 
 
 @contextmanager
@@ -304,8 +305,14 @@ def run_compiled(compiled: Compiled, example_inputs: tuple, store_path: Path | N
         outputs = executor.run([to_numpy(t) for t in example_inputs])
         seconds, streamed = executor.stats.seconds, store.streamed_bytes
         more = [executor.run([to_numpy(t) for t in inputs]) for inputs in also]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return RunResult(outputs, executor, peak, seconds, streamed, more)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before the digest reads every weight
+        digest = values_digest(store, streamed_keys(compiled.program))
+    return RunResult(outputs, executor, peak, seconds, streamed, more, digest)
+
+
+def streamed_keys(program: Program) -> list[str]:
+    """The store keys of the program's weights, each once, in the order the graph first reads them."""
+    return list(dict.fromkeys(str(n.attrs["key"]) for n in program.graph.params))
 
 
 class LazyWeights(Mapping):
@@ -347,25 +354,33 @@ def store_key(key: str, aliases: dict[str, list[str]], available: set[str], wher
     return found[0]
 
 
-def load_weights(module: torch.nn.Module, captured: Captured, store_path: Path) -> None:
-    """Give a module built without weights (meta device) the store's weights, to run it eagerly."""
+def load_weights(module: torch.nn.Module, captured: Captured, store_path: Path, every: bool = False) -> None:
+    """Give a module built without weights (meta device) the store's weights, to run it eagerly; with `every`,
+    each of its tensors the store holds is replaced by the store's, whether it had values or not."""
     store = WeightStore(store_path)
     try:
         available = set(store.keys())
-        state = {name: torch.from_numpy(store.read(store_key(name, captured.aliases, available, store.path)))
-                 for name, t in module.state_dict(keep_vars=True).items() if t.is_meta}
+        state = {}
+        for name, t in module.state_dict(keep_vars=True).items():
+            names = [name, *captured.aliases.get(name, [])]
+            if t.is_meta or (every and any(n in available for n in names)):
+                value = store.read(store_key(name, captured.aliases, available, store.path))
+                state[name] = torch.from_numpy(value).to(t.dtype)
     finally:
         store.close()
     module.load_state_dict(state, strict=False, assign=True)
 
 
 def verify(model: torch.nn.Module, example_inputs: tuple, outputs: list[np.ndarray], program: Program,
-           tolerance: float = DEFAULT_TOLERANCE, weights_dtype: str = "fp32") -> dict:
+           tolerance: float = DEFAULT_TOLERANCE, weights_dtype: str = "fp32",
+           expected_out: list[np.ndarray] | None = None) -> dict:
     """Eager PyTorch on the same inputs, each output held to the bound wsc.verification derives for its
-    path (scaled by `tolerance`)."""
+    path (scaled by `tolerance`). Eager's outputs are appended to `expected_out` when it is given."""
     with torch.no_grad(), progress.stage("eager PyTorch reference"):
-        expected = run_eager(model, example_inputs)  # the tensors of its output, as capture flattened them
-    return verification.verify_outputs(program, [to_numpy(e) for e in expected], outputs, tolerance, weights_dtype)
+        expected = [to_numpy(e) for e in run_eager(model, example_inputs)]  # as capture flattened them
+    if expected_out is not None:
+        expected_out.extend(expected)
+    return verification.verify_outputs(program, expected, outputs, tolerance, weights_dtype)
 
 
 def golden_weights(compiled: Compiled, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import os
@@ -57,7 +58,7 @@ def compile_tiny(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tiny.py").write_text(linear())
     with inside(folder), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
-        code = main(["compile", "tiny.py", "--target", "mesh-16x16", "--out", "compiled", "--no-verify",
+        code = main(["compile", "tiny.py", "--target", "mesh-16x16", "--out", "compiled", "--random-weights", "0",
                      "--strategy", "greedy"])
     assert code == 0, err.getvalue()
     return folder / "compiled"
@@ -100,6 +101,12 @@ def apply_edit(folder: Path, file: str, how: str, *args: Any) -> None:
         path.write_bytes(path.read_bytes()[: args[0]])
     elif how == "delete":
         path.unlink()
+    elif how == "rehash":  # a forged program.json: edited, and its content hash made to match again
+        from wsc.artifacts import program_json
+
+        doc = json.loads(path.read_text())
+        doc["sha256"] = hashlib.sha256(program_json.canonical(doc)).hexdigest()
+        path.write_text(json.dumps(doc, indent=1))
     elif how == "set":
         dotted, value = args
         doc = json.loads(path.read_text())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -75,11 +76,12 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         raise
 
 
-def write_all_atomic(folder: Path, files: dict[str, bytes | str]) -> None:
+def write_all_atomic(folder: Path, files: dict[str, bytes | str], remove: Sequence[str] = ()) -> None:
     """Write every file of `files` into `folder` as one step: each is written under a temporary name first,
     then all are renamed into place with Ctrl-C held back, so an interrupt or a failure leaves the folder as
     it was (and no folder at all, nor any parent made for it, when it did not exist) or holding every new
-    file, never some of them."""
+    file, never some of them. The files named in `remove` (an earlier write's that this one replaces by
+    nothing) are deleted in the same step, after the renames."""
     missing = _missing_folders(folder)
     folder.mkdir(parents=True, exist_ok=True)
     temporary: dict[str, str] = {}
@@ -95,6 +97,8 @@ def write_all_atomic(folder: Path, files: dict[str, bytes | str]) -> None:
             for name, tmp in temporary.items():
                 os.replace(tmp, folder / name)
             temporary.clear()
+            for name in remove:
+                (folder / name).unlink(missing_ok=True)
     except BaseException:
         for tmp in temporary.values():
             Path(tmp).unlink(missing_ok=True)
