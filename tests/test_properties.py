@@ -15,9 +15,11 @@ naming the op; the refusals are counted and must stay a minority.
 from __future__ import annotations
 
 import re
+import tempfile
 from dataclasses import dataclass
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,7 +29,9 @@ from hypothesis import strategies as st
 import wsc
 from wsc import pipeline
 from wsc import verification as checks
+from wsc.artifacts import program_json
 from wsc.core.errors import WscError
+from wsc.runtime.executor import Executor
 
 SETTINGS = settings(deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -347,6 +351,13 @@ def check_case(case: Case) -> bool:
     result = checks.verify_outputs(compiled.program, [t.numpy() for t in want], [t.numpy() for t in got],
                                    tolerance=1.0, weights_dtype="fp32")
     assert result["status"] == "pass", result
+    # program.json read back is the same program: the executor computes the same bits from it.
+    with tempfile.TemporaryDirectory(prefix="wsc-property-") as tmp:
+        compiled.save(tmp)
+        loaded = program_json.load(tmp).program
+    assert loaded.graph.summary() == compiled.program.graph.summary()
+    again = Executor(loaded, compiled.executor().store).run([t.numpy() for t in fresh])
+    assert all(np.array_equal(a, b.numpy(), equal_nan=True) for a, b in zip(again, got, strict=True))
     return True
 
 

@@ -322,3 +322,21 @@ def test_an_interrupt_of_a_run_exits_130_and_leaves_nothing(stage: str, folder: 
     assert (code, err) == (130, "interrupted\n")
     assert list(tmp_path.iterdir()) == []
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+class Reshapes(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(2, 15).reshape(2, 3, 5)
+
+
+def test_a_program_without_layers_is_saved_and_runs_again(tmp_path: Path) -> None:
+    """Reshapes that cancel out leave a program with no layer at all, so nothing to draw: the page says so
+    rather than the save failing."""
+    x = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(0))
+    compiled = wsc.compile(Reshapes(), (x,), "mesh-16x16", strategy="greedy")
+    assert compiled.program.layers == []
+    compiled.save(tmp_path / "out")
+    assert "no kernels" in (tmp_path / "out" / "report.html").read_text()
+    outcome = run_folder(tmp_path / "out", random_weights=0)
+    assert outcome.verification["status"] == "pass"
+    assert np.array_equal(outcome.outputs[0], x.numpy())

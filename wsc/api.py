@@ -236,8 +236,9 @@ def compile(module: torch.nn.Module, example_inputs: tuple, target: str | Target
             **keywords: Any) -> CompiledModel:
     """Compile `module` for `target` with `options` (a wsc.options.CompileOptions), or the defaults changed
     by `keywords` (its field names: strategy, router, mode, micro_batch, systems, verify, tolerance, weights,
-    weights_dtype, seed, time_limit, fused_attention, fill); with `verify`, run it and compare with eager
-    PyTorch.
+    weights_dtype, random_weights, seed, time_limit, fused_attention, fill); with `verify`, run it and compare
+    with eager PyTorch. With `random_weights` (a seed) the program is run, and `module` (whose tensors the program
+    streams are replaced) is verified, on wsc's seeded weights (wsc.runtime.random_weights).
 
     `weights` names a store to run from (a safetensors file, a sharded checkpoint folder or its index); the
     module may then be built without weights (wsc.frontend.meta.empty_weights): the eager reference loads them from

@@ -57,6 +57,8 @@ def render(placement: dict[str, Any], report: dict[str, Any], fmt: str, layer_in
     `viz_data.highlight`). Missing keys or wrong types in the artifacts become a one-line error rather than
     a traceback."""
     try:
+        if fmt == ".html" and not placement["layers"] and highlight is None:
+            return render_html(placement, report, None).encode()  # a program of layout ops only: no kernels
         layer, marked = vd.highlight(placement, report, highlight, layer_index)
         if fmt == ".svg":
             return render_svg(placement, report, layer, marked).encode()
@@ -124,8 +126,9 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def render_html(placement: dict[str, Any], report: dict[str, Any], layer: dict[str, Any],
+def render_html(placement: dict[str, Any], report: dict[str, Any], layer: dict[str, Any] | None,
                 highlight: vd.Highlight | None = None) -> str:
+    """The page; `layer` None for a program without layers (only layout ops, which take no PEs)."""
     summary = summary_rows(report) + ([("highlight", highlight.label)] if highlight else [])
     rows = "".join(f"<tr><th>{_cell(k)}</th><td>{_cell(v)}</td></tr>" for k, v in summary)
     head = ("<tr><th>#</th><th>layer</th><th>seconds</th><th>bound</th><th>compute</th><th>fabric</th>"
@@ -138,6 +141,8 @@ def render_html(placement: dict[str, Any], report: dict[str, Any], layer: dict[s
         f"<td>{e.get('pes', 0):,}</td></tr>"
         for i, e in enumerate(report["simulation"].get("layers", [])))
     name = _cell(f"wsc: {report['model']['name']} on {report['target']['name']}")
+    picture = ("<p>The program has no kernels (only layout ops, which are routing): nothing is placed.</p>"
+               if layer is None else render_svg(placement, report, layer, highlight))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{name}</title>
 <style>
@@ -151,7 +156,7 @@ svg {{ max-width: 100%; height: auto; }}
 <h1>{name}</h1>
 <table class="summary">{rows}</table>
 <h2>Placement, link load and per-layer time</h2>
-{render_svg(placement, report, layer, highlight)}
+{picture}
 <h2>Layers</h2>
 <table class="layers">{head}{body}</table>
 </body></html>
