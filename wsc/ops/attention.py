@@ -68,6 +68,7 @@ from wsc.ops.codegen import (
     i64,
     load_at,
     loop,
+    no_vectorize,
     store_at,
 )
 from wsc.ops.softmax import FLOPS_PER_ELEMENT as SOFTMAX_FLOPS_PER_ELEMENT
@@ -76,32 +77,6 @@ from wsc.ops.softmax import causal_count, causal_diagonal, causal_visible
 # The widest interleave group LLVM forms (its max-interleave-group-factor): up to this D, pass 1's key loop is
 # kept scalar (see the module docstring).
 _SCALAR_SCORE_LOOP_MAX_D = 8
-
-
-class _LoopID(ir.values.MDValue):
-    """A loop's `!llvm.loop` node: distinct, its first operand itself, then its hints. llvmlite.ir's MDValue is
-    uniqued and hashes its operands, so a node that holds itself needs its own class."""
-
-    def __init__(self, module: ir.Module, hints: Sequence[ir.values.MDValue]):
-        super().__init__(module, (), name=str(len(module.metadata)))
-        self.operands = (self, *hints)
-
-    def descr(self, buf: list[str]) -> None:
-        refs = ", ".join(op.get_reference() for op in self.operands)
-        buf += (f"distinct !{{ {refs} }}", "\n")
-
-    __hash__ = object.__hash__
-
-    def __eq__(self, other: object) -> bool:
-        return self is other
-
-
-def _no_vectorize(module: ir.Module, carried: ir.Value) -> None:
-    """Tell the loop vectorizer to leave alone the loop that carries `carried` (a value `loop` returned)."""
-    assert isinstance(carried, ir.PhiInstr)
-    latch = carried.incomings[-1][1]
-    hint = module.add_metadata([ir.MetaDataString(module, "llvm.loop.vectorize.enable"), ir.IntType(1)(0)])
-    latch.terminator.set_metadata("llvm.loop", _LoopID(module, [hint]))
 
 
 MASKS = ("additive", "bool")  # attrs["mask"]: what the mask input means
@@ -269,7 +244,7 @@ def lower_attention(spec: KernelSpec) -> KernelIR:
             # Key 0 exists (N >= 1), so its score is a safe start even for a row that sees no key.
             (mx,) = loop(b, i64(1), visible, [score(i64(0))], row_max, name="max")
             if d <= _SCALAR_SCORE_LOOP_MAX_D:
-                _no_vectorize(kb.module, mx)
+                no_vectorize(kb.module, mx)
             if lay.mask:
                 # A row the mask hides entirely has a max of -inf: subtract 0, so that each p is exp(-inf) = 0.
                 mx = b.select(b.fcmp_ordered("==", mx, minus_inf), f32(0.0), mx)

@@ -221,3 +221,34 @@ def lower_unary(spec: KernelSpec, emit: Callable[[KernelBuilder, ir.Value], ir.V
                 idx = b.add(base, c)
                 store_at(b, emit(kb, load_at(b, x_ptr, idx)), kb.out, idx)
     return kb.finish()
+
+
+class _LoopID(ir.values.MDValue):
+    """A loop's `!llvm.loop` node: distinct, its first operand itself, then its hints. llvmlite.ir's MDValue is
+    uniqued and hashes its operands, so a node that holds itself needs its own class."""
+
+    def __init__(self, module: ir.Module, hints: Sequence[ir.values.MDValue]):
+        super().__init__(module, (), name=str(len(module.metadata)))
+        self.operands = (self, *hints)
+
+    def descr(self, buf: list[str]) -> None:
+        refs = ", ".join(op.get_reference() for op in self.operands)
+        buf += (f"distinct !{{ {refs} }}", "\n")
+
+    __hash__ = object.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+def no_vectorize(module: ir.Module, carried: ir.Value) -> None:
+    """Tell the loop vectorizer to leave alone the loop that carries `carried` (a value `loop` returned).
+
+    For the loops LLVM's two cost models (VPlan's and the legacy one) price differently, the assertion that
+    they agree aborts the whole process (LLVM as llvmlite 0.50 ships it: "VPlan cost model and legacy cost
+    model disagreed"), and which loops those are depends on the host CPU's cost tables: a kernel marks the
+    loops it knows to be short, which gain nothing from vectors anyway."""
+    assert isinstance(carried, ir.PhiInstr)
+    latch = carried.incomings[-1][1]
+    hint = module.add_metadata([ir.MetaDataString(module, "llvm.loop.vectorize.enable"), ir.IntType(1)(0)])
+    latch.terminator.set_metadata("llvm.loop", _LoopID(module, [hint]))

@@ -36,6 +36,7 @@ from wsc.ops.codegen import (
     i64,
     load_at,
     loop,
+    no_vectorize,
     smax,
     smin,
     store_at,
@@ -59,6 +60,10 @@ def lower_softmax(spec: KernelSpec, log: bool = False) -> KernelIR:
         # The default diagonal N - M would leave row 0 of each group with no column: say what to set.
         raise ValueError(f"softmax: causal needs N >= group_rows (or an explicit diagonal), got N={n}, "
                          f"group_rows={m}")
+    # A causal row that sees at most a few columns (queries of a group over a diagonal near 0) runs its max
+    # and sum loops scalar: with the trip count bounded that low, LLVM's two vectorizer cost models disagree on
+    # some CPUs (an AMD EPYC's) and its assertion aborts the process (see codegen.no_vectorize).
+    short = causal and min(n, m + diagonal) <= SHORT_ROW
     kb = KernelBuilder(spec, ["f32"])
     b = kb.b
     (x_ptr,) = kb.inputs
@@ -78,6 +83,8 @@ def lower_softmax(spec: KernelSpec, log: bool = False) -> KernelIR:
                 return [b.call(maxnum, [acc[0], scaled(j)], fastmath=FAST)]
 
             (mx,) = loop(b, i64(0), visible, [f32(float("-inf"))], row_max, name="max")
+            if short:
+                no_vectorize(kb.module, mx)
             safe = bool(spec.attrs.get("safe", False)) and not log
             if safe:
                 # A row of -inf only has a max of -inf: subtract 0 instead, so each exp is 0 and the row is 0.
@@ -87,6 +94,8 @@ def lower_softmax(spec: KernelSpec, log: bool = False) -> KernelIR:
                 return [b.fadd(acc[0], b.call(exp, [b.fsub(scaled(j), mx)]), flags=FAST)]
 
             (total,) = loop(b, i64(0), visible, [f32(0.0)], row_sum, name="sum")
+            if short:
+                no_vectorize(kb.module, total)
             if log:
                 log_total = b.call(kb.intrinsic("llvm.log"), [total])
                 with for_range(b, c0, c1, "c") as j:
@@ -107,6 +116,7 @@ def lower_softmax(spec: KernelSpec, log: bool = False) -> KernelIR:
 
 
 FLOPS_PER_ELEMENT = 5  # scale, max, subtract-exp, sum, normalise
+SHORT_ROW = 8  # a causal row seeing at most this many columns keeps its row loops scalar
 LOG_FLOPS_PER_ELEMENT = 4  # max, subtract-exp, sum, subtract the log-sum
 
 
