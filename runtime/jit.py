@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import threading
 from functools import lru_cache
+from pathlib import Path
 
 import llvmlite.binding as llvm
 from llvmlite import ir
@@ -52,6 +53,48 @@ def vector_width_bits() -> int:
 def vector_width_floats() -> int:
     """Number of float32 lanes in the vectors the optimiser is told to use on this host."""
     return vector_width_bits() // 32
+
+
+def host_has_fma() -> bool:
+    """True when the host fuses a vector multiply-add in one instruction; without it llvm.fma is a libm call."""
+    return "+fma" in host_cpu()[1].split(",")
+
+
+def vector_registers() -> int:
+    """Architectural vector registers: 32 with AVX-512 (zmm0-31), 16 otherwise (ymm0-15 / xmm0-15)."""
+    return 32 if host_has_avx512() else 16
+
+
+# When the kernel cannot read the cache geometry (no sysfs, a container hiding it), block for a small core:
+# too small a guess only costs a little reuse, too large a guess thrashes.
+DEFAULT_CACHE_BYTES = {1: 32 * 1024, 2: 256 * 1024, 3: 8 * 1024 * 1024}
+
+
+def _size_bytes(text: str) -> int:
+    text = text.strip().upper()
+    scale = {"K": 1024, "M": 1024 * 1024, "G": 1024 * 1024 * 1024}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * scale
+
+
+@lru_cache(maxsize=1)
+def data_cache_bytes() -> dict[int, int]:
+    """Size in bytes of the data (or unified) cache at levels 1, 2 and 3 that one core of the host sees.
+
+    Read from Linux's sysfs; a level it does not describe takes DEFAULT_CACHE_BYTES. The matmul blocking is
+    derived from these, and they reach the generated code as constants, so the kernel cache key (the IR
+    text) changes with them.
+    """
+    sizes = dict(DEFAULT_CACHE_BYTES)
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level = int((index / "level").read_text())
+            kind = (index / "type").read_text().strip()
+            size = _size_bytes((index / "size").read_text())
+        except (OSError, ValueError):
+            continue
+        if kind in ("Data", "Unified") and level in sizes and size > 0:
+            sizes[level] = size
+    return sizes
 
 
 def _target_machine() -> llvm.TargetMachine:

@@ -12,13 +12,14 @@ import ctypes
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from wsc import ops
 from wsc.core.errors import WscError
-from wsc.ops.codegen import KERNEL_NAME, KernelIR, KernelSpec
+from wsc.ops.codegen import KERNEL_NAME, HostCpu, KernelIR, KernelSpec
 from wsc.runtime import jit, kernel_cache
 
 _DTYPES: dict[str, np.dtype] = {"f32": np.dtype(np.float32), "i64": np.dtype(np.int64), "bool": np.dtype(np.bool_)}
@@ -45,6 +46,14 @@ def _freeze(value: Any) -> Any:
     return (type(value).__name__, value)
 
 
+@lru_cache(maxsize=1)
+def host_cpu() -> HostCpu:
+    """The host as the lowerings see it: vector width and registers, FMA, and the data cache sizes."""
+    caches = jit.data_cache_bytes()
+    return HostCpu(jit.vector_width_bits(), jit.vector_registers(), jit.host_has_fma(), caches[1], caches[2],
+                   caches[3])
+
+
 def compile_kernel(
     op: str,
     out_shape: Sequence[int],
@@ -54,7 +63,7 @@ def compile_kernel(
     """The kernel for `op` specialised on these shapes and attrs, compiled once per process."""
     attrs = dict(attrs or {})
     spec = KernelSpec(
-        op, tuple(int(d) for d in out_shape), tuple(tuple(int(d) for d in s) for s in in_shapes), attrs
+        op, tuple(int(d) for d in out_shape), tuple(tuple(int(d) for d in s) for s in in_shapes), attrs, host_cpu()
     )
     key = (op, spec.out_shape, spec.in_shapes, _freeze(attrs))
     with _CACHE_LOCK:

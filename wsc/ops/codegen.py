@@ -28,6 +28,8 @@ from llvmlite import ir
 
 F32 = ir.FloatType()
 I64 = ir.IntType(64)
+I32 = ir.IntType(32)
+I8P = ir.IntType(8).as_pointer()
 F32P = F32.as_pointer()
 I64P = I64.as_pointer()
 
@@ -44,13 +46,34 @@ _IR_TYPES = {"f32": F32P, "i64": I64P, "bool": ir.IntType(8).as_pointer()}
 
 
 @dataclass(frozen=True)
+class HostCpu:
+    """What a lowering may tailor its code to: the host's widest float vectors, how many vector registers it has,
+    whether it fuses multiply-adds, and the data cache sizes one core sees (bytes). The runtime fills it in from
+    the CPU it runs on; whatever a lowering derives from it ends up as constants in the IR, so the kernel cache
+    (keyed by the IR text) tells kernels for different hosts apart."""
+
+    vector_bits: int = 256
+    vector_registers: int = 16
+    fma: bool = True
+    l1d_bytes: int = 32 * 1024
+    l2_bytes: int = 256 * 1024
+    l3_bytes: int = 8 * 1024 * 1024
+
+    @property
+    def lanes(self) -> int:
+        """float32 lanes of one vector."""
+        return max(4, self.vector_bits // 32)
+
+
+@dataclass(frozen=True)
 class KernelSpec:
-    """What a kernel is specialised on: op name, output and input shapes, and attributes."""
+    """What a kernel is specialised on: op name, output and input shapes, attributes, and the host CPU."""
 
     op: str
     out_shape: tuple[int, ...]
     in_shapes: tuple[tuple[int, ...], ...]
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    host: HostCpu = HostCpu()
 
     @property
     def cols(self) -> int:
@@ -94,6 +117,33 @@ class KernelBuilder:
         """Declare a float32 overload of an LLVM intrinsic, e.g. intrinsic("llvm.exp") -> llvm.exp.f32."""
         fnty = ir.FunctionType(F32, [F32] * nargs)
         return self.module.declare_intrinsic(name, [F32], fnty)
+
+    def declare(self, name: str, ret: ir.Type, args: Sequence[ir.Type]) -> ir.Function:
+        """The function `name` of the module, declared on first use (an intrinsic or a C library function)."""
+        existing = self.module.globals.get(name)
+        if isinstance(existing, ir.Function):
+            return existing
+        fn = ir.Function(self.module, ir.FunctionType(ret, list(args)), name=name)
+        fn.attributes.add("nounwind")
+        return fn
+
+    def vector_fma(self, x: ir.Value, y: ir.Value, z: ir.Value) -> ir.Value:
+        """x * y + z on float32 vectors, rounded once (llvm.fma)."""
+        vt = x.type
+        return self.b.call(self.declare(f"llvm.fma.v{vt.count}f32", vt, [vt, vt, vt]), [x, y, z])
+
+    def masked_load(self, ptr: ir.Value, mask: ir.Value) -> ir.Value:
+        """The lanes of the float vector at `ptr` (float*) whose mask bit is set, 0 elsewhere; masked-off lanes
+        are not read, so they may lie outside the array."""
+        vt = vector(mask.type.count)
+        fn = self.declare(f"llvm.masked.load.v{vt.count}f32.p0", vt, [vt.as_pointer(), I32, mask.type, vt])
+        return self.b.call(fn, [self.b.bitcast(ptr, vt.as_pointer()), ir.Constant(I32, 4), mask, ir.Constant(vt, None)])
+
+    def masked_store(self, value: ir.Value, ptr: ir.Value, mask: ir.Value) -> None:
+        """Store the lanes of `value` whose mask bit is set at `ptr` (float*); the others are not written."""
+        vt = value.type
+        fn = self.declare(f"llvm.masked.store.v{vt.count}f32.p0", ir.VoidType(), [vt, vt.as_pointer(), I32, mask.type])
+        self.b.call(fn, [value, self.b.bitcast(ptr, vt.as_pointer()), ir.Constant(I32, 4), mask])
 
     @contextmanager
     def for_tiles(self) -> Iterator[tuple[ir.Value, ir.Value, ir.Value, ir.Value]]:
@@ -188,6 +238,45 @@ def smin(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
 
 def smax(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
     return b.select(b.icmp_signed(">", x, y), x, y)
+
+
+@contextmanager
+def while_loop(b: ir.IRBuilder, cond: Callable[[], ir.Value], name: str = "while") -> Iterator[None]:
+    """`while cond(): body`; `cond` emits its test at the loop head, so it sees values the body stored."""
+    head = b.append_basic_block(f"{name}.head")
+    body = b.append_basic_block(f"{name}.body")
+    end = b.append_basic_block(f"{name}.end")
+    b.branch(head)
+    b.position_at_end(head)
+    b.cbranch(cond(), body, end)
+    b.position_at_end(body)
+    yield
+    b.branch(head)
+    b.position_at_end(end)
+
+
+def ceil_div(b: ir.IRBuilder, x: ir.Value, d: int) -> ir.Value:
+    """ceil(x / d) of a non-negative x."""
+    return b.udiv(b.add(x, i64(d - 1)), i64(d))
+
+
+def vector(lanes: int) -> ir.VectorType:
+    return ir.VectorType(F32, lanes)
+
+
+def splat(b: ir.IRBuilder, x: ir.Value, lanes: int) -> ir.Value:
+    """The vector with `x` in each of its `lanes` lanes (a broadcast)."""
+    one = b.insert_element(ir.Constant(ir.VectorType(x.type, lanes), None), x, ir.Constant(I32, 0))
+    return b.shuffle_vector(one, ir.Constant(one.type, None), ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+
+
+def load_vector(b: ir.IRBuilder, ptr: ir.Value, lanes: int, align: int = 4) -> ir.Value:
+    """The `lanes` floats from `ptr` (float*) on, as one vector."""
+    return b.load(b.bitcast(ptr, vector(lanes).as_pointer()), align=align)
+
+
+def store_vector(b: ir.IRBuilder, value: ir.Value, ptr: ir.Value, align: int = 4) -> None:
+    b.store(value, b.bitcast(ptr, value.type.as_pointer()), align=align)
 
 
 def load_at(b: ir.IRBuilder, ptr: ir.Value, index: ir.Value) -> ir.Value:
