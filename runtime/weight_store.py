@@ -330,7 +330,7 @@ class WeightStore:
             self.peak_resident_layers = max(self.peak_resident_layers, len(self.resident))
             self.peak_resident_bytes = max(self.peak_resident_bytes, sum(self.resident.values()))
 
-    def _copy(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    def _copy(self, keys: Sequence[str], streamed: bool = True) -> dict[str, np.ndarray]:
         out = {}
         read = 0
         for key in keys:
@@ -338,8 +338,9 @@ class WeightStore:
             out[key] = shard.copy(key)
             begin, end = shard.entries[key]["data_offsets"]
             read += end - begin
-        with self._lock:
-            self.streamed_bytes += read
+        if streamed:
+            with self._lock:
+                self.streamed_bytes += read
         return out
 
     def prefetch(self, layer: str, keys: Sequence[str]) -> bool:
@@ -376,8 +377,9 @@ class WeightStore:
             self.resident.pop(layer, None)
 
     def read(self, key: str) -> np.ndarray:
-        """One tensor as float32, outside any layer's accounting (for converting a store)."""
-        return self._copy([key])[key]
+        """One tensor as float32, outside any layer's accounting and not counted as streamed (for converting a
+        store, or taking its digest)."""
+        return self._copy([key], streamed=False)[key]
 
     def close(self) -> None:
         """Drop any prefetch in flight and stop the prefetch thread."""
