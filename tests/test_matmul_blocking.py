@@ -132,15 +132,16 @@ EPILOGUES = [
 
 
 @pytest.mark.parametrize("attrs", EPILOGUES, ids=lambda a: "+".join(k if v is True else str(v) for k, v in a.items()))
-@pytest.mark.parametrize("g,gb,m,n,k", [(1, 1, 19, 41, 37), (2, 1, 7, 23, 13), (3, 3, 5, 11, 17)])
+@pytest.mark.parametrize("g,gb,m,n,k", [(1, 1, 19, 41, 37), (3, 3, 5, 11, 17)])
 def test_fused_epilogues_on_edges_and_k_blocks(g, gb, m, n, k, attrs):
-    """The epilogue applies once, after the last K block, to exactly the tile's elements."""
+    """The epilogue applies once, after the last K block, to exactly the tile's elements (on the host's blocking
+    and the two small ones of 8 and 16 lanes: the epilogue code does not depend on the rest)."""
     a, b = randn(g, m, k), randn(gb, n, k)
     inputs = [a, b] + ([randn(n)] if attrs.get("bias") else []) + ([randn(g, m, n)] if attrs.get("residual") else [])
     spec = KernelSpec("matmul", (g, m, n), tuple(x.shape for x in inputs), attrs, host_cpu())
     expected = expected_of(inputs, attrs, g, m, n)
-    for name, blk in BLOCKINGS.items():
-        kernel = kernel_with(spec, blk)
+    for name in ("host", "avx2-small", "avx512-small"):
+        kernel = kernel_with(spec, BLOCKINGS[name])
         for tiling, tiles in tile_tables(g * m, n).items():
             out = np.full((g, m, n), SENTINEL, dtype=np.float32)
             kernel(out, inputs, tiles)
