@@ -209,25 +209,9 @@ def check_store(module: torch.nn.Module, path: Path) -> None:
     another shape) before anything is compiled: only the files' headers are read."""
     from wsc.frontend.capture import tensor_aliases
 
-    store = WeightStore(path)
-    try:
-        aliases, available = tensor_aliases(module), set(store.keys())
-        missing, wrong = [], []
-        for name, parameter in module.named_parameters():
-            try:
-                key = pipeline.store_key(name, aliases, available, store.path)
-            except WscError:
-                missing.append(name)
-                continue
-            if store.shape(key) != tuple(parameter.shape):
-                wrong.append(f"{name} is {list(store.shape(key))} there, {list(parameter.shape)} in the model")
-    finally:
-        store.close()
-    for problems, what in ((missing, "holds no tensor for parameter"), (wrong, "does not fit: parameter")):
-        if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise WscError("\n".join([f"--weights {path} {what} {problems[0]}{more}; give the checkpoint of this "
-                                       "model", *(f"  {p}" for p in problems[1:6])]))
+    tensors = [(name, tuple(parameter.shape)) for name, parameter in module.named_parameters()]
+    pipeline.refuse_foreign_store(path, tensors, tensor_aliases(module), kind="parameter", holder="the model",
+                                  fix="this model")
 
 
 def compile(module: torch.nn.Module, example_inputs: tuple, target: str | Target = "cs2-sim",

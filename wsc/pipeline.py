@@ -282,16 +282,53 @@ def opened_store(compiled: Compiled, store_path: Path | None = None,
         if store_path is None:
             store_path = write_store(Path(tmp) / "weights.safetensors",
                                      {k: to_numpy(v) for k, v in compiled.weights.items()}, dtype=weights_dtype)
-        elif weights_dtype == "fp16":
-            source = WeightStore(store_path)
-            store_path = write_store(Path(tmp) / "weights.safetensors", LazyWeights(source), dtype="fp16")
-            source.close()
+        else:
+            store_path = in_dtype(store_path, weights_dtype, Path(tmp))
         store = WeightStore(store_path)
         try:
             bind_store_keys(compiled, store)
             yield store
         finally:
             store.close()
+
+
+def in_dtype(store_path: Path, weights_dtype: str, folder: Path) -> Path:
+    """The store at `store_path` as a run streams it: itself in fp32, else converted (a tensor at a time) into a
+    store in `folder` that holds its floats in `weights_dtype`."""
+    if weights_dtype != "fp16":
+        return store_path
+    source = WeightStore(store_path)
+    try:
+        return write_store(folder / "streamed.safetensors", LazyWeights(source), dtype="fp16")
+    finally:
+        source.close()
+
+
+def refuse_foreign_store(path: Path, tensors: Sequence[tuple[str, tuple[int, ...]]], aliases: dict[str, list[str]],
+                         *, kind: str, holder: str, fix: str) -> None:
+    """Refuse the store at `path` (`--weights`) when it holds no tensor for one of `tensors` (name, shape), or
+    holds it in another shape: one line naming the first and how many more, the next few listed after it.
+    `kind` names a tensor (parameter, weight), `holder` what holds `tensors` and `fix` the checkpoint to give.
+    Only the files' headers are read."""
+    store = WeightStore(path)
+    try:
+        available = set(store.keys())
+        missing, wrong = [], []
+        for name, shape in tensors:
+            try:
+                key = store_key(name, aliases, available, store.path)
+            except WscError:
+                missing.append(name)
+                continue
+            if store.shape(key) != tuple(shape):
+                wrong.append(f"{name} is {list(store.shape(key))} there, {list(shape)} in {holder}")
+    finally:
+        store.close()
+    for problems, what in ((missing, f"holds no tensor for {kind}"), (wrong, f"does not fit: {kind}")):
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise WscError("\n".join([f"--weights {path} {what} {problems[0]}{more}; give the checkpoint of {fix}",
+                                      *(f"  {p}" for p in problems[1:6])]))
 
 
 def run_compiled(compiled: Compiled, example_inputs: tuple, store_path: Path | None = None,

@@ -35,7 +35,7 @@ from wsc.core.dtypes import BY_NAME
 from wsc.core.errors import WscError
 from wsc.core.program import Program
 from wsc.options import DEFAULT_TOLERANCE, MAX_SEED
-from wsc.pipeline import LazyWeights, store_key, streamed_keys
+from wsc.pipeline import in_dtype, refuse_foreign_store, store_key, streamed_keys
 from wsc.runtime.executor import Executor
 from wsc.runtime.random_weights import write_random_store
 from wsc.runtime.weight_store import STORE_DTYPES, WeightStore, values_digest, write_store
@@ -207,12 +207,10 @@ def _store(loaded: program_json.Loaded, weights: str | Path | None, random_weigh
                 path = write_random_store(Path(tmp) / "weights.safetensors", specs, random_weights)
         else:
             path = Path(weights)  # type: ignore[arg-type]  # one of the two is given (checked by run_folder)
-        _check_store(loaded, path, "--weights" if weights is not None else "the drawn store")
-        if dtype == "fp16":
-            source = WeightStore(path)
-            path = write_store(Path(tmp) / "streamed.safetensors", LazyWeights(source), dtype="fp16")
-            source.close()
-        store = WeightStore(path)
+        tensors = [(t["key"], tuple(t["shape"])) for t in loaded.tensors]
+        refuse_foreign_store(path, tensors, _aliases(loaded.tensors), kind="weight", holder="the program",
+                             fix="the compiled model")
+        store = WeightStore(in_dtype(path, dtype, Path(tmp)))
         try:
             bind(program, loaded.tensors, store)
             yield store
@@ -222,29 +220,6 @@ def _store(loaded: program_json.Loaded, weights: str | Path | None, random_weigh
 
 def _aliases(tensors: list[dict[str, Any]]) -> dict[str, list[str]]:
     return {t["key"]: list(t["names"]) for t in tensors}
-
-
-def _check_store(loaded: program_json.Loaded, path: Path, what: str) -> None:
-    """Refuse a store that lacks a tensor of the program, or holds one in another shape: headers only."""
-    store = WeightStore(path)
-    try:
-        available, aliases = set(store.keys()), _aliases(loaded.tensors)
-        missing, wrong = [], []
-        for tensor in loaded.tensors:
-            try:
-                key = store_key(tensor["key"], aliases, available, store.path)
-            except WscError:
-                missing.append(tensor["key"])
-                continue
-            if list(store.shape(key)) != list(tensor["shape"]):
-                wrong.append(f"{tensor['key']} is {list(store.shape(key))} there, {tensor['shape']} in the program")
-    finally:
-        store.close()
-    for problems, problem in ((missing, "holds no tensor for weight"), (wrong, "does not fit: weight")):
-        if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise WscError("\n".join([f"{what} {path} {problem} {problems[0]}{more}; give the checkpoint of the "
-                                      "compiled model", *(f"  {p}" for p in problems[1:6])]))
 
 
 def bind(program: Program, tensors: list[dict[str, Any]], store: WeightStore) -> None:
