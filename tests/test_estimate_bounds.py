@@ -1,4 +1,5 @@
-"""The estimate never falls below its roofline bound: every Cerebras-GPT size, both CS targets, both modes."""
+"""The estimate never falls below its roofline bound: Cerebras-GPT's smallest, a middle and its largest size (the
+estimate's code is the same at every size; 13B is the one pipelined mode refuses), both CS targets, both modes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from wsc.frontend.meta import empty_weights
 from wsc.pipeline import compile_captured
 from wsc.targets import load_target
 
-SIZES = ["111M", "256M", "590M", "1.3B", "2.7B", "6.7B", "13B"]
+SIZES = ["111M", "1.3B", "13B"]
 
 
 @pytest.mark.parametrize("size", SIZES)
