@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,12 +52,12 @@ def draw(name: str, shape: tuple[int, ...], dtype: np.dtype | str, seed: int) ->
 
 @dataclass(frozen=True)
 class _Drawn:
-    """One tensor not drawn yet: its shape and dtype, for a store's header, without the values."""
+    """One float32 tensor not drawn yet: its shape and dtype, for a store's header, without the values."""
 
     name: str
     shape: tuple[int, ...]
-    dtype: np.dtype
     seed: int
+    dtype: np.dtype = np.dtype(np.float32)
 
     def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
         values = draw(self.name, self.shape, self.dtype, self.seed)
@@ -65,23 +65,23 @@ class _Drawn:
 
 
 class RandomWeights(Mapping):
-    """The seeded tensors of `specs` (name -> (shape, dtype)), each drawn when it is read, never held."""
+    """The seeded float32 tensors of `shapes` (name -> shape), each drawn when it is read, never held."""
 
-    def __init__(self, specs: Mapping[str, tuple[tuple[int, ...], np.dtype | str]], seed: int):
-        self.specs = {name: (tuple(int(d) for d in shape), np.dtype(dtype)) for name, (shape, dtype) in specs.items()}
+    def __init__(self, shapes: Mapping[str, Sequence[int]], seed: int):
+        self.shapes = {name: tuple(int(d) for d in shape) for name, shape in shapes.items()}
         self.seed = seed
 
     def __getitem__(self, name: str) -> _Drawn:
-        shape, dtype = self.specs[name]
-        return _Drawn(name, shape, dtype, self.seed)
+        return _Drawn(name, self.shapes[name], self.seed)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.specs)
+        return iter(self.shapes)
 
     def __len__(self) -> int:
-        return len(self.specs)
+        return len(self.shapes)
 
 
-def write_random_store(path: Path, specs: Mapping[str, tuple[tuple[int, ...], np.dtype | str]], seed: int) -> Path:
-    """A safetensors store at `path` of the seeded tensors of `specs`, drawn one at a time as they are written."""
-    return write_store(path, RandomWeights(specs, seed))
+def write_random_store(path: Path, shapes: Mapping[str, Sequence[int]], seed: int) -> Path:
+    """A safetensors store at `path` of the seeded float32 tensors of `shapes` (name -> shape), drawn one at a
+    time as they are written (a store holds its floats in fp32 or fp16 whatever the model's dtype)."""
+    return write_store(path, RandomWeights(shapes, seed))

@@ -24,8 +24,8 @@ from wsc.cli import main
 from wsc.core.errors import WscError
 from wsc.run import run_folder
 from wsc.runtime.executor import Executor
-from wsc.runtime.random_weights import RandomWeights, draw
-from wsc.runtime.weight_store import WeightStore, write_store
+from wsc.runtime.random_weights import draw
+from wsc.runtime.weight_store import WeightStore
 
 TINY = str(MODELS / "tiny_gpt.py")
 
@@ -89,8 +89,7 @@ def test_the_folder_runs_again_and_matches_the_recorded_eager_outputs(folder: Pa
 
 def test_the_same_weights_from_a_checkpoint_are_recognised(folder: Path, tmp_path: Path) -> None:
     doc = json.loads((folder / "program.json").read_text())
-    specs = {t["key"]: (tuple(t["shape"]), np.float32) for t in doc["tensors"]}
-    checkpoint = {key: draw(key, shape, np.float32, 0) for key, (shape, _) in specs.items()}
+    checkpoint = {t["key"]: draw(t["key"], tuple(t["shape"]), np.float32, 0) for t in doc["tensors"]}
     save_file(checkpoint, str(tmp_path / "w.safetensors"))
     outcome = run_folder(folder, weights=tmp_path / "w.safetensors")
     assert outcome.verification["status"] == "pass"
@@ -193,8 +192,7 @@ def test_the_ir_survives_the_round_trip_whole(tmp_path: Path) -> None:
     assert (again.micro_batches, again.batched_inputs, again.target) == \
         (original.micro_batches, original.batched_inputs, original.target)
     # The same store, the two programs: the same bits.
-    specs = {t["key"]: (tuple(t["shape"]), np.float32) for t in loaded.tensors}
-    store_path = write_store(tmp_path / "w.safetensors", RandomWeights(specs, 5))
+    store_path = program_json.write_random_weights(loaded.tensors, tmp_path / "w.safetensors", 5)
     results = []
     for program in (original, again):
         store = WeightStore(store_path)
@@ -313,7 +311,7 @@ def test_an_interrupt_of_a_run_exits_130_and_leaves_nothing(stage: str, folder: 
                                                             monkeypatch) -> None:
     import wsc.run as run_module
 
-    owner, name = {"load": (run_module.program_json, "load"), "draw": (run_module, "write_random_store"),
+    owner, name = {"load": (run_module.program_json, "load"), "draw": (run_module.program_json, "write_random_weights"),
                    "digest": (run_module, "values_digest"), "execute": (run_module.Executor, "run"),
                    "write": (run_module, "write_atomic")}[stage]
     monkeypatch.setattr(owner, name, _interrupt)

@@ -34,7 +34,6 @@ from wsc.frontend.capture import TORCH_DTYPES, to_numpy
 from wsc.frontend.meta import physical_memory_bytes, weight_bytes
 from wsc.options import CompileOptions
 from wsc.runtime.executor import Executor
-from wsc.runtime.random_weights import write_random_store
 from wsc.runtime.weight_store import WeightStore, write_store
 from wsc.targets import Target, load_target
 
@@ -258,11 +257,10 @@ def compile(module: torch.nn.Module, example_inputs: tuple, target: str | Target
 def draw_weights(compiled: pipeline.Compiled, folder: Path, seed: int) -> Path:
     """A store in `folder` of the seeded weights (wsc.runtime.random_weights) of the tensors the program
     streams, by the keys they were captured under."""
-    from wsc.artifacts.program_json import captured_keys
+    from wsc.artifacts.program_json import captured_keys, write_random_weights
 
     _, tensors = captured_keys(compiled.program, compiled.captured)
-    specs = {t["key"]: (tuple(t["shape"]), np.float32) for t in tensors}
-    return write_random_store(folder / "weights.safetensors", specs, seed)
+    return write_random_weights(tensors, folder / "weights.safetensors", seed)
 
 
 def finish_compile(compiled: pipeline.Compiled, module: torch.nn.Module, example_inputs: tuple, target: Target,
@@ -270,13 +268,12 @@ def finish_compile(compiled: pipeline.Compiled, module: torch.nn.Module, example
                    model_info: dict[str, Any] | None) -> CompiledModel:
     """Verify the compiled program on `run_options`' weights and build its report; `options` are the compile's
     as given (its weights drawn at random when `random_weights` is set)."""
-    name = model_name
     # On a faulty wafer the same compile on the wafer without its defects is the step they are weighed against.
     perfect = None
     if target.dead_pes:
         clean = dataclasses.replace(target, dead_pes=frozenset())
         perfect = pipeline.compile_model(module, example_inputs, clean, dataclasses.replace(options, verify=False),
-                                         model_name=name).program
+                                         model_name=model_name).program
     result = CompiledModel(compiled, {})
     ran: dict[str, Any] = {}
     verification, memory, run_seconds = verify_compiled(compiled, module, example_inputs, run_options, ran)

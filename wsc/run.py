@@ -37,7 +37,6 @@ from wsc.core.program import Program
 from wsc.options import DEFAULT_TOLERANCE, MAX_SEED
 from wsc.pipeline import in_dtype, refuse_foreign_store, store_key, streamed_keys
 from wsc.runtime.executor import Executor
-from wsc.runtime.random_weights import write_random_store
 from wsc.runtime.weight_store import STORE_DTYPES, WeightStore, values_digest, write_store
 
 EXIT_MISMATCH = 1
@@ -88,9 +87,7 @@ def run_folder(out: Path, *, weights: str | Path | None = None, random_weights: 
     loaded = program_json.load(out)
     program = loaded.program
     recorded = loaded.weights
-    dtype = weights_dtype or str(recorded.get("dtype", "fp32"))
-    if dtype not in STORE_DTYPES:
-        dtype = "fp32"
+    dtype = weights_dtype or str(recorded["dtype"])  # the compile's, checked when program.json was read
     reference = _read_reference(out, loaded)
     arrays = _inputs(program, inputs, reference)
     with _store(loaded, weights, random_weights, dtype) as store:
@@ -203,8 +200,8 @@ def _store(loaded: program_json.Loaded, weights: str | Path | None, random_weigh
     with tempfile.TemporaryDirectory(prefix="wsc-run-store-") as tmp:
         if random_weights is not None:
             with progress.stage(f"drawing the random weights of seed {random_weights}"):
-                specs = {t["key"]: (tuple(t["shape"]), np.float32) for t in loaded.tensors}
-                path = write_random_store(Path(tmp) / "weights.safetensors", specs, random_weights)
+                path = program_json.write_random_weights(loaded.tensors, Path(tmp) / "weights.safetensors",
+                                                         random_weights)
         else:
             path = Path(weights)  # type: ignore[arg-type]  # one of the two is given (checked by run_folder)
         tensors = [(t["key"], tuple(t["shape"])) for t in loaded.tensors]

@@ -32,6 +32,8 @@ from wsc.core.errors import WscError
 from wsc.core.ir import SOURCE_OPS, Graph, IRError, Node
 from wsc.core.program import Cut, KernelPlan, Layer, Program
 from wsc.frontend.capture import Captured
+from wsc.runtime.random_weights import write_random_store
+from wsc.runtime.weight_store import STORE_DTYPES
 from wsc.targets import Target
 
 FORMAT = "wsc-program"
@@ -112,6 +114,12 @@ def captured_keys(program: Program, captured: Captured) -> tuple[dict[str, str],
             tensors[key] = {"key": key, "names": [n for n in captured.aliases.get(key, []) if n != key],
                             "shape": shape, "dtype": node.dtype, "kind": str(node.attrs.get("kind", "parameter"))}
     return keys, list(tensors.values())
+
+
+def write_random_weights(tensors: list[dict[str, Any]], path: Path, seed: int) -> Path:
+    """A store at `path` of the seeded weights (wsc.runtime.random_weights) of `tensors`, as `captured_keys`
+    lists them and program.json holds them: what a compile with --random-weights and `wsc run` both draw."""
+    return write_random_store(path, {t["key"]: t["shape"] for t in tensors}, seed)
 
 
 def canonical(document: dict[str, Any]) -> bytes:
@@ -314,7 +322,9 @@ def load(folder: Path | str) -> Loaded:
                       batched_inputs=tuple(batched))
     _check_program(r, program)
     _check_tensors(r, program, r.get(doc, "tensors", list))
-    r.get(doc, "weights", dict)
+    weights = r.get(doc, "weights", dict)
+    if weights.get("dtype") not in STORE_DTYPES:
+        raise r.fail("weights.dtype", f"{weights.get('dtype')!r} is not one of {', '.join(STORE_DTYPES)}")
     reference = doc.get("reference")
     if reference is not None:
         r.get(reference, "file", str, "reference")
