@@ -191,17 +191,68 @@ class Kernel:
         if ntiles == 0:
             return
         ptrs = [out.ctypes.data] + [a.ctypes.data for a in inputs]
-        base = tiles.ctypes.data
-        row_bytes = tiles.strides[0]
-        threads = max(1, min(int(threads), ntiles))
+        threads = max(1, int(threads))
         if threads == 1:
-            self._fn(base, ntiles, *ptrs)
+            self._fn(tiles.ctypes.data, ntiles, *ptrs)
             return
-        bounds = [ntiles * i // threads for i in range(threads + 1)]
-        chunks = [(bounds[i], bounds[i + 1] - bounds[i]) for i in range(threads)]
-        pool = _pool(threads - 1)
-        futures = [pool.submit(self._fn, base + s * row_bytes, n, *ptrs) for s, n in chunks[1:]]
-        s, n = chunks[0]
-        self._fn(base + s * row_bytes, n, *ptrs)
+        tiles, bounds = thread_pieces(tiles, threads)
+        base, row_bytes = tiles.ctypes.data, tiles.strides[0]
+        pieces = iter(range(len(bounds) - 1))  # next() on it is atomic under the GIL
+
+        def worker() -> None:
+            for i in pieces:
+                self._fn(base + int(bounds[i]) * row_bytes, int(bounds[i + 1] - bounds[i]), *ptrs)
+
+        workers = min(threads, len(bounds) - 1)
+        futures = [_pool(workers - 1).submit(worker) for _ in range(workers - 1)] if workers > 1 else []
+        worker()
         for f in futures:
             f.result()
+
+
+PIECES_PER_THREAD = 4  # pieces of about equal work per thread, taken in turn: a slow piece does not hold up the rest
+PIECE_ROW_MULTIPLE = 8  # a split tile's pieces start at multiples of this where they can: blocked kernels see
+# whole blocks
+
+
+def thread_pieces(tiles: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """The tile table cut into runs of about equal work for `threads` threads: (tiles, bounds), piece i being
+    tiles[bounds[i]:bounds[i + 1]].
+
+    The work of a tile is its element count. A tile larger than a piece's share is first split along its rows
+    (its columns when it has few rows), so that one tile (an attention over every head, a matmul the
+    partitioner left whole) still keeps every thread busy. Splitting changes no value: each kernel computes an
+    element from its position and its inputs alone, whatever tile it is in (the op table's contract;
+    tests/test_kernels.py checks every kernel, threaded against not). Pieces are contiguous runs of the table,
+    so tiles the executor ordered to share cached operands stay together.
+    """
+    area = (tiles[:, 1] - tiles[:, 0]) * (tiles[:, 3] - tiles[:, 2])
+    total = int(area.sum())
+    npieces = threads * PIECES_PER_THREAD
+    share = max(1, -(-total // npieces))
+    if (area > share).any():
+        tiles = np.ascontiguousarray(np.concatenate([_split(tile, -(-int(a) // share)) for tile, a in
+                                                     zip(tiles, area, strict=True)]))
+        area = (tiles[:, 1] - tiles[:, 0]) * (tiles[:, 3] - tiles[:, 2])
+    done = np.concatenate([[0], np.cumsum(area)])
+    targets = total * np.arange(1, npieces) // npieces
+    cuts = np.searchsorted(done, targets, side="left")
+    bounds = np.unique(np.concatenate([[0], cuts, [len(tiles)]]))
+    return tiles, bounds
+
+
+def _split(tile: np.ndarray, n: int) -> np.ndarray:
+    """`tile` cut into about n tiles along its rows, or along its columns when it has too few rows (a matmul
+    of one token), each piece starting at a multiple of PIECE_ROW_MULTIPLE where it can."""
+    r0, r1, c0, c1 = (int(v) for v in tile)
+    axis = 0 if (r1 - r0) >= n * PIECE_ROW_MULTIPLE or (r1 - r0) >= (c1 - c0) else 2
+    first, last = (r0, r1) if axis == 0 else (c0, c1)
+    step = max(1, -(-(last - first) // n))
+    if step > PIECE_ROW_MULTIPLE:
+        step = -(-step // PIECE_ROW_MULTIPLE) * PIECE_ROW_MULTIPLE
+    starts = np.arange(first, last, step)
+    if len(starts) <= 1:
+        return tile[None]
+    parts = np.repeat(tile[None], len(starts), axis=0)
+    parts[:, axis], parts[:, axis + 1] = starts, np.minimum(starts + step, last)
+    return parts

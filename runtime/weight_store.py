@@ -2,11 +2,13 @@
 
 A store is one safetensors file, or a sharded Hugging Face checkpoint: a directory of shards, or the
 `model.safetensors.index.json` whose `weight_map` names the shard of every tensor. Every shard is
-memory-mapped, never read whole. `stream_in` copies one layer's weights out as float32 (the transfer onto
-the wafer; the runtime computes in fp32 whatever the stored precision) and `release` drops them after the
-layer ran. `prefetch` starts the next layer's copy on a background thread, so it overlaps the current
-layer's compute as MemoryX streams the next layer while the wafer computes; the copy runs in numpy, which
-releases the GIL, as do the ctypes kernel calls.
+memory-mapped, never read whole. `stream_in` hands over one layer's weights as float32 (the transfer onto the
+wafer; the runtime computes in fp32 whatever the stored precision) and `release` drops them after the layer ran. A
+float32 tensor is handed over as a read-only view of the mapped file (no copy: for a 111M model the copies alone
+took a third of eager PyTorch's forward), its file pages given back to the OS when its layer is released; any
+other dtype is converted into a new float32 array, a chunk at a time. `prefetch` starts the next layer's copy on a
+background thread, so it overlaps the current layer's compute as MemoryX streams the next layer while the wafer
+computes; the copy runs in numpy, which releases the GIL, as do the ctypes kernel calls.
 
 The store counts what is resident: a layer counts from the moment its copy starts (a prefetch included)
 until it is released, so `peak_resident_layers` and `peak_resident_bytes` are honest upper bounds of the
@@ -22,6 +24,7 @@ import math
 import mmap
 import os
 import struct
+import sys
 import tempfile
 import threading
 import traceback
@@ -207,6 +210,19 @@ class _Shard:
             self._drop(base + first * flat.itemsize, base + last * flat.itemsize)
         return out.reshape(entry["shape"])
 
+    def zero_copy(self, key: str) -> bool:
+        """Whether `key` can be handed out as a view of the mapped file: float32 in the host's byte order, aligned
+        as a float32 array must be."""
+        entry = self.entries[key]
+        aligned = (self.data_start + entry["data_offsets"][0]) % np.dtype(np.float32).alignment == 0
+        return entry["dtype"] == "F32" and aligned and sys.byteorder == "little" and self.map.size > 0
+
+    def drop(self, key: str) -> None:
+        """Give the file pages of `key` back to the OS: a view handed out stays valid (its pages are read from
+        the file again if it is touched), but no longer counts in the process's resident memory."""
+        begin, end = self.entries[key]["data_offsets"]
+        self._drop(self.data_start + begin, self.data_start + end)
+
     def _drop(self, start: int, stop: int) -> None:
         mapping = getattr(self.map, "_mmap", None)
         if mapping is None or not hasattr(mapping, "madvise"):
@@ -275,9 +291,13 @@ def _shard_paths(path: Path) -> tuple[dict[str, Path] | None, list[Path]]:
 
 
 class WeightStore:
-    def __init__(self, path: Path | str, max_resident_layers: int = 2):
+    """A store opened for streaming; `zero_copy` hands float32 weights to the run as read-only views of the
+    mapped file instead of copies (other dtypes are converted, so they are always copied)."""
+
+    def __init__(self, path: Path | str, max_resident_layers: int = 2, zero_copy: bool = True):
         self.path = Path(path)
         self.max_resident_layers = max_resident_layers
+        self.zero_copy = zero_copy
         weight_map, files = _shard_paths(self.path)
         self.shards = [_Shard(p) for p in files]
         self._where: dict[str, _Shard] = {}
@@ -298,7 +318,9 @@ class WeightStore:
         self.peak_resident_layers = 0
         self.peak_resident_bytes = 0
         self.streamed_bytes = 0  # bytes read out of the store, in the stored precision
+        self.viewed_bytes = 0  # of those, the bytes handed over as views of the file rather than copied
         self.prefetched_layers = 0
+        self._viewed: dict[str, list[str]] = {}  # layer name -> keys handed out as views, whose pages it holds
 
     def keys(self) -> list[str]:
         return list(self._where)
@@ -330,17 +352,28 @@ class WeightStore:
             self.peak_resident_layers = max(self.peak_resident_layers, len(self.resident))
             self.peak_resident_bytes = max(self.peak_resident_bytes, sum(self.resident.values()))
 
-    def _copy(self, keys: Sequence[str], streamed: bool = True) -> dict[str, np.ndarray]:
+    def _copy(self, keys: Sequence[str], streamed: bool = True, layer: str | None = None) -> dict[str, np.ndarray]:
+        """The tensors as float32; for a layer's stream with zero_copy, the float32 ones as views of the file."""
         out = {}
-        read = 0
+        read = viewed = 0
+        views: list[str] = []
         for key in keys:
             shard = self._where[key]
-            out[key] = shard.copy(key)
             begin, end = shard.entries[key]["data_offsets"]
+            if layer is not None and self.zero_copy and shard.zero_copy(key):
+                # Read-only: a kernel that wrote into its input would raise instead of changing the store.
+                out[key] = np.asarray(shard.view(key))
+                views.append(key)
+                viewed += end - begin
+            else:
+                out[key] = shard.copy(key)
             read += end - begin
         if streamed:
             with self._lock:
                 self.streamed_bytes += read
+                self.viewed_bytes += viewed
+                if layer is not None:
+                    self._viewed.setdefault(layer, []).extend(views)
         return out
 
     def prefetch(self, layer: str, keys: Sequence[str]) -> bool:
@@ -353,7 +386,7 @@ class WeightStore:
                 self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsc-prefetch")
         self._admit(layer, keys)
         keys = list(keys)
-        self._pending[layer] = self._worker.submit(self._copy, keys)
+        self._pending[layer] = self._worker.submit(self._copy, keys, True, layer)
         self.prefetched_layers += 1
         return True
 
@@ -366,7 +399,7 @@ class WeightStore:
                 return tensors
             del tensors  # prefetched for other keys: fall through and copy what was asked for
         self._admit(layer, keys)
-        return self._copy(keys)
+        return self._copy(keys, layer=layer)
 
     def release(self, layer: str) -> None:
         pending = self._pending.pop(layer, None)
@@ -375,6 +408,10 @@ class WeightStore:
                 pending.result()  # a copy under way must finish before its memory stops being counted
         with self._lock:
             self.resident.pop(layer, None)
+            viewed = self._viewed.pop(layer, [])
+        # The pages the views touched would otherwise stay resident, growing to the whole store over a run.
+        for key in viewed:
+            self._where[key].drop(key)
 
     def read(self, key: str) -> np.ndarray:
         """One tensor as float32, outside any layer's accounting and not counted as streamed (for converting a

@@ -62,9 +62,9 @@ def test_store_never_holds_more_than_two_layers_while_running(compiled4, tmp_pat
     seen: list[int] = []
     original_copy = store._copy
 
-    def copy_and_sample(keys):
+    def copy_and_sample(keys, *args, **kwargs):
         seen.append(len(store.resident))
-        return original_copy(keys)
+        return original_copy(keys, *args, **kwargs)
 
     monkeypatch.setattr(store, "_copy", copy_and_sample)
     run(compiled, inputs, store, prefetch=True)

@@ -133,3 +133,34 @@ def test_k_split_reduction_is_executed(tmp_path):
     with derived(plan, k_bounds=bounds):
         check = verify(model, inputs, run_compiled(compiled, inputs).outputs, compiled.program)
     assert check["status"] == "fail"
+
+
+@pytest.mark.parametrize("threads", [2, 3, 8])
+def test_thread_pieces_cover_every_element_once_in_balanced_pieces(threads):
+    from wsc.runtime.lowering import PIECES_PER_THREAD, thread_pieces
+
+    rng = np.random.default_rng(threads)
+    rows, cols = 300, 70
+    cuts = np.unique(np.r_[0, rng.integers(0, cols, 5), cols])
+    tables = {
+        "one tile": [(0, rows, 0, cols)],
+        "one row": [(0, 1, 0, cols)],
+        "columns": [(0, rows, a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True)],
+        "single elements": [(r, r + 1, c, c + 1) for r in range(7) for c in range(3)],
+    }
+    for name, table in tables.items():
+        tiles = np.array(table, np.int64)
+        split, bounds = thread_pieces(tiles, threads)
+        covered = np.zeros((rows, cols), np.int64)
+        for r0, r1, c0, c1 in split:
+            covered[r0:r1, c0:c1] += 1
+        expected = np.zeros_like(covered)
+        for r0, r1, c0, c1 in tiles:
+            expected[r0:r1, c0:c1] += 1
+        np.testing.assert_array_equal(covered, expected, err_msg=name)
+        assert bounds[0] == 0 and bounds[-1] == len(split) and (np.diff(bounds) > 0).all(), name
+        work = [int(((p[:, 1] - p[:, 0]) * (p[:, 3] - p[:, 2])).sum()) for p in np.split(split, bounds[1:-1])]
+        share = expected.sum() / (threads * PIECES_PER_THREAD)
+        if name != "single elements":  # a piece of whole elements cannot be smaller than one element
+            assert len(work) >= min(threads, cols), name  # one tile still keeps every thread busy
+            assert max(work) <= 2 * share + cols, (name, work, share)

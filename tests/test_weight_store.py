@@ -159,3 +159,60 @@ def test_prefetch_accounting_and_bound(tmp_path: Path):
         store.prefetch("l3", ["nope"])
     assert store.resident == {}
     store.close()
+
+
+def test_float32_weights_stream_as_read_only_views_of_the_file(tmp_path: Path):
+    src = tensors()
+    path = write_store(tmp_path / "w.safetensors", src)
+    store = WeightStore(path)
+    got = store.stream_in("l", list(src))
+    for key, value in src.items():
+        np.testing.assert_array_equal(got[key], value)
+    float_bytes = sum(v.nbytes for v in src.values() if v.dtype == np.float32)
+    assert store.viewed_bytes == float_bytes and store.streamed_bytes == float_bytes + src["positions"].nbytes
+    assert not got["blocks.0.w"].flags.writeable  # a kernel writing its input would raise, not edit the store
+    copying = WeightStore(path, zero_copy=False)
+    copied = copying.stream_in("l", list(src))
+    assert copying.viewed_bytes == 0 and copied["blocks.0.w"].flags.writeable
+    for key in src:
+        np.testing.assert_array_equal(copied[key], got[key])
+
+
+def test_a_misaligned_or_converted_tensor_is_copied(tmp_path: Path):
+    # An odd number of fp16 values before it leaves the float32 tensor at an offset that is not a multiple of 4.
+    src = {"odd": np.ones(3, np.float16), "after": rng.standard_normal(5).astype(np.float32)}
+    header = {"odd": {"dtype": "F16", "shape": [3], "data_offsets": [0, 6]},
+              "after": {"dtype": "F32", "shape": [5], "data_offsets": [6, 26]}}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + src["odd"].tobytes() + src["after"].tobytes())
+    store = WeightStore(path)
+    got = store.stream_in("l", list(src))
+    assert store.viewed_bytes == 0
+    np.testing.assert_array_equal(got["after"], src["after"])
+    np.testing.assert_array_equal(got["odd"], np.ones(3, np.float32))
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the resident size from /proc")
+def test_released_views_give_their_pages_back(tmp_path: Path):
+    layer_bytes = 32 << 20
+    layers = {f"blocks.{i}.w": np.full(layer_bytes // 4, i + 1, np.float32) for i in range(4)}
+    path = write_store(tmp_path / "w.safetensors", layers)
+    del layers
+    store = WeightStore(path)
+    before = _resident_bytes()
+    for i in range(4):
+        key = f"blocks.{i}.w"
+        view = store.stream_in(key, [key])[key]
+        assert float(view.sum(dtype=np.float64)) == (i + 1) * view.size  # every page of the layer touched
+        del view
+        store.release(key)
+    # Kept mapped, the four layers' pages would stay resident (128 MB); released, at most about one layer does.
+    assert _resident_bytes() - before < layer_bytes
+    assert store.viewed_bytes == 4 * layer_bytes
