@@ -129,6 +129,7 @@ class Kernel:
         # CFUNCTYPE (not PYFUNCTYPE) releases the GIL for the duration of the call, which is what
         # lets tile chunks run in parallel on a thread pool.
         self._fn = ctypes.CFUNCTYPE(None, *argtypes)(address)
+        self._split_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     @property
     def optimized_ir(self) -> str:
@@ -153,6 +154,21 @@ class Kernel:
             raise ValueError(f"{self.spec.op}: {what} has shape {arr.shape}, expected {shape}")
         if not arr.flags.c_contiguous:
             raise ValueError(f"{self.spec.op}: {what} must be C-contiguous")
+
+    def _pieces(self, tiles: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray]:
+        """thread_pieces of a table, kept for the table object itself (held, so its id cannot be reused): the
+        executor hands the same table to every run, and the split need not cost a call every time. A table edited in
+        place after a threaded call keeps its old split (the executor never edits one; its bounds were checked
+        when it was made, so the split can be stale but never outside the output)."""
+        key = (id(tiles), threads)
+        hit = self._split_cache.get(key)
+        if hit is not None and hit[0] is tiles:
+            return hit[1], hit[2]
+        if len(self._split_cache) >= _SPLIT_CACHE_SIZE:
+            self._split_cache.clear()
+        split, bounds = thread_pieces(tiles, threads)
+        self._split_cache[key] = (tiles, split, bounds)
+        return split, bounds
 
     def check_tiles(self, tiles: Any) -> None:
         """Validate the tile table; the generated code trusts it completely."""
@@ -195,7 +211,7 @@ class Kernel:
         if threads == 1:
             self._fn(tiles.ctypes.data, ntiles, *ptrs)
             return
-        tiles, bounds = thread_pieces(tiles, threads)
+        tiles, bounds = self._pieces(tiles, threads)
         base, row_bytes = tiles.ctypes.data, tiles.strides[0]
         pieces = iter(range(len(bounds) - 1))  # next() on it is atomic under the GIL
 
@@ -210,6 +226,7 @@ class Kernel:
             f.result()
 
 
+_SPLIT_CACHE_SIZE = 256  # tile tables per kernel whose split is kept (a kernel serves every block of a model)
 PIECES_PER_THREAD = 4  # pieces of about equal work per thread, taken in turn: a slow piece does not hold up the rest
 PIECE_ROW_MULTIPLE = 8  # a split tile's pieces start at multiples of this where they can: blocked kernels see
 # whole blocks
