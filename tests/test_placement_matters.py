@@ -13,7 +13,8 @@ import pytest
 import yaml
 from conftest import tiny_gpt
 
-import wsc
+from wsc.pipeline import compile_model
+from wsc.targets import load_target
 
 ROOT = Path(__file__).resolve().parent.parent
 STRATEGIES = ("cpsat", "greedy", "row-major", "anneal", "random")
@@ -40,13 +41,16 @@ CASES = [("pipelined", 1, None, 1.01), ("weight-streaming", 1, None, 1.5), ("wei
 @pytest.mark.parametrize(("mode", "batch", "micro_batch", "spread"), CASES)
 def test_cpsat_is_the_fastest_where_the_fabric_binds(thin_links, mode, batch, micro_batch, spread) -> None:
     model, inputs = tiny_gpt(batch=batch, seq=48)
+    target = load_target(str(thin_links))
     steps = {}
     for strategy in STRATEGIES:
-        report = wsc.compile(model, inputs, str(thin_links), strategy=strategy, mode=mode, micro_batch=micro_batch,
-                             verify=False, time_limit=0.5).report
-        steps[strategy] = report["simulation"]["step_seconds"]
+        # The pipeline's estimate is report.json's `simulation`; wsc.compile would add, on this faulty mesh, the
+        # same compile on the mesh without its defects for `simulation.defects`, which is not what is asked here.
+        estimate = compile_model(model, inputs, target, strategy=strategy, mode=mode, micro_batch=micro_batch,
+                                 time_limit=0.5).program.estimate
+        steps[strategy] = estimate["step_seconds"]
         if strategy == "cpsat":
-            assert report["simulation"]["bottleneck"] == "fabric"
+            assert estimate["bottleneck"] == "fabric"
     fastest = min(steps.values())
     assert max(steps.values()) > spread * fastest, steps  # here the placement matters
     assert steps["cpsat"] <= 1.01 * fastest, steps
