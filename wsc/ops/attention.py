@@ -76,7 +76,7 @@ already computes on vectors.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,6 +256,7 @@ _F32_LOWEST = -3.4028234663852886e38  # -FLT_MAX: the running max starts here, n
 
 
 def blocking(host: HostCpu, d: int, dv: int) -> Blocking:
+    """The blocking for heads of width d (q, k) and dv (v, out) on `host`."""
     lanes = host.lanes
     widest = max(d, dv, 1)
     key_block = max(lanes, min(MAX_KEY_BLOCK, host.l1d_bytes // 2 // (4 * widest)) // lanes * lanes)
@@ -305,14 +306,15 @@ class _Attention:
         return self.b.shuffle_vector(x, y, ir.Constant(ir.VectorType(I32, len(lanes)), list(lanes)))
 
     def transposed_sum(self, vectors: list[ir.Value]) -> ir.Value:
-        """The vector whose lane t is the sum of the lanes of vectors[t] (L vectors of L lanes): pairs of lanes
-        within each 4-lane chunk twice, then pairs of chunks, each level two shuffles and an add. Every lane is
-        summed by the same tree, whichever lane it ends in."""
+        """The vector whose lane t is the sum of the lanes of vectors[t] (L vectors of L lanes): within each
+        4-lane chunk, lanes 0 + 2 and 1 + 3 of two vectors, interleaved; then those of two such sums, which leaves
+        one total per vector and chunk; then pairs of chunks. Each level is two shuffles (x86's unpck and
+        vperm2f128) and an add, and every lane is summed by the same tree, whichever lane it ends in."""
         lanes = self.blk.lanes
         level = vectors
-        for _ in range(2):
-            lo = [i for c in range(0, lanes, 4) for i in (c, c + 2, lanes + c, lanes + c + 2)]
-            hi = [i + 1 for i in lo]
+        for pick in ((0, lanes, 1, lanes + 1), (0, 1, lanes, lanes + 1)):
+            lo = [c + i for c in range(0, lanes, 4) for i in pick]
+            hi = [i + 2 for i in lo]
             level = self.pairwise_sums(level, lo, hi)
         while len(level) > 1:
             units = lanes // 4
@@ -326,7 +328,7 @@ class _Attention:
         return [self.b.fadd(self.shuffle(x, y, lo), self.shuffle(x, y, hi))
                 for x, y in zip(level[::2], level[1::2], strict=True)]
 
-    def horizontal(self, x: ir.Value, combine: Any) -> ir.Value:
+    def horizontal(self, x: ir.Value, combine: Callable[[ir.Value, ir.Value], ir.Value]) -> ir.Value:
         """combine(...) of x's lanes, halving the vector each step: a fixed tree."""
         width = self.blk.lanes
         while width > 1:
@@ -465,7 +467,9 @@ class _Attention:
         with for_range(b, i64(0), ceil_div(b, b.sub(c1, c0), width), "cols") as pc:
             c = b.add(c0, b.mul(pc, i64(width)))
             cols = smin(b, i64(width), b.sub(c1, c))
-            o_at = [b.gep(o_row, [b.add(c, i64(v * lanes))], inbounds=True) for v in range(nvec)]
+            # Not inbounds: in a pass over fewer columns the last vectors' addresses may lie past the output; their
+            # lanes are masked off, so nothing there is read or written.
+            o_at = [b.gep(o_row, [b.add(c, i64(v * lanes))]) for v in range(nvec)]
 
             def run(masks: list[ir.Value] | None) -> None:
                 def read(ptr: ir.Value, v: int) -> ir.Value:
@@ -476,7 +480,7 @@ class _Attention:
                 def key(j: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
                     p = splat(b, load_at(b, p_row, j), lanes)
                     v_row = b.gep(v_block, [b.add(b.mul(j, i64(dv)), c)], inbounds=True)
-                    return [self.fma(p, read(b.gep(v_row, [i64(v * lanes)], inbounds=True), v), a)
+                    return [self.fma(p, read(b.gep(v_row, [i64(v * lanes)]), v), a)
                             for v, a in enumerate(acc)]
 
                 accs = loop(b, i64(0), count, accs, key, name="key")
