@@ -11,6 +11,7 @@ terms only). Rows the reference gives as exactly 0 (no key seen, or every key ma
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -368,3 +369,19 @@ def test_no_infinity_in_the_ir_without_a_mask():
     spec = KernelSpec("attention", (64, 64), ((64, 64), (1, 64, 64), (1, 64, 64)), attrs_of(64, True), host_cpu())
     text = str(ops.kernel("attention").lower(spec).module).lower()
     assert "0xfff0000000000000" not in text and "0x7ff0000000000000" not in text
+
+
+@pytest.mark.parametrize("bits", [128, 256, 512])
+@pytest.mark.parametrize("d,n", [(64, 70), (20, 33), (128, 40)])
+def test_every_vector_width(bits, d, n):
+    """The kernel as lowered for hosts of 4, 8 and 16 lanes (run here, where LLVM splits or narrows vectors
+    wider than this host's): the transposed reduction and the lane masks of each width."""
+    m = 9
+    inputs = qkv(2, m, n, d, dv=d + 3)
+    for causal in (False, True):
+        attrs = attrs_of(m, causal)
+        host = dataclasses.replace(host_cpu(), vector_bits=bits)
+        spec = KernelSpec("attention", (2 * m, d + 3), tuple(shapes_of(inputs)), attrs, host)
+        out = np.full((2 * m, d + 3), np.nan, dtype=np.float32)
+        Kernel(spec, ops.kernel("attention").lower(spec))(out, inputs, np.array([[0, 2 * m, 0, d + 3]], np.int64))
+        assert_matches_reference(out, inputs, attrs, f"{bits}-bit vectors")
