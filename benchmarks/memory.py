@@ -4,9 +4,9 @@ cannot, on a model bigger than the machine's memory, checked layer by layer agai
     .venv/bin/python benchmarks/memory.py [--size 1.3B] [--seq 128] [--workdir DIR] [--mode auto|eager|layers]
                                           [--max-rss-gb 6]
 
---mode eager (what `auto` picks when the fp32 weights fit in memory twice over, the rule by which a compile
-decides whether it can verify: 1.3B on a 24 GB machine). Writes the model's weights (random, seeded) to a
-safetensors file once, then measures, each in a fresh process so neither sees the other's memory:
+--mode eager (what `auto` picks when twice the fp32 weights fit in 60% of the RAM, wsc.api.weights_fit, the rule
+by which a compile decides whether it can verify: 1.3B on a 24 GB machine). Writes the model's weights (random,
+seeded) to a safetensors file once, then measures, each in a fresh process so neither sees the other's memory:
 - wsc: `wsc compile examples/cerebras_gpt.py --weights FILE`: the model is built without weights and the
   compiled program streams them from the file; its peak RSS is taken right after the run, before the eager
   reference of its verification loads the weights;
@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from wsc.core.program import Layer, Program
@@ -111,6 +111,11 @@ sys.exit(getattr(module, sys.argv[2])(*sys.argv[3:]))
 
 class BadInput(Exception):
     """A problem with what the command line asked for: one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage and message
+        raise BadInput(f"{message}; see --help")
 
 
 # ------------------------------------------------------------------------------------------ processes
@@ -345,8 +350,9 @@ def summarise(rows: list[dict[str, Any]]) -> str:
 
 
 def store_matches(path: Path, tensors: list[dict[str, Any]]) -> bool:
-    """Whether the store at `path` holds every tensor of `tensors`, in its shape, in fp16, and nothing else
-    (read from its header; a store is written under a temporary name and renamed, so a present one is whole)."""
+    """Whether the store at `path` holds every tensor of `tensors`, in its shape, in fp16, and nothing else. The
+    header is enough: a seeded tensor's values depend on the seed (in the file's name), its name and its shape
+    alone, and a store is written under a temporary name and renamed, so a present one is whole."""
     import struct
 
     try:
@@ -546,15 +552,15 @@ def eager_mode(size: str, seq: int, work: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = _Parser(description=(__doc__ or "").split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--size", default="1.3B", help=f"one of {', '.join(SIZES)}")
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--workdir", help="where to keep the weights (default: a temporary folder)")
     parser.add_argument("--mode", default="auto", help="eager (wsc against eager PyTorch), layers (wsc alone, "
                         "checked layer by layer) or auto (layers when the model's weights do not fit in memory)")
     parser.add_argument("--max-rss-gb", type=float, default=6.0, help="the wsc run's limit in --mode layers")
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         if args.size not in SIZES:
             raise BadInput(f"unknown --size {args.size}; choose one of {', '.join(SIZES)}")
         if not 1 <= args.seq <= MAX_SEQ:
