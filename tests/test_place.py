@@ -46,10 +46,12 @@ CASES = {
 
 @cache
 def solved(case: str, strategy: str) -> tuple[list[KernelRect], list[Flow], Mesh, Placement]:
-    """Each (case, strategy) is placed once and shared by the tests below, to keep the suite fast."""
+    """Each (case, strategy) is placed once and shared by the tests below, to keep the suite fast. Legality does not
+    depend on how long CP-SAT searches: 0.3 deterministic seconds give every case the solver's own answer in both
+    stages (OPTIMAL on the small meshes, FEASIBLE on the wafers, as 1.0 did), never a fallback."""
     mesh, seed, n, max_w, max_h = CASES[case]
     kernels, flows = random_layer(seed, mesh, n, max_w, max_h)
-    return kernels, flows, mesh, place(kernels, flows, mesh, strategy, seed=0, workers=2, time_limit=1.0)
+    return kernels, flows, mesh, place(kernels, flows, mesh, strategy, seed=0, workers=2, time_limit=0.3)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -57,7 +59,7 @@ def solved(case: str, strategy: str) -> tuple[list[KernelRect], list[Flow], Mesh
 def test_every_strategy_is_legal(case: str, strategy: str) -> None:
     kernels, flows, mesh, p = solved(case, strategy)
     assert check_placement(p, kernels, mesh) == []
-    assert p.strategy == strategy
+    assert p.strategy == strategy and p.fallback == ""  # cpsat's answer is the solver's, not a heuristic's
     assert p.wirelength == wirelength(p.rects, flows)
     assert 0.0 <= p.gap <= 1.0 and p.best_bound <= p.objective + 1e-6
 
