@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_gpt
 
 from wsc.frontend.capture import to_numpy
-from wsc.pipeline import compile_model
+from wsc.pipeline import compile_model, in_dtype
 from wsc.runtime.executor import Executor
 from wsc.runtime.weight_store import WeightStore, write_store
 
@@ -96,3 +96,14 @@ def test_failed_run_leaves_nothing_resident(compiled4, tmp_path: Path):
     with pytest.raises(Exception, match=missing):
         run(compiled, inputs, store, prefetch=True)
     assert store.resident == {}
+
+
+def test_an_fp16_run_streams_an_fp16_store_as_it_is(tmp_path: Path):
+    weights = {"w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), "ids": np.arange(3, dtype=np.int64)}
+    half = write_store(tmp_path / "half.safetensors", weights, dtype="fp16")
+    assert in_dtype(half, "fp16", tmp_path / "work") == half  # no second copy of a store the size of the model
+    full = write_store(tmp_path / "full.safetensors", weights)
+    converted = in_dtype(full, "fp16", tmp_path)
+    assert converted != full and WeightStore(converted).dtype("w") == "F16"
+    np.testing.assert_array_equal(WeightStore(converted).read("w"), WeightStore(half).read("w"))
+    assert in_dtype(full, "fp32", tmp_path) == full

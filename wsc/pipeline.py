@@ -292,13 +292,18 @@ def opened_store(compiled: Compiled, store_path: Path | None = None,
             store.close()
 
 
+_WIDER_FLOATS = ("F64", "F32", "BF16")  # safetensors float dtypes an fp16 run converts (bf16 does not fit fp16)
+
+
 def in_dtype(store_path: Path, weights_dtype: str, folder: Path) -> Path:
-    """The store at `store_path` as a run streams it: itself in fp32, else converted (a tensor at a time) into a
-    store in `folder` that holds its floats in `weights_dtype`."""
+    """The store at `store_path` as a run streams it: itself in fp32, or when its floats are all fp16 already;
+    else converted (a tensor at a time) into a store in `folder` that holds its floats in `weights_dtype`."""
     if weights_dtype != "fp16":
         return store_path
     source = WeightStore(store_path)
     try:
+        if all(source.dtype(key) not in _WIDER_FLOATS for key in source.keys()):
+            return store_path  # its floats are fp16 already: a copy would only cost its size again on disk
         return write_store(folder / "streamed.safetensors", LazyWeights(source), dtype="fp16")
     finally:
         source.close()
