@@ -27,6 +27,26 @@ def gpt_module():
     return load_example("cerebras_gpt")
 
 
+@pytest.fixture(scope="session")
+def gpt_captured(gpt_module):
+    """Cerebras-GPT of a size, built without weights and captured at its example inputs (sequences of `seq`
+    tokens, `batch` of them): each (size, seq, batch) traced once a session, as tracing 13B's 40 blocks takes
+    seconds. A capture is only read by the passes (legalize builds a new graph), so it can be mapped again."""
+    from wsc.frontend.capture import capture
+    from wsc.frontend.meta import empty_weights
+
+    made = {}
+
+    def captured(size: str, seq: int = 128, batch: int = 1):
+        if (size, seq, batch) not in made:
+            with empty_weights():
+                model = gpt_module.build_model(size, seq=seq, batch=batch)
+            made[size, seq, batch] = capture(model, gpt_module.example_inputs(size, seq=seq, batch=batch))
+        return made[size, seq, batch]
+
+    return captured
+
+
 def tiny_gpt(layers: int = 2, d_model: int = 32, heads: int = 4, d_ffn: int = 128, vocab: int = 97,
              seq: int = 12, batch: int = 1):
     gpt = load_example("cerebras_gpt")
