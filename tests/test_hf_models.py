@@ -54,7 +54,9 @@ def test_api_verifies_and_returns_the_models_output_object(arch):
     assert (got - want).abs().max().item() <= compiled.report["verification"]["tolerance"] * scale
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+# The command line adds the same code for every architecture (the model file's --model-arg, the report's origin,
+# the folder's files) to the compile the API test runs for each: a decoder and the encoder, whose outputs differ.
+@pytest.mark.parametrize("arch", ["llama", "bert"])
 def test_command_line_verifies(arch, tmp_path, capsys):
     out = tmp_path / arch
     code = cli.main(["compile", str(ROOT / "examples" / "hf_models.py"), "--target", "mesh-16x16",
