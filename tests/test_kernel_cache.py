@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,22 +45,36 @@ def entries(cache: Path) -> list[Path]:
     return sorted(cache.rglob("*.o"))
 
 
-def test_second_compile_in_a_fresh_process_hits(tmp_path: Path):
-    first = run_fresh(tmp_path)
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory) -> tuple[Path, dict]:
+    """A cache the script filled from empty in a fresh process, and what that process printed. Each test below
+    runs on a copy of it, so the first compile is paid once for all of them."""
+    cache = tmp_path_factory.mktemp("filled")
+    return cache, run_fresh(cache)
+
+
+def copy_of(filled: tuple[Path, dict], tmp_path: Path) -> tuple[Path, dict]:
+    cache, first = filled
+    return shutil.copytree(cache, tmp_path / "cache"), first
+
+
+def test_second_compile_in_a_fresh_process_hits(filled, tmp_path: Path):
+    cache, first = filled
     assert first["stats"]["misses"] == 3 and first["stats"]["hits"] == 0 and first["stats"]["stores"] == 3
     assert first["from_cache"] == [False, False, False]
-    assert len(entries(tmp_path)) == 3
-    assert not list(tmp_path.rglob("*.tmp"))
-    second = run_fresh(tmp_path)
+    assert len(entries(cache)) == 3
+    assert not list(cache.rglob("*.tmp"))
+    cache, _ = copy_of(filled, tmp_path)
+    second = run_fresh(cache)
     assert second["stats"]["hits"] == 3 and second["stats"]["misses"] == 0 and second["stats"]["stores"] == 0
     assert second["from_cache"] == [True, True, True]
     np.testing.assert_array_equal(np.array(second["out"]), np.array(first["out"]))
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "garbage"])
-def test_corrupted_entry_is_ignored_and_rewritten(tmp_path: Path, damage: str):
-    first = run_fresh(tmp_path)
-    victim = entries(tmp_path)[0]
+def test_corrupted_entry_is_ignored_and_rewritten(filled, tmp_path: Path, damage: str):
+    cache, first = copy_of(filled, tmp_path)
+    victim = entries(cache)[0]
     good = victim.read_bytes()
     if damage == "flip":
         blob = bytearray(good)
@@ -71,11 +86,11 @@ def test_corrupted_entry_is_ignored_and_rewritten(tmp_path: Path, damage: str):
         victim.write_bytes(b"")
     else:
         victim.write_bytes(b"\x7fELF" + bytes(range(256)) * 8)
-    second = run_fresh(tmp_path)
+    second = run_fresh(cache)
     assert second["stats"]["corrupt"] == 1 and second["stats"]["hits"] == 2 and second["stats"]["stores"] == 1
     np.testing.assert_array_equal(np.array(second["out"]), np.array(first["out"]))
     assert victim.read_bytes() == good  # rewritten with the same object code
-    assert run_fresh(tmp_path)["stats"]["hits"] == 3
+    assert run_fresh(cache)["stats"]["hits"] == 3
 
 
 def test_disabled_cache_writes_nothing(tmp_path: Path):
