@@ -121,14 +121,15 @@ ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 def test_a_real_sigint_while_cpsat_searches_exits_130_and_writes_nothing(tmp_path) -> None:
     """`wsc compile` in its own process, its progress forced on (stderr is a pipe): once the display shows the
-    first block's wirelength search (the one long solve of the tiny GPT on cs2-sim, a few seconds: the other
-    layers are solved at once, and the second block reuses the first's placement), SIGINT. CP-SAT keeps
+    first block's wirelength search (the one long solve of the tiny GPT on cs2-sim, which runs to its half of
+    the limit: 0.5 deterministic seconds, seconds of wall time; the other layers are solved at once, and the
+    second block reuses the first's placement), SIGINT. CP-SAT keeps
     searching to its limit and returns, Python raises KeyboardInterrupt, and the CLI ends with 130, erases
     the display and prints the one line `interrupted`, leaving no folder and no temporary behind."""
     out = tmp_path / "out"
     env = {**os.environ, "WSC_PROGRESS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "wsc.cli", "compile", str(MODEL), "--target", "cs2-sim",
-                             "--out", str(out), "--time-limit", "4", "--no-verify"],
+                             "--out", str(out), "--time-limit", "1", "--no-verify"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err = bytearray()
 
