@@ -15,12 +15,14 @@ from wsc.backend import make_backend
 # Compiled against eager on the tiny GPT: about 1e-6 apart when right; a wrong tile, mask or scale moves
 # them by far more.
 CLOSE = 1e-4
+# Where the kernels sit changes nothing they compute: the greedy placer, and no CP-SAT search per shape.
+FAST = {"time_limit": 0.3, "strategy": "greedy"}
 
 
 def test_a_second_sequence_length_compiles_per_shape_and_matches_eager():
     model, _ = tiny_gpt(layers=1)
     graphs = []
-    inner = make_backend("mesh-16x16", verify=True, time_limit=0.3)
+    inner = make_backend("mesh-16x16", verify=True, **FAST)
 
     def counting(gm, example_inputs):
         graphs.append(gm)
@@ -39,7 +41,7 @@ def test_a_second_sequence_length_compiles_per_shape_and_matches_eager():
 
 def test_dynamic_from_the_first_call():
     model, (ids,) = tiny_gpt(layers=1, seq=10)
-    backend = make_backend("mesh-16x16", time_limit=0.3)
+    backend = make_backend("mesh-16x16", **FAST)
     compiled = torch.compile(model, backend=backend, dynamic=True)
     with torch.no_grad():
         for seq in (10, 6):
