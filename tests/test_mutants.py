@@ -23,11 +23,16 @@ from wsc.options import CompileOptions
 from wsc.runtime import lowering
 from wsc.targets import load_target
 
+# What the mutants change is what the kernels compute, which verification must catch; where the kernels sit
+# changes none of it, so the greedy placer places them (cpsat, with its routing of every candidate, takes about
+# a second a compile).
+FAST = {"time_limit": 0.3, "strategy": "greedy"}
+
 
 @pytest.fixture(scope="module")
 def compiled_gpt():
     model, inputs = tiny_gpt()
-    compiled = pipeline.compile_model(model, inputs, load_target("mesh-16x16"), time_limit=0.3)
+    compiled = pipeline.compile_model(model, inputs, load_target("mesh-16x16"), **FAST)
     return model, inputs, compiled
 
 
@@ -173,7 +178,7 @@ def test_softmax_without_the_max_subtraction_on_large_logits(monkeypatch):
     with torch.no_grad():
         for block in model.blocks:
             block.attn.qkv.weight[:64] *= 40.0  # queries and keys: scores of some hundreds
-    compiled = pipeline.compile_model(model, inputs, load_target("mesh-16x16"), time_limit=0.3,
+    compiled = pipeline.compile_model(model, inputs, load_target("mesh-16x16"), **FAST,
                                       fused_attention=False)
     assert verify(model, inputs, compiled)["status"] == "pass"
     real_loop = softmax.loop
@@ -204,7 +209,7 @@ def test_a_k_slice_summed_twice(tmp_path, monkeypatch):
     sums added in twice."""
     (tmp_path / "small.yaml").write_text(SMALL_PE_TARGET)
     model, inputs = tiny_gpt(layers=1, d_model=32, d_ffn=1024, seq=8)
-    compiled = pipeline.compile_model(model, inputs, load_target(str(tmp_path / "small.yaml")), time_limit=0.3)
+    compiled = pipeline.compile_model(model, inputs, load_target(str(tmp_path / "small.yaml")), **FAST)
     split = [name for layer in compiled.program.layers for name, p in layer.kernels.items() if p.k_splits > 1]
     assert split, "the small PEs should force a K split"
     assert verify(model, inputs, compiled)["status"] == "pass"
@@ -234,7 +239,8 @@ def test_the_cli_names_the_first_wrong_value(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(pipeline, "write_store", lambda path, tensors, dtype="fp32": real_write(path, tensors, "fp16"))
     out = tmp_path / "out"
     model_file = Path(__file__).parent / "models" / "tiny_gpt.py"
-    code = main(["compile", str(model_file), "--target", "mesh-16x16", "--out", str(out), "--time-limit", "0.3"])
+    code = main(["compile", str(model_file), "--target", "mesh-16x16", "--out", str(out), "--time-limit", "0.3",
+                 "--strategy", "greedy"])
     assert code == 1
     summary = capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
@@ -274,7 +280,7 @@ def test_verify_layers_fails_a_kernel_wrong_by_itself_that_fp16_weights_hide(com
 
 def test_a_micro_batched_step_is_diffed_on_the_pass_holding_the_worst_element(monkeypatch):
     model, inputs = tiny_gpt(batch=2)
-    compiled = pipeline.compile_model(model, inputs, load_target("mesh-16x16"), time_limit=0.3, micro_batch=1)
+    compiled = pipeline.compile_model(model, inputs, load_target("mesh-16x16"), **FAST, micro_batch=1)
     assert compiled.program.micro_batches == 2
     node = nodes(compiled, "matmul", bias=True)[0]
     monkeypatch.setitem(node.attrs, "bias", False)
@@ -308,7 +314,7 @@ def test_weights_from_a_checkpoint_named_without_the_wrappers_prefix(tmp_path, m
     torch.manual_seed(0)
     model, x = Wrapped().eval(), torch.randn(2, 8, 16, generator=torch.Generator().manual_seed(2))
     save_file({k: v.contiguous() for k, v in model.model.state_dict().items()}, str(tmp_path / "w.safetensors"))
-    compiled = pipeline.compile_model(model, (x,), load_target("mesh-16x16"), time_limit=0.3)
+    compiled = pipeline.compile_model(model, (x,), load_target("mesh-16x16"), **FAST)
     v = verify(model, (x,), compiled, weights=tmp_path / "w.safetensors", verify_layers=True)
     assert v["status"] == "pass" and all(layer["status"] == "pass" for layer in v["layers"])
     norm = nodes(compiled, "layernorm")[0]
@@ -325,7 +331,7 @@ def test_an_rmsnorm_taken_from_its_spelled_out_chain_is_held_to_its_eager_value(
     hf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hf)
     model, inputs = hf.build_model("llama", num_hidden_layers=1), hf.example_inputs("llama")
-    compiled = pipeline.compile_model(model, inputs, load_target("mesh-16x16"), time_limit=0.3)
+    compiled = pipeline.compile_model(model, inputs, load_target("mesh-16x16"), **FAST)
     norms = nodes(compiled, "rmsnorm")
     assert norms and all(n.holds for n in norms)
     correct = verify(model, inputs, compiled, verify_layers=True)
