@@ -62,7 +62,9 @@ def test_a_tiny_bottleneck_resnet_compiles_verifies_and_streams_a_block_per_laye
     model = resnet.ResNet("bottleneck", (2, 1), width=1 / 8, classes=10)  # an identity and a projection block
     resnet.randomise(model, image=32, seed=0)
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    compiled = wsc.compile(model, (x,), "mesh-16x16", time_limit=0.3)
+    # The greedy placer: what is held here (the layers, their kernels and weights, the values) does not depend on
+    # where the kernels sit; cpsat places convolutions in tests/test_op_conv.py's small CNN.
+    compiled = wsc.compile(model, (x,), "mesh-16x16", time_limit=0.3, strategy="greedy")
     assert compiled.report["verification"]["status"] == "pass"
     program = compiled.program
     assert [layer.name for layer in program.layers] == [
