@@ -118,7 +118,8 @@ def test_losses_of_every_reduction_compile_and_match_torch() -> None:
                                                                               generator=generator)
     t[1], t3[0, 1] = 3, 2
     module = Losses(classes).eval()
-    compiled = wsc.compile(module, (x, t, x4, t3), "mesh-16x16", time_limit=0.3)
+    # The greedy placer: where the kernels sit changes nothing they compute.
+    compiled = wsc.compile(module, (x, t, x4, t3), "mesh-16x16", time_limit=0.3, strategy="greedy")
     assert compiled.report["verification"]["status"] == "pass"
     want = module.double()(x.double(), t, x4.double(), t3)
     got = compiled(x, t, x4, t3)
