@@ -114,7 +114,7 @@ def reference_and_tolerance(inputs: list[np.ndarray], attrs: dict) -> tuple[np.n
     lay = _check(KernelSpec("attention", (rows, dv), tuple(shapes_of(inputs)), attrs))
     want = ops.kernel("attention").reference(inputs, attrs, (rows, dv))
     q, k, v = (x.astype(np.float64) for x in inputs[:3])
-    kv = (np.arange(lay.g) // lay.groups) % lay.gk
+    kv = lay.kv_groups()
     qg, kg, vg = q.reshape(lay.g, lay.m, lay.d), k[kv], v[kv]
     scaled = np.einsum("gmd,gnd->gmn", qg, kg) * lay.scale
     magnitude = np.einsum("gmd,gnd->gmn", np.abs(qg), np.abs(kg)) * abs(lay.scale)
@@ -122,8 +122,7 @@ def reference_and_tolerance(inputs: list[np.ndarray], attrs: dict) -> tuple[np.n
         else np.ones(scaled.shape, dtype=bool)
     s = scaled
     if lay.mask:
-        bm, hm, sm, nm = lay.mask_dims
-        entries = np.broadcast_to(inputs[3].reshape(bm * hm, sm, nm)[lay.mask_groups()], s.shape)
+        entries = lay.mask_entries(inputs[3], s.shape)
         if lay.mask == "additive":
             s = s + entries.astype(np.float64)
         else:

@@ -163,6 +163,15 @@ class _Layout:
             return b.urem(group, i64(hm))
         return group if bm > 1 else i64(0)
 
+    def kv_groups(self) -> np.ndarray:
+        """The key/value group each query group reads (what `kv_group` computes)."""
+        return (np.arange(self.g) // self.groups) % self.gk
+
+    def mask_entries(self, mask: np.ndarray, shape: Shape) -> np.ndarray:
+        """The mask as each query group's [M, N] scores see it, broadcast to `shape` [G, M, N] without a copy."""
+        bm, hm, sm, nm = self.mask_dims
+        return np.broadcast_to(mask.reshape(bm * hm, sm, nm)[self.mask_groups()], shape)
+
     def mask_groups(self) -> np.ndarray:
         """The mask group each query group reads (what `mask_group` computes)."""
         bm, hm = self.mask_dims[:2]
@@ -652,15 +661,14 @@ class Attention(KernelOp):
         spec = KernelSpec("attention", tuple(out_shape), tuple(x.shape for x in inputs), attrs)
         lay = _check(spec)
         q, k, v = (x.astype(np.float64) for x in inputs[:3])
-        kv = (np.arange(lay.g) // lay.groups) % lay.gk
+        kv = lay.kv_groups()
         s = np.einsum("gmd,gnd->gmn", q.reshape(lay.g, lay.m, lay.d), k[kv]) * lay.scale
         if lay.causal:
             visible = np.broadcast_to(causal_visible(lay.m, lay.n, lay.diagonal), s.shape)
         else:
             visible = np.ones(s.shape, dtype=bool)
         if lay.mask:
-            bm, hm, sm, nm = lay.mask_dims
-            entries = np.broadcast_to(inputs[3].reshape(bm * hm, sm, nm)[lay.mask_groups()], s.shape)
+            entries = lay.mask_entries(inputs[3], s.shape)
             if lay.mask == "additive":
                 s = s + entries.astype(np.float64)
             else:
