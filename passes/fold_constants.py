@@ -90,7 +90,8 @@ class FoldConstants:
             if value is not None and value.numel() <= self.max_elements:
                 values[node.name] = value
                 out.add(Node(node.name, "const", (), tuple(value.shape), node.dtype,
-                             {"value": value.numpy()}, module=node.module, source=node.source))
+                             {"value": value.numpy()}, module=node.module, source=node.source,
+                             phase=node.phase))
             else:
                 out.add(node)
         out.outputs = list(graph.outputs)

@@ -73,4 +73,5 @@ def fused(kernel: Node, op: Node, attrs: dict, extra_input: str | None = None) -
     inputs = list(kernel.inputs) + ([extra_input] if extra_input else [])
     return Node(op.name, kernel.op, tuple(inputs), op.shape, op.dtype, {**kernel.attrs, **attrs},
                 flops=kernel.flops + op.flops, bytes=kernel.bytes + op.bytes, layer=kernel.layer,
-                module=kernel.module, source=kernel.source, holds=op.holds)
+                module=kernel.module, source=kernel.source, holds=op.holds,
+                phase=kernel.phase or op.phase)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from wsc import ops
-from wsc.core.ir import Graph
+from wsc.core.ir import Graph, Node
 from wsc.core.mesh import Flow
 from wsc.core.program import DTYPE_SIZE, Layer, Program
 
@@ -33,7 +33,7 @@ class GroupLayers:
 
     def __call__(self, program: Program) -> Program:
         graph = program.graph
-        body = [n for n in graph if n.op not in ("input", "param")]
+        body = [n for n in graph if n.op not in ("input", "param") and not n.phase]
         blocks = [block_of(n.module) for n in body]
         numbered = [i for i, b in enumerate(blocks) if b is not None]
         names: list[str] = []
@@ -48,12 +48,18 @@ class GroupLayers:
                 else:
                     block = names[-1]
             names.append(block)
+        backward = [n for n in graph if n.phase == "backward"]
+        if backward:
+            body, names = body + backward, names + backward_layers(body, names, backward)
         order = list(dict.fromkeys(names))
         layers = [Layer(index, name, [], []) for index, name in enumerate(order)]
         by_name = {layer.name: layer for layer in layers}
         index_of: dict[str, int] = {}
         for node, name in zip(body, names, strict=True):
-            layer = by_name[name]
+            # A layer runs after those before it, so a node reading a value of a later layer moves to that layer
+            # (a training graph's backward node whose module placed it before the layer computing its input).
+            later = max((index_of[src] for src in node.inputs if src in index_of), default=-1)
+            layer = layers[max(by_name[name].index, later)]
             index_of[node.name] = layer.index
             layer.nodes.append(node.name)
             for src in node.inputs:
@@ -67,6 +73,24 @@ class GroupLayers:
         for layer in layers:
             layer.flows = kernel_flows(grouped, layer, element_bytes)
         return replace(program, graph=grouped, layers=layers)
+
+
+def backward_layers(forward: list[Node], names: list[str], backward: list[Node]) -> list[str]:
+    """The layer of each backward node: the backward of the forward layer its module is in (`blocks.3.backward`),
+    so the backward runs as layers of its own, each streaming its forward layer's weights again."""
+    layer_of_module: dict[str, str] = {}
+    for node, name in zip(forward, names, strict=True):
+        layer_of_module.setdefault(node.module, name)
+    last = names[-1] if names else "model"
+    out = []
+    for node in backward:
+        block = block_of(node.module)
+        if block is None:
+            block = layer_of_module.get(node.module) or next(
+                (name for module, name in layer_of_module.items() if module and module.startswith(node.module + ".")),
+                last)
+        out.append(f"{block}.backward")
+    return out
 
 
 def kernel_flows(graph: Graph, layer: Layer, element_bytes: int) -> list[Flow]:

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -77,6 +78,11 @@ class Executor:
                 if node.is_kernel and layer.kernels[name].k_splits == 1:
                     out, ins = ops.kernel(node.op).abi(self.graph, node)
                     self.kernels[name] = compile_kernel(node.op, out, ins, kernel_attrs(node))
+        # Outputs handed to `sink` (position, value) as soon as they are computed instead of held to the end of
+        # the pass: a training step's gradients, streamed out to the store a layer at a time.
+        self.sink: Callable[[int, np.ndarray], None] | None = None
+        self.sunk: dict[str, list[int]] = {}
+        self.current_layer = ""  # the layer running (what a sink may note)
         self.last_use = self._last_use()
         self.stats = RunStats()
         # Called with (layer, name, value) for each weight as streamed in and each value as computed, while
@@ -91,8 +97,16 @@ class Executor:
                 for src in self.graph[name].inputs:
                     last[src] = layer.index
         for out in self.graph.outputs:
-            last[out] = len(self.program.layers)
+            if out not in self.sunk:
+                last[out] = len(self.program.layers)
         return last
+
+    def stream_out(self, positions: list[int], sink: Callable[[int, np.ndarray], None]) -> None:
+        """Hand the outputs at `positions` to `sink` as their layer computes them; run_pass gives None for them."""
+        self.sink, self.sunk = sink, {}
+        for position in positions:
+            self.sunk.setdefault(self.graph.outputs[position], []).append(position)
+        self.last_use = self._last_use()
 
     def _ordered_tiles(self, plan: KernelPlan) -> np.ndarray:
         key = id(plan.tiles)
@@ -119,7 +133,7 @@ class Executor:
             per_pass.append(self.run_pass(sliced))
         return [np.concatenate(parts, axis=0) for parts in zip(*per_pass, strict=True)]
 
-    def run_pass(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def run_pass(self, inputs: list[np.ndarray]) -> list[Any]:
         """One pass of the graph over one micro-batch, layer by layer."""
         graph, env = self.graph, {}
         for node, value in zip(graph.inputs, inputs, strict=True):
@@ -133,7 +147,8 @@ class Executor:
                 self.store.release(layer.name)
         self.stats.seconds += time.perf_counter() - start
         # Kernels write float32, a comparison's true as 1.0: an output of dtype bool is handed back as bool.
-        return [env[o].astype(bool) if graph[o].dtype == "bool" else env[o] for o in graph.outputs]
+        return [None if o in self.sunk else env[o].astype(bool) if graph[o].dtype == "bool" else env[o]
+                for o in graph.outputs]
 
     def _keys(self, layer_index: int) -> list[str]:
         layer = self.program.layers[layer_index]
@@ -143,6 +158,7 @@ class Executor:
         graph, layers = self.graph, self.program.layers
         for i, layer in enumerate(progress.track(layers, lambda each: f"running layer {each.name}")):
             layer_start = time.perf_counter()
+            self.current_layer = layer.name
             keys = self._keys(i)
             weights = self.store.stream_in(layer.name, keys)
             if self.prefetch and i + 1 < len(layers):
@@ -156,6 +172,9 @@ class Executor:
                 env[name] = self._execute(graph[name], layer.kernels.get(name), env)
                 if self.observer is not None:
                     self.observer(layer, name, env[name])
+                if self.sink is not None:
+                    for position in self.sunk.get(name, ()):
+                        self.sink(position, env[name])
             self.store.release(layer.name)
             for w in layer.weights:
                 env.pop(w, None)

@@ -1,5 +1,5 @@
-"""The `wsc` command line: `wsc compile MODEL.py --target NAME|PATH.yaml`, `wsc run`, `wsc check`, `wsc viz` and
-`wsc ops`.
+"""The `wsc` command line: `wsc compile MODEL.py --target NAME|PATH.yaml`, `wsc run`, `wsc train`, `wsc check`,
+`wsc viz` and `wsc ops`.
 
 Bad input ends with one line `error: ...` and exit code 2; a verification mismatch exits with 1; Ctrl-C with
 `interrupted` and 130, nothing written.
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-COMMANDS = ("compile", "ops", "check", "viz", "run")
+COMMANDS = ("compile", "ops", "check", "viz", "run", "train")
 
 
 class _UsageError(Exception):
@@ -147,6 +147,27 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--tolerance", type=float, help="factor of the derived error bound (default 1)")
     r.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     r.set_defaults(run=lambda args: __import__("wsc.run", fromlist=["main"]).main(args))
+    t = sub.add_parser("train", help="train a language model with weight streaming and AdamW, verified against "
+                                     "torch.optim.AdamW")
+    t.add_argument("model", help="a .py file defining build_model(**kw) and example_inputs(**kw) (token ids)")
+    t.add_argument("--target", required=True, help="a packaged target name (cs2-sim) or a .yaml path")
+    t.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed to build_model and example_inputs (repeatable)")
+    t.add_argument("--steps", type=int, default=3, help="optimizer steps (default 3)")
+    t.add_argument("--lr", type=float, default=6e-4, help="peak learning rate (default 6e-4)")
+    t.add_argument("--warmup", type=int, default=0, metavar="STEPS",
+                   help="linear warm-up steps before the 10x cosine decay (default 0)")
+    t.add_argument("--micro-batch", type=int, metavar="N",
+                   help="sequences per step (default: the example inputs' batch)")
+    t.add_argument("--data", metavar="FILE", help="token ids to train on: a .npy or a .safetensors of one int "
+                                                 "tensor (default: a small structured stream wsc ships)")
+    t.add_argument("--out", help="output folder (default wsc_out/<model>-train): report.json and the "
+                                 "optimizer's state")
+    t.add_argument("--no-verify", action="store_true", help="skip the lock-step check with torch.optim.AdamW")
+    t.add_argument("--tolerance", type=float, default=1.0, help="factor of the derived error bound (default 1)")
+    t.add_argument("--strategy", help="placement: cpsat (default), greedy, ...")
+    t.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    t.set_defaults(run=lambda args: __import__("wsc.training", fromlist=["main"]).main(args))
     return parser
 
 

@@ -74,6 +74,9 @@ class Rewriter:
         self.value: dict[str, str] = {}  # ATen node name -> wsc node holding its value
         self.origin: Node | None = None
         self.count = 0
+        # What a rule computed once for the several nodes of one multi-output op (attention's three gradients),
+        # by the op's name.
+        self.memo: dict[str, Any] = {}
 
     def emit(self, op: str, inputs: list[str], shape, dtype: str | None = None, final=False, **attrs) -> str:
         origin = self.origin
@@ -83,7 +86,7 @@ class Rewriter:
         in_nodes = [self.out[i] for i in inputs]
         shape = tuple(int(d) for d in shape)
         node = Node(name, op, tuple(inputs), shape, dtype or origin.dtype, attrs, module=origin.module,
-                    source=origin.source)
+                    source=origin.source, phase=origin.phase)
         if op not in SOURCE_OPS:
             node.flops = node_flops(op, shape, [n.shape for n in in_nodes], attrs)
             node.bytes = ops.get(op).bytes_moved(in_nodes, node)
@@ -156,7 +159,8 @@ class Legalize:
             rw.origin, rw.count = node, 0
             if node.op in SOURCE_OPS:
                 rw.out.add(Node(node.name, node.op, (), node.shape, node.dtype, dict(node.attrs),
-                                module=node.module, source=node.source, holds=node.name))
+                                module=node.module, source=node.source, holds=node.name,
+                                phase=node.phase))
                 rw.value[node.name] = node.name
                 continue
             if node.attrs.get("multi_output") and "index" not in node.attrs:

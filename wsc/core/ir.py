@@ -55,6 +55,9 @@ class Node:
     # node with that node's value in eager PyTorch. Empty for a value legalisation invents (an operand reshaped
     # for a kernel's ABI), which has no counterpart in the captured graph.
     holds: str = ""
+    # "backward" for a node of a training graph's backward pass (the gradients), "" for the forward: the
+    # backward of a layer streams its weights again and is a layer of its own (passes/group_layers.py).
+    phase: str = ""
 
     @property
     def numel(self) -> int:
