@@ -112,6 +112,9 @@ def test_a_wrong_layernorm_backward_fails_and_is_located(tmp_path, monkeypatch):
     run = training.train(compiled, batches(1), AdamWConfig(total_steps=1), tmp_path / "opt", reference=model)
     assert run.status == "fail"
     assert run.checks[0].gradients["status"] == "fail"
+    summary = run.summary()
+    assert summary["first_failing_step"] == 1 and "gradients" in summary["first_failure"]
+    assert summary["share_of_bound"]["gradients"] > 100
     located = run.located
     assert located is not None
     assert located["kind"] == "kernel" and located["wrong"] == "by itself"

@@ -107,11 +107,18 @@ class TrainingRun:
                  for part in ("loss", "gradients", "weights", "exp_avg", "exp_avg_sq")}
         ratio = max((getattr(c, part).get("error_ratio") or 0.0 for c in self.checks
                      for part in ("loss", "gradients", "weights", "exp_avg", "exp_avg_sq")), default=None)
+        shares = {part: max((getattr(c, part).get("error_ratio") or 0.0 for c in self.checks), default=None)
+                  for part in ("loss", "gradients", "weights", "exp_avg", "exp_avg_sq")}
         first_fail = next((c for c in self.checks if c.status == "fail"), None)
+        failing = None if first_fail is None else {
+            part: {k: getattr(first_fail, part).get(k) for k in ("worst", "failing", "max_abs_err", "error_ratio")}
+            for part in ("loss", "gradients", "weights", "exp_avg", "exp_avg_sq")
+            if getattr(first_fail, part)["status"] == "fail"}
         return {
             "steps": len(self.losses), "loss": self.losses, "learning_rate": self.learning_rates,
             "status": self.status, "max_abs_err": worst, "worst_share_of_bound": ratio,
             "first_failing_step": None if first_fail is None else first_fail.step,
+            "share_of_bound": shares, "first_failure": failing,
             "located": self.located, "host_seconds": self.seconds,
             "tokens_per_second": self.tokens / self.seconds if self.seconds else None,
             "streamed_bytes": self.streamed_bytes,
