@@ -258,8 +258,12 @@ class _LockStep:
             w_got, m_got, v_got = (np.array(f(key)) for f in (state.weight, state.exp_avg, state.exp_avg_sq))
             w0 = self.before_weights[key]
             moved = np.maximum(np.abs(w0), lr * np.maximum(np.abs(u_w), np.abs(u_t)))
+            # The first moment rounds to an ulp of its operands (m0, g), not of its result: where they nearly
+            # cancel, that ulp is a large share of m, and the step carries it through the division (both sides).
+            m_ulp = np.spacing(np.maximum(np.abs(m0), np.abs(g_t)).astype(np.float32)).astype(np.float64)
+            m_rounding = lr * 2 * m_ulp / c1 / (np.sqrt(v_t / c2) + cfg.eps)
             for part, got, want, explained, terms in (
-                    ("weights", w_got, w_want, lr * np.abs(u_w - u_t), moved),
+                    ("weights", w_got, w_want, lr * np.abs(u_w - u_t) + m_rounding, moved),
                     ("exp_avg", m_got, m_want, np.abs(m_w - m_t), np.maximum(np.abs(m0), np.abs(g_t))),
                     ("exp_avg_sq", v_got, v_want, np.abs(v_w - v_t), np.maximum(v0, g_t * g_t))):
                 parts[part].append({"key": key, **_within(got, want, explained, terms)})
