@@ -25,7 +25,7 @@ from wsc.core.ir import Node
 from wsc.passes.legalize import Rewriter, legalizes
 from wsc.passes.legalize.attention import _attention
 from wsc.passes.legalize.loss import REDUCTIONS, nll
-from wsc.passes.legalize.normalization import over_trailing
+from wsc.passes.legalize.normalization import _layer_norm
 
 LAYER_NORM = "aten.native_layer_norm.default"
 FLASH = "aten._scaled_dot_product_flash_attention_for_cpu.default"
@@ -47,12 +47,7 @@ def _recomputed(rw: Rewriter, node: Node, reader: str, what: str) -> str:
 def _native_layer_norm(rw: Rewriter, node: Node) -> str:
     if node.attrs.get("index", 0) != 0:
         return _recomputed(rw, node, "aten.native_layer_norm_backward.default", "layer norm's statistics")
-    x, normalized = rw.arg(node, 0, "input"), list(rw.arg(node, 1, "normalized_shape"))
-    w, b, eps = rw.arg(node, 2, "weight"), rw.arg(node, 3, "bias"), rw.arg(node, 4, "eps")
-    d = math.prod(normalized)
-    w = w if w is not None else rw.const(np.ones(d, np.float32))
-    b = b if b is not None else rw.const(np.zeros(d, np.float32))
-    return over_trailing(rw, node, "layernorm", x, normalized, [w, b], eps=float(eps))
+    return _layer_norm(rw, node)  # its output is layer_norm's, from the same arguments
 
 
 def _rows(rw: Rewriter, x: str, d: int) -> str:
