@@ -179,3 +179,13 @@ def test_wsc_train_refuses_bad_input_in_one_line(tmp_path, capsys, argv, says):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and says in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_wsc_train_refuses_an_out_folder_holding_other_files(tmp_path, capsys):
+    out = tmp_path / "train"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code = main(["train", str(ROOT / "tests" / "models" / "tiny_gpt.py"), "--target", "cs2-sim", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--out" in err and len(err.strip().splitlines()) == 1
+    assert (out / "keep.txt").read_text() == "mine"

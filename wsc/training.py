@@ -394,6 +394,22 @@ def vocabulary(model: torch.nn.Module) -> int:
     raise WscError("the model has no token embedding (nn.Embedding); wsc train trains language models")
 
 
+def refuse_foreign_out(out: Path) -> None:
+    """`wsc train` replaces its --out folder whole: refuse one that holds anything but an earlier training's
+    output (report.json with a `training` section and the optimizer's folder), so no other file is removed."""
+    import json
+
+    if not out.exists() or not any(out.iterdir()):
+        return
+    names = {p.name for p in out.iterdir()}
+    try:
+        ours = names <= {"report.json", "optimizer"} and "training" in json.loads((out / "report.json").read_text())
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise WscError(f"--out {out} holds files that are not a wsc train output; give an empty or new folder")
+
+
 def main(args: Any) -> int:
     import json
     import os
@@ -415,6 +431,7 @@ def main(args: Any) -> int:
     name = Path(args.model).stem
     out = Path(args.out) if args.out else Path("wsc_out") / f"{name}-train"
     check_out(out, args.model, True)
+    refuse_foreign_out(out)
     tokens_file = read_tokens(args.data) if args.data else None
     model, inputs, model_args = build(args.model, parse_model_args(args.model_arg))
     ids = inputs[0]
