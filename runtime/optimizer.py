@@ -76,7 +76,10 @@ class AdamWConfig:
             raise WscError(f"optimizer steps count from 1, got step {step}")
         if step <= self.warmup_steps:
             return step / self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        # The decay starts from the peak at the last warm-up step; without warm-up, step 1 is that peak (a run
+        # of --lr X starts at X), and the final step is at final_ratio either way.
+        peak_step = max(self.warmup_steps, 1)
+        progress = min(1.0, (step - peak_step) / max(1, self.total_steps - peak_step))
         return self.final_ratio + 0.5 * (1.0 - self.final_ratio) * (1.0 + math.cos(math.pi * progress))
 
     def lr_at(self, step: int) -> float:

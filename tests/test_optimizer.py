@@ -95,7 +95,9 @@ def test_schedule_warms_up_then_decays_to_a_tenth() -> None:
         assert cfg.lr_at(t) == pytest.approx(lr_min + 0.5 * (6e-4 - lr_min) * (1 + math.cos(math.pi * progress)))
     assert cfg.lr_at(6) == pytest.approx(lr_min)
     assert cfg.lr_at(100) == pytest.approx(lr_min)
-    assert AdamWConfig(total_steps=1).lr_at(1) == pytest.approx(6e-5)
+    assert AdamWConfig(total_steps=1).lr_at(1) == pytest.approx(6e-4)
+    no_warmup = AdamWConfig(lr=6e-4, total_steps=3)
+    assert [no_warmup.lr_at(t) for t in (1, 2, 3)] == pytest.approx([6e-4, 3.3e-4, 6e-5])
     with pytest.raises(WscError, match="from 1"):
         cfg.lr_at(0)
 
